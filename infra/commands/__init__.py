@@ -1,0 +1,1 @@
+"""One module per ``genrec`` subcommand (see :mod:`infra.cli`)."""

@@ -1,0 +1,210 @@
+"""The consumer building block: micro-batch poll → decode → validate → dead-letter routing.
+
+Every genrec consumer (archive, sequence shards, item indexer, reward joiner)
+is this loop plus what it does with a batch of valid records. Guarantees:
+
+* A message that fails decoding or validation is **never dropped and never
+  crashes the consumer**: it becomes a ``dead-letters`` record (source topic,
+  partition, offset, raw bytes, reason), and the loop moves on.
+* Dead letters of a batch are flushed to Kafka before the batch is handed
+  over, so an offset that moves past a bad message only moves after its dead
+  letter is durable.
+* Offsets are *not* committed here: the caller commits (or checkpoints) the
+  ``next_offsets`` of a batch after its own state is durable — that is what
+  makes the callers exactly-once.
+
+Partitions are assigned manually (``assign()``), never through group
+rebalancing: each owner knows its partitions (the Flink pattern, DESIGN §4).
+A ``group_id`` is still used to *commit* offsets so lag shows up in standard
+Kafka tools.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ingest.codec import ContractError, dead_letter, decode
+from ingest.contract import DEAD_LETTERS, MAX_MESSAGE_BYTES, Record
+from ingest.kafka_client import KafkaConfig, as_config, connect
+from ingest.producer import EventProducer
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """Micro-batch and fetch knobs of a consumer loop."""
+
+    max_batch: int = 5000
+    poll_timeout_ms: int = 200
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"ConsumerConfig.max_batch={self.max_batch} must be >= 1")
+        if self.poll_timeout_ms < 0:
+            raise ValueError(f"ConsumerConfig.poll_timeout_ms={self.poll_timeout_ms} must be >= 0")
+
+
+@dataclass
+class Message:
+    """A valid record with where it came from."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    record: Record
+    timestamp_ms: int  # broker/producer timestamp of the message
+
+
+@dataclass
+class Batch:
+    """One micro-batch: valid messages, how many went to dead letters, and where to resume."""
+
+    messages: list[Message] = field(default_factory=list)
+    dead_lettered: int = 0
+    consumed: int = 0
+    next_offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
+
+    def records(self) -> list[Record]:
+        return [m.record for m in self.messages]
+
+
+@dataclass
+class LoopStats:
+    """Running totals; ``consumed == valid + dead_lettered`` always holds."""
+
+    consumed: int = 0
+    valid: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+class ContractConsumer:
+    """Manually assigned consumer of one contract topic that yields validated micro-batches."""
+
+    def __init__(self, kafka: KafkaConfig | str, topic: str, partitions: Iterable[int] | None = None,
+                 group_id: str | None = None, config: ConsumerConfig = ConsumerConfig(),
+                 dead_letters: EventProducer | None = None, start_offsets: dict[int, int] | None = None,
+                 from_beginning: bool = True):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.kafka = as_config(kafka)
+        self.topic = topic  # contract topic: decides the record type
+        self.physical_topic = self.kafka.topic(topic)
+        self.config = config
+        self.group_id = group_id
+        self._consumer = connect(
+            KafkaConsumer, self.kafka, group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            max_poll_records=config.max_batch, fetch_max_bytes=config.fetch_max_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+        )
+        if partitions is None:
+            found = self._consumer.partitions_for_topic(self.physical_topic)
+            if not found:
+                raise ValueError(f"topic {self.physical_topic!r} does not exist at {self.kafka.bootstrap}; "
+                                 "create it first (genrec topics / ensure_topics)")
+            partitions = sorted(found)
+        self.partitions = sorted(partitions)
+        self._tps = {p: TopicPartition(self.physical_topic, p) for p in self.partitions}
+        self._consumer.assign(list(self._tps.values()))
+        start_offsets = dict(start_offsets or {})
+        if group_id is not None:
+            for p, tp in self._tps.items():
+                if p not in start_offsets:
+                    committed = self._consumer.committed(tp)
+                    if committed is not None:
+                        start_offsets[p] = committed
+        for p, tp in self._tps.items():
+            if p in start_offsets:
+                self._consumer.seek(tp, start_offsets[p])
+            elif from_beginning:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        self._owns_dlq = dead_letters is None
+        self._dlq = dead_letters or EventProducer(self.kafka)
+        self.stats = LoopStats()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int | None = None) -> Batch:
+        """Fetch up to ``max_batch`` messages; decode, validate, dead-letter the bad ones."""
+        polled = self._consumer.poll(
+            timeout_ms=self.config.poll_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=self.config.max_batch)
+        batch = Batch()
+        topic, max_bytes = self.topic, self.config.max_message_bytes
+        for tp, msgs in polled.items():
+            for m in msgs:
+                try:
+                    rec = decode(topic, m.value, max_bytes)
+                except ContractError as e:
+                    self._dlq.send(dead_letter(topic, tp.partition, m.offset, m.key, m.value, e.reason),
+                                   topic=DEAD_LETTERS)
+                    batch.dead_lettered += 1
+                else:
+                    batch.messages.append(Message(tp.partition, m.offset, m.key, rec, m.timestamp))
+            if msgs:
+                batch.next_offsets[tp.partition] = msgs[-1].offset + 1
+                batch.consumed += len(msgs)
+        if batch.dead_lettered:
+            self._dlq.flush()  # durable before anyone can commit past them
+        self.stats.consumed += batch.consumed
+        self.stats.valid += len(batch.messages)
+        self.stats.dead_lettered += batch.dead_lettered
+        self.stats.batches += 1
+        return batch
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def commit(self, next_offsets: dict[int, int]) -> None:
+        """Commit ``{partition: next offset}`` to Kafka under ``group_id`` (for lag tools)."""
+        from kafka.structs import OffsetAndMetadata
+
+        if self.group_id is None or not next_offsets:
+            return
+        self._consumer.commit({self._tps[p]: OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()})
+
+    def seek(self, offsets: dict[int, int]) -> None:
+        for p, o in offsets.items():
+            self._consumer.seek(self._tps[p], o)
+
+    def positions(self) -> dict[int, int]:
+        """Next offset to be fetched, per partition."""
+        return {p: self._consumer.position(tp) for p, tp in self._tps.items()}
+
+    def end_offsets(self) -> dict[int, int]:
+        """Log-end offset per partition (for lag)."""
+        ends = self._consumer.end_offsets(list(self._tps.values()))
+        return {tp.partition: o for tp, o in ends.items()}
+
+    def lag(self, positions: dict[int, int] | None = None) -> dict[int, int]:
+        """Messages not yet consumed, per partition."""
+        pos = positions or self.positions()
+        return {p: max(0, e - pos.get(p, 0)) for p, e in self.end_offsets().items()}
+
+    def drain(self, until_empty_polls: int = 3, timeout_s: float = 60.0) -> Iterable[Batch]:
+        """Yield batches until the partitions are at their end (for tools and tests)."""
+        empty, deadline = 0, time.monotonic() + timeout_s
+        while empty < until_empty_polls and time.monotonic() < deadline:
+            b = self.poll()
+            if b.consumed:
+                empty = 0
+                yield b
+            else:
+                empty += 1
+
+    def close(self) -> None:
+        self._consumer.close()
+        if self._owns_dlq:
+            self._dlq.close()
+
+    def __enter__(self) -> "ContractConsumer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
