@@ -1,0 +1,382 @@
+"""The generative recommender: an encoder–decoder transformer over semantic IDs.
+
+The model follows TIGER (Rajput et al., 2023, "Recommender Systems with
+Generative Retrieval") and OneRec (Deng et al., 2025, "OneRec: Unifying
+Retrieve and Rank with Generative Recommender and Iterative Preference
+Alignment"):
+
+* **Encoder** — one position per history event. An event's input vector is
+  the *sum* of the embeddings of its item's semantic-ID codes (one table per
+  level, shared with the decoder) plus an event-type embedding, a time-gap
+  bucket embedding and a recency-position embedding. A learned "user" token is
+  prepended and is always valid, so an empty history (cold start) still has a
+  memory to attend to and the model falls back to a learned population prior.
+* **Decoder** — emits the SID codes of the next ``session_len`` items, item
+  after item, ``D`` codes each (session-level generation, OneRec). Position
+  ``p`` of the decoder predicts the code at level ``p % D``; its input is BOS
+  at ``p = 0`` and the previous code otherwise. Output logits are the dot
+  product with the same code embeddings (weight tying, which matters on small
+  data), padded to ``K_max = max(level_sizes)`` with ``-inf`` for codes that do
+  not exist at that level.
+* Optional mixture-of-experts feed-forward in the decoder (:mod:`models.moe`).
+
+Recency positions are counted from the *most recent* real event backwards, so
+left-padding never changes the output of real positions (padding keys are
+masked out of attention as well).
+
+API (relied on by :mod:`models.decoding` and the fast-decoding modes):
+``encode(hist) -> Memory`` once per request, and
+``decode(tokens [B, T], memory, cache, start) -> DecoderOutput`` with logits
+AND hidden states per position and a :class:`~models.kv_cache.KVCache`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from models.kv_cache import KVCache
+from models.moe import DenseFeedForward, MoEFeedForward
+
+#: Token value of the decoder's first input (position 0 is always BOS whatever the value).
+BOS = 0
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Sizes of the generator. Defaults are for CPU training on 2 cores; scale by config.
+
+    ``level_sizes`` — codes per SID level, de-duplication level included (``D = len``).
+    ``session_len`` — items the decoder is trained to emit per session.
+    ``max_history`` — most recent events the encoder reads (older ones are dropped).
+    ``n_event_types`` / ``n_time_buckets`` — vocabulary sizes of those features (0 = padding).
+    ``moe_experts`` — 0 for a dense decoder FFN, else the number of experts (``>= 2``).
+    """
+
+    level_sizes: tuple[int, ...]
+    d_model: int = 128
+    heads: int = 4
+    enc_layers: int = 2
+    dec_layers: int = 2
+    ff_mult: int = 4
+    dropout: float = 0.1
+    max_history: int = 50
+    session_len: int = 5
+    n_event_types: int = 16
+    n_time_buckets: int = 16
+    moe_experts: int = 0
+    moe_top_k: int = 2
+    moe_aux_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        ls = tuple(int(x) for x in self.level_sizes)
+        object.__setattr__(self, "level_sizes", ls)
+        if not ls or any(k < 1 for k in ls):
+            raise ValueError(f"level_sizes={self.level_sizes!r} must be a non-empty tuple of positive "
+                             "code counts, e.g. (64, 64, 64, 8) — take it from the tokenizer")
+        for name in ("d_model", "heads", "enc_layers", "dec_layers", "ff_mult", "max_history",
+                     "session_len", "n_event_types", "n_time_buckets"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive int")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by heads={self.heads}; "
+                             f"try d_model={self.heads * max(1, self.d_model // self.heads)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.moe_experts == 1 or self.moe_experts < 0:
+            raise ValueError(f"moe_experts={self.moe_experts}: use 0 (dense) or >= 2 experts")
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"moe_top_k={self.moe_top_k} must be in 1..moe_experts={self.moe_experts}")
+        if self.moe_aux_weight < 0:
+            raise ValueError(f"moe_aux_weight={self.moe_aux_weight} must be >= 0")
+
+    @property
+    def sid_len(self) -> int:
+        """``D``: codes per item."""
+        return len(self.level_sizes)
+
+    @property
+    def k_max(self) -> int:
+        return max(self.level_sizes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["level_sizes"] = list(self.level_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        d = dict(d)
+        d["level_sizes"] = tuple(d["level_sizes"])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GeneratorConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class HistoryBatch(NamedTuple):
+    """Encoder input. Padding is wherever ``mask`` is False (any side)."""
+
+    sids: Tensor         # [B, S, D] long: SID codes of each history event's item
+    event_type: Tensor   # [B, S] long: event-type code (0 = padding)
+    time_bucket: Tensor  # [B, S] long: bucketed time gap (0 = padding / unknown)
+    mask: Tensor         # [B, S] bool: True = real event
+
+    def to(self, device) -> "HistoryBatch":
+        return HistoryBatch(*(t.to(device) for t in self))
+
+
+@dataclass
+class Memory:
+    """Encoder output for a batch of requests: computed once per request."""
+
+    states: Tensor  # [B, 1 + S, d_model]: user token, then one state per history event
+    mask: Tensor    # [B, 1 + S] bool: True = attendable (the user token always is)
+
+    def index_select(self, idx: Tensor) -> "Memory":
+        return Memory(self.states.index_select(0, idx), self.mask.index_select(0, idx))
+
+
+@dataclass
+class DecoderOutput:
+    logits: Tensor   # [B, T, K_max]: next-code logits; -inf for codes absent at that level
+    hidden: Tensor   # [B, T, d_model]: final (normalised) decoder states
+    cache: KVCache
+    aux_loss: Tensor = field(default_factory=lambda: torch.zeros(()))  # MoE balance loss (0 if dense)
+
+
+# ---- building blocks ------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head attention with separately callable K/V projection (for caching)."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.o = nn.Linear(d, d)
+        self.p = dropout
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x: [B, S, d] -> 2 x [B, H, S, Dh]
+        b, s, _ = x.shape
+        k, v = self.kv(x).view(b, s, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """``x`` [B, T, d] queries; ``k``, ``v`` [B, H, S, Dh]; ``mask`` bool broadcastable to [B, H, T, S]."""
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.dh).transpose(1, 2)  # [B, H, T, Dh]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.p if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dh))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.heads, cfg.dropout)
+        self.ff = DenseFeedForward(d, d * cfg.ff_mult, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:  # x [B, S, d], key_mask [B, 1, 1, S]
+        h = self.n1(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.drop(self.attn(h, k, v, key_mask))
+        return x + self.drop(self.ff(self.n2(x))[0])
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n1, self.n2, self.n3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.heads, cfg.dropout)
+        self.cross_attn = Attention(d, cfg.heads, cfg.dropout)
+        if cfg.moe_experts:
+            self.ff = MoEFeedForward(d, d * cfg.ff_mult, cfg.moe_experts, cfg.moe_top_k, cfg.dropout)
+        else:
+            self.ff = DenseFeedForward(d, d * cfg.ff_mult, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cache: KVCache, layer: int, self_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = self.n1(x)
+        k, v = self.self_attn.project_kv(h)
+        k, v = cache.append(layer, k, v)
+        x = x + self.drop(self.self_attn(h, k, v, self_mask))
+        cross_mask = cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
+        x = x + self.drop(self.cross_attn(self.n2(x), cache.cross_k[layer], cache.cross_v[layer], cross_mask))
+        y, aux = self.ff(self.n3(x))
+        return x + self.drop(y), aux
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+class GenerativeRecommender(nn.Module):
+    """Encoder–decoder over semantic IDs (see module docstring)."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, D, K = cfg.d_model, cfg.sid_len, cfg.k_max
+        sizes = torch.tensor(cfg.level_sizes)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+        self.register_buffer("level_offsets", offsets, persistent=False)      # [D]
+        self.register_buffer("level_sizes_t", sizes, persistent=False)        # [D]
+        codes = torch.arange(K)
+        # [D, K]: row of the shared code table for (level, code); invalid codes point at row 0.
+        table_idx = torch.where(codes[None, :] < sizes[:, None], offsets[:, None] + codes[None, :], 0)
+        self.register_buffer("out_rows", table_idx, persistent=False)
+        self.register_buffer("out_valid", codes[None, :] < sizes[:, None], persistent=False)
+
+        self.code_emb = nn.Embedding(int(sizes.sum()), d)       # shared: encoder items, decoder in/out
+        self.type_emb = nn.Embedding(cfg.n_event_types, d, padding_idx=0)
+        self.time_emb = nn.Embedding(cfg.n_time_buckets, d, padding_idx=0)
+        self.recency_emb = nn.Embedding(cfg.max_history, d)
+        self.user_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.enc_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.enc_norm = nn.LayerNorm(d)
+
+        self.bos = nn.Parameter(torch.zeros(1, 1, d))
+        self.level_pos = nn.Embedding(D, d)               # level being predicted at position p
+        self.slot_pos = nn.Embedding(cfg.session_len, d)  # which item of the session
+        self.dec_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(d)
+        self.out_proj = nn.Linear(d, d)
+        self.out_bias = nn.Parameter(torch.zeros(D, K))
+        self.drop = nn.Dropout(cfg.dropout)
+        self._init()
+
+    def _init(self) -> None:
+        for emb in (self.code_emb, self.type_emb, self.time_emb, self.recency_emb, self.level_pos, self.slot_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.user_token, std=0.02)
+        nn.init.normal_(self.bos, std=0.02)
+        with torch.no_grad():
+            self.type_emb.weight[0].zero_()
+            self.time_emb.weight[0].zero_()
+
+    # ---- encoder ----------------------------------------------------------------------
+
+    def item_vectors(self, sids: Tensor) -> Tensor:
+        """Sum of SID code embeddings. ``sids`` [..., D] (negative = padding) -> [..., d_model]."""
+        D = self.cfg.sid_len
+        if sids.shape[-1] != D:
+            raise ValueError(f"sids have {sids.shape[-1]} levels, the model expects D={D}")
+        codes = sids.clamp(min=0)
+        codes = torch.minimum(codes, self.level_sizes_t - 1)  # out-of-range codes cannot index other levels
+        return self.code_emb(codes + self.level_offsets).sum(dim=-2)
+
+    def encode(self, hist: HistoryBatch) -> Memory:
+        """Encode histories once per request. Keeps only the ``max_history`` most recent events."""
+        sids, etype, tbucket, mask = hist
+        if sids.dim() != 3:
+            raise ValueError(f"hist.sids must be [B, S, D], got shape {tuple(sids.shape)}")
+        mask = mask.bool()
+        H = self.cfg.max_history
+        if sids.shape[1] > H:  # keep the H most recent real events per row, wherever the padding is
+            n_real = mask.sum(1, keepdim=True)
+            keep = mask & (mask.long().cumsum(1) > (n_real - H))
+            sel = torch.argsort((~keep).long(), dim=1, stable=True)[:, :H]  # kept positions first, in order
+            sids = sids.gather(1, sel[..., None].expand(-1, -1, sids.shape[2]))
+            etype, tbucket, mask = etype.gather(1, sel), tbucket.gather(1, sel), keep.gather(1, sel)
+        # [B, S]: 0 for the most recent real event, 1 for the one before, ...
+        recency = (mask.long().flip(1).cumsum(1).flip(1) - 1).clamp(0, H - 1)
+        x = (self.item_vectors(sids) + self.type_emb(etype.clamp(0, self.cfg.n_event_types - 1))
+             + self.time_emb(tbucket.clamp(0, self.cfg.n_time_buckets - 1)) + self.recency_emb(recency))
+        x = x * mask[..., None]                                            # [B, S, d]
+        b = x.shape[0]
+        x = torch.cat([self.user_token.expand(b, -1, -1), x], dim=1)       # [B, 1+S, d]
+        full_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)          # [B, 1+S]
+        x = self.drop(x)
+        key_mask = full_mask[:, None, None, :]
+        for layer in self.enc_layers:
+            x = layer(x, key_mask)
+        return Memory(self.enc_norm(x), full_mask)
+
+    # ---- decoder ----------------------------------------------------------------------
+
+    def start_cache(self, memory: Memory) -> KVCache:
+        """An empty decoder cache holding the memory's cross-attention K/V (once per request)."""
+        ks, vs = [], []
+        for layer in self.dec_layers:
+            k, v = layer.cross_attn.project_kv(memory.states)
+            ks.append(k)
+            vs.append(v)
+        return KVCache(cross_k=ks, cross_v=vs, cross_mask=memory.mask)
+
+    def _embed_tokens(self, tokens: Tensor, start: int) -> Tensor:
+        """Decoder inputs [B, T] at absolute positions start.. -> [B, T, d]."""
+        D, b, t = self.cfg.sid_len, tokens.shape[0], tokens.shape[1]
+        pos = torch.arange(start, start + t, device=tokens.device)            # [T]
+        prev_level = (pos - 1) % D                                            # level of the input code
+        sizes = self.level_sizes_t[prev_level]
+        codes = torch.minimum(tokens.clamp(min=0), sizes[None, :] - 1)
+        x = self.code_emb(codes + self.level_offsets[prev_level][None, :])    # [B, T, d]
+        x = torch.where((pos == 0)[None, :, None], self.bos.expand(b, t, -1), x)
+        slot = (pos // D).clamp(max=self.cfg.session_len - 1)
+        return x + self.level_pos(pos % D)[None] + self.slot_pos(slot)[None]
+
+    def decode(self, tokens: Tensor, memory: Memory | None, cache: KVCache | None = None,
+               start: int = 0) -> DecoderOutput:
+        """Run the decoder on ``tokens`` [B, T] at positions ``start .. start+T-1``.
+
+        ``cache`` holds positions ``0 .. start-1`` (and the cross K/V); when it is
+        None a fresh one is built from ``memory`` and ``start`` must be 0. The
+        cache is extended in place and returned. Position ``p`` predicts the code
+        of level ``p % D``; logits [B, T, K_max] are ``-inf`` beyond that level's size.
+        """
+        if cache is None:
+            if memory is None:
+                raise ValueError("decode needs memory when no cache is given")
+            if start != 0:
+                raise ValueError(f"start={start} without a cache: positions 0..{start - 1} are unknown; "
+                                 "pass the cache of the earlier positions")
+            cache = self.start_cache(memory)
+        elif cache.length != start:
+            raise ValueError(f"start={start} but the cache holds {cache.length} positions; "
+                             "truncate the cache or pass start=cache.length")
+        b, t = tokens.shape
+        x = self.drop(self._embed_tokens(tokens, start))
+        if t > 1:  # causal within the new block; all cached positions are visible
+            q_pos = torch.arange(start, start + t, device=tokens.device)[:, None]
+            k_pos = torch.arange(start + t, device=tokens.device)[None, :]
+            self_mask = k_pos <= q_pos                                         # [T, start+T]
+        else:
+            self_mask = None
+        aux = x.new_zeros(())
+        for i, layer in enumerate(self.dec_layers):
+            x, a = layer(x, cache, i, self_mask)
+            aux = aux + a
+        hidden = self.dec_norm(x)                                              # [B, T, d]
+        return DecoderOutput(self.project(hidden, start), hidden, cache, aux)
+
+    def project(self, hidden: Tensor, start: int) -> Tensor:
+        """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max]."""
+        D, t = self.cfg.sid_len, hidden.shape[1]
+        level = torch.arange(start, start + t, device=hidden.device) % D      # [T]
+        w = self.code_emb(self.out_rows[level])                                # [T, K, d]
+        logits = torch.einsum("btd,tkd->btk", self.out_proj(hidden), w) + self.out_bias[level][None]
+        return logits.masked_fill(~self.out_valid[level][None], float("-inf"))
+
+    # ---- teacher forcing -----------------------------------------------------------------
+
+    def forward(self, hist: HistoryBatch, targets: Tensor) -> DecoderOutput:
+        """Teacher-forced pass for training. ``targets`` [B, K, D] codes -> logits [B, K*D, K_max]."""
+        b, k, D = targets.shape
+        if D != self.cfg.sid_len:
+            raise ValueError(f"targets have {D} levels, the model expects D={self.cfg.sid_len}")
+        flat = targets.reshape(b, k * D)
+        tokens = torch.cat([flat.new_full((b, 1), BOS), flat[:, :-1]], dim=1)  # [B, K*D]
+        return self.decode(tokens, self.encode(hist))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,112 @@
+"""Decoder key/value cache for incremental generation.
+
+Autoregressive decoding of a session (item after item, ``D`` semantic-ID codes
+per item) would otherwise recompute self-attention over every earlier
+position at each step. The cache keeps, per decoder layer,
+
+* the self-attention keys/values of every position decoded so far,
+  ``[B, H, T, Dh]``, grown by :meth:`append`;
+* the cross-attention keys/values of the encoder memory, ``[B, H, S, Dh]``,
+  computed once per request (the encoder output never changes during a
+  request), and the memory's padding mask ``[B, S]``.
+
+Two operations exist for the search procedures built on top:
+
+* :meth:`truncate` rolls the self-attention part back to ``n`` positions —
+  speculative decoding (Leviathan et al., 2023, "Fast Inference from
+  Transformers via Speculative Decoding") drafts several tokens, verifies them
+  in one forward and discards the rejected suffix;
+* :meth:`index_select` reorders / expands the batch rows — beam search keeps
+  the cache of the surviving beams (and expands one request into ``W`` beams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KVCache:
+    """Per-layer K/V tensors of one decoding batch (see module docstring).
+
+    ``self_k[i]`` / ``self_v[i]``: ``[B, H, T, Dh]`` for decoder layer ``i``
+    (``T`` = :attr:`length`); ``cross_k[i]`` / ``cross_v[i]``: ``[B, H, S, Dh]``;
+    ``cross_mask``: ``[B, S]`` bool, True = a real memory position.
+    """
+
+    cross_k: list[Tensor]
+    cross_v: list[Tensor]
+    cross_mask: Tensor
+    self_k: list[Tensor] = field(default_factory=list)
+    self_v: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.cross_k) != len(self.cross_v):
+            raise ValueError(f"cross_k has {len(self.cross_k)} layers but cross_v {len(self.cross_v)}")
+        if not self.self_k:
+            b, h, _, dh = self.cross_k[0].shape
+            empty = self.cross_k[0].new_zeros((b, h, 0, dh))
+            self.self_k = [empty for _ in self.cross_k]
+            self.self_v = [empty for _ in self.cross_k]
+
+    # ---- facts -------------------------------------------------------------------------
+
+    @property
+    def length(self) -> int:
+        """Number of decoder positions whose self-attention K/V are cached."""
+        return int(self.self_k[0].shape[2])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cross_k[0].shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.cross_k)
+
+    # ---- growth ------------------------------------------------------------------------
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add new positions' K/V ``[B, H, T_new, Dh]`` to ``layer``; returns all K/V so far."""
+        if k.shape[0] != self.batch_size:
+            raise ValueError(f"new keys have batch {k.shape[0]}, cache has {self.batch_size}; "
+                             "call index_select to expand the cache first")
+        self.self_k[layer] = torch.cat([self.self_k[layer], k], dim=2)
+        self.self_v[layer] = torch.cat([self.self_v[layer], v], dim=2)
+        return self.self_k[layer], self.self_v[layer]
+
+    # ---- search operations ---------------------------------------------------------------
+
+    def truncate(self, n: int) -> "KVCache":
+        """Keep only the first ``n`` decoder positions (in place; returns self).
+
+        Used to roll back rejected speculative tokens. ``0 <= n <= length``.
+        """
+        if not 0 <= n <= self.length:
+            raise ValueError(f"truncate({n}) outside 0..{self.length} (the cached length)")
+        self.self_k = [k[:, :, :n] for k in self.self_k]
+        self.self_v = [v[:, :, :n] for v in self.self_v]
+        return self
+
+    def index_select(self, batch_idx: Tensor) -> "KVCache":
+        """A new cache whose row ``j`` is row ``batch_idx[j]`` of this one.
+
+        ``batch_idx``: LongTensor ``[B']`` — reorder beams, or expand each
+        request into several beams (``repeat_interleave``).
+        """
+        idx = torch.as_tensor(batch_idx, dtype=torch.long, device=self.cross_mask.device)
+        return KVCache(
+            cross_k=[k.index_select(0, idx) for k in self.cross_k],
+            cross_v=[v.index_select(0, idx) for v in self.cross_v],
+            cross_mask=self.cross_mask.index_select(0, idx),
+            self_k=[k.index_select(0, idx) for k in self.self_k],
+            self_v=[v.index_select(0, idx) for v in self.self_v],
+        )
+
+    def clone(self) -> "KVCache":
+        """An independent copy (tensors are shared until one side appends; append never mutates)."""
+        return KVCache(list(self.cross_k), list(self.cross_v), self.cross_mask,
+                       list(self.self_k), list(self.self_v))
