@@ -1,0 +1,435 @@
+"""Per-user recent-behaviour sequences in preallocated NumPy ring buffers (no Ray, no Kafka).
+
+This is the state a sequence shard (``actors/sequence_shard.py``) holds; it is
+kept free of I/O so it can be unit-tested alone and so that the fault test can
+compute the *expected* state of a fault-free run in-process.
+
+Layout (struct of arrays, one row per user, one column per slot)::
+
+    item   int32 [U, W]  per-shard item index (see ``item_ids``)
+    etype  int8  [U, W]  index into ``ingest.contract.EVENT_TYPES``
+    ts     int64 [U, W]  event time, ms
+    watch  int32 [U, W]  watch_ms, -1 when absent
+    sid    int32 [U, W]  semantic-ID slot of the item (e.g. a catalog index), -1 unknown
+    head   int64 [U]     events ever applied to the user (write position = head % W)
+    last_ts int64 [U]    event time of the user's newest event
+
+Both dimensions grow by doubling: rows when users arrive, columns while the
+longest history is shorter than ``capacity`` (so a catalogue of mostly-short
+users costs little). Once ``W == capacity`` a row is a true ring buffer that
+keeps the newest ``capacity`` events.
+
+Determinism — what makes the shards exactly-once: every piece of state is a
+function of *each partition's* message sequence, never of how a poll
+interleaves partitions. A user lives in one partition, so its ring only sees
+that partition's order; the event_id de-duplication window is kept per
+partition ("lane") and evicts first-in-first-out by that lane's count. The
+only interleaving-dependent detail is the numbering of ``item_ids``, which is
+internal: reads and comparisons go through the id strings.
+
+Why ring buffers in NumPy: a micro-batch is applied with a handful of
+vectorised scatters (one Python dict lookup per event for the user/item ids),
+and ``histories()`` for a serving batch is one gather.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import msgspec
+import numpy as np
+
+from ingest.contract import EVENT_TYPES, UserEvent
+
+STATE_VERSION = 1
+_TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Sizes of a shard's sequence state.
+
+    ``capacity``: events kept per user (newest win). ``dedup_window``: event ids
+    remembered per partition to drop duplicate deliveries. ``initial_users`` /
+    ``initial_width``: first allocation; both double on demand.
+    """
+
+    capacity: int = 256
+    dedup_window: int = 65_536
+    initial_users: int = 1024
+    initial_width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"SequenceConfig.capacity={self.capacity} must be >= 1 (events kept per user)")
+        if self.dedup_window < 0:
+            raise ValueError(f"SequenceConfig.dedup_window={self.dedup_window} must be >= 0 (0 disables de-dup)")
+        if self.initial_users < 1:
+            raise ValueError(f"SequenceConfig.initial_users={self.initial_users} must be >= 1")
+        if not 1 <= self.initial_width:
+            raise ValueError(f"SequenceConfig.initial_width={self.initial_width} must be >= 1")
+
+
+@dataclass
+class ApplyResult:
+    """What one micro-batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    new_users: int = 0
+
+
+class _Lane:
+    """Bounded FIFO of recently seen event ids for one partition."""
+
+    __slots__ = ("ids", "fifo", "window")
+
+    def __init__(self, window: int, ids: Iterable[str] = ()):
+        self.window = window
+        self.fifo: deque[str] = deque(ids)
+        self.ids = set(self.fifo)
+
+    def seen_or_add(self, event_id: str) -> bool:
+        """True if ``event_id`` is in the window; otherwise remember it (evicting the oldest)."""
+        if event_id in self.ids:
+            return True
+        if self.window:
+            if len(self.fifo) >= self.window:
+                self.ids.discard(self.fifo.popleft())
+            self.fifo.append(event_id)
+            self.ids.add(event_id)
+        return False
+
+
+class SequenceState:
+    """Ring-buffered per-user event sequences with per-partition event_id de-duplication."""
+
+    def __init__(self, config: SequenceConfig = SequenceConfig()):
+        self.config = config
+        self.user_row: dict[str, int] = {}
+        self.user_ids: list[str] = []
+        self.item_index: dict[str, int] = {}
+        self.item_ids: list[str] = []
+        self.item_sid = np.full(256, -1, np.int32)  # [n_items] SID slot per item, -1 unknown
+        self.lanes: dict[int, _Lane] = {}
+        self.events_applied = 0
+        self.duplicates = 0
+        w = min(config.initial_width, config.capacity)
+        self._alloc(config.initial_users, w)
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def _alloc(self, rows: int, width: int) -> None:
+        self.item = np.full((rows, width), -1, np.int32)
+        self.etype = np.full((rows, width), -1, np.int8)
+        self.ts = np.zeros((rows, width), np.int64)
+        self.watch = np.full((rows, width), -1, np.int32)
+        self.sid = np.full((rows, width), -1, np.int32)
+        self.head = np.zeros(rows, np.int64)
+        self.last_ts = np.full(rows, -1, np.int64)
+
+    _COLS = ("item", "etype", "ts", "watch", "sid")
+    _FILL = {"item": -1, "etype": -1, "ts": 0, "watch": -1, "sid": -1}
+
+    def _grow(self, rows: int, width: int) -> None:
+        """Reallocate to at least ``rows`` × ``width`` (each doubled), keeping the data in place."""
+        r0, w0 = self.item.shape
+        r1, w1 = r0, w0
+        while r1 < rows:
+            r1 *= 2
+        while w1 < width:
+            w1 = min(w1 * 2, self.config.capacity)
+        if (r1, w1) == (r0, w0):
+            return
+        # Columns only grow while no row has wrapped (head <= w0), so slots keep their positions.
+        for name in self._COLS:
+            old = getattr(self, name)
+            new = np.full((r1, w1), self._FILL[name], old.dtype)
+            new[:r0, :w0] = old
+            setattr(self, name, new)
+        for name, fill in (("head", 0), ("last_ts", -1)):
+            old = getattr(self, name)
+            new = np.full(r1, fill, old.dtype)
+            new[:r0] = old
+            setattr(self, name, new)
+
+    @property
+    def width(self) -> int:
+        return self.item.shape[1]
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    def nbytes(self) -> int:
+        """Bytes held by the slot arrays (the per-slot cost, without the id tables)."""
+        return sum(getattr(self, n).nbytes for n in self._COLS) + self.head.nbytes + self.last_ts.nbytes
+
+    def bytes_per_slot(self) -> float:
+        """Bytes per allocated event slot (all columns + per-user counters amortised)."""
+        rows, width = self.item.shape
+        return self.nbytes() / (rows * width)
+
+    # -- ids -------------------------------------------------------------------------------
+
+    def _item_of(self, item_id: str) -> int:
+        i = self.item_index.get(item_id)
+        if i is None:
+            i = len(self.item_ids)
+            self.item_index[item_id] = i
+            self.item_ids.append(item_id)
+            if i >= len(self.item_sid):
+                grown = np.full(len(self.item_sid) * 2, -1, np.int32)
+                grown[: len(self.item_sid)] = self.item_sid
+                self.item_sid = grown
+        return i
+
+    def set_item_sids(self, item_ids: Sequence[str], slots: Sequence[int]) -> int:
+        """Record the semantic-ID slot of items (from the item indexer); returns how many are known here.
+
+        Future events of these items carry the slot; reads also fill it in for
+        events stored before the slot was known.
+        """
+        known = 0
+        for iid, slot in zip(item_ids, slots):
+            i = self.item_index.get(iid)
+            if i is None:
+                i = self._item_of(iid)
+            else:
+                known += 1
+            self.item_sid[i] = int(slot)
+        return known
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[UserEvent], lanes: Sequence[int] | int = 0) -> ApplyResult:
+        """Apply a micro-batch in order; ``lanes`` = the partition of each event (or one for all).
+
+        Duplicates (an event_id already in its lane's window) are dropped.
+        """
+        res = ApplyResult()
+        n = len(events)
+        if n == 0:
+            return res
+        if isinstance(lanes, int):
+            lanes = [lanes] * n
+        rows = np.empty(n, np.int64)
+        items = np.empty(n, np.int32)
+        types = np.empty(n, np.int8)
+        tss = np.empty(n, np.int64)
+        watches = np.empty(n, np.int32)
+        keep = 0
+        user_row, window = self.user_row, self.config.dedup_window
+        lane_objs = self.lanes
+        for ev, lane in zip(events, lanes):
+            lo = lane_objs.get(lane)
+            if lo is None:
+                lo = lane_objs[lane] = _Lane(window)
+            if lo.seen_or_add(ev.event_id):
+                res.duplicates += 1
+                continue
+            r = user_row.get(ev.user_id)
+            if r is None:
+                r = user_row[ev.user_id] = len(self.user_ids)
+                self.user_ids.append(ev.user_id)
+                res.new_users += 1
+            rows[keep] = r
+            items[keep] = self._item_of(ev.item_id)
+            types[keep] = _TYPE_CODE[ev.type]
+            tss[keep] = ev.ts
+            watches[keep] = -1 if ev.watch_ms is None else ev.watch_ms
+            keep += 1
+        self.duplicates += res.duplicates
+        if keep:
+            self._scatter(rows[:keep], items[:keep], types[:keep], tss[:keep], watches[:keep])
+        res.applied = keep
+        self.events_applied += keep
+        return res
+
+    def _scatter(self, rows, items, types, tss, watches) -> None:
+        """Write events (already in order) into their users' rings — vectorised."""
+        cap = self.config.capacity
+        n = len(rows)
+        order = np.argsort(rows, kind="stable")           # [n] events grouped by user, order kept
+        srows = rows[order]
+        starts = np.flatnonzero(np.r_[True, srows[1:] != srows[:-1]])
+        counts = np.diff(np.r_[starts, n])
+        uniq = srows[starts]                               # [u] users touched
+        k = np.arange(n) - np.repeat(starts, counts)       # rank of each event within its user
+        cnt = np.repeat(counts, counts)
+        need_rows = int(uniq.max()) + 1
+        if need_rows > self.item.shape[0]:
+            self._grow(need_rows, self.width)
+        need_width = int((self.head[uniq] + counts).max())
+        if self.width < cap and need_width > self.width:
+            self._grow(need_rows, min(need_width, cap))
+        w = self.width
+        # Only the newest `cap` events of a user in this batch survive; skip the rest so that
+        # no two writes of the batch hit the same slot.
+        live = k >= cnt - cap
+        ev = order[live]
+        r = srows[live]
+        pos = (self.head[r] + k[live]) % w
+        self.item[r, pos] = items[ev]
+        self.etype[r, pos] = types[ev]
+        self.ts[r, pos] = tss[ev]
+        self.watch[r, pos] = watches[ev]
+        self.sid[r, pos] = self.item_sid[items[ev]]
+        self.head[uniq] += counts
+        last = starts + counts - 1
+        self.last_ts[uniq] = tss[order[last]]
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _slots(self, rows: np.ndarray, max_len: int | None):
+        """Gather coordinates of each row's newest ≤ max_len events, oldest first.
+
+        Returns ``(lengths [B], T, row_idx [B, T], col_idx [B, T], valid [B, T])``.
+        """
+        w = self.width
+        head = np.where(rows >= 0, self.head[np.maximum(rows, 0)], 0)   # [B]
+        lengths = np.minimum(head, w)
+        if max_len is not None:
+            lengths = np.minimum(lengths, max_len)
+        t = int(max_len) if max_len is not None else (int(lengths.max()) if len(lengths) else 0)
+        ar = np.arange(t)                                                  # [T]
+        valid = ar[None, :] < lengths[:, None]                             # [B, T]
+        col = (head[:, None] - lengths[:, None] + ar[None, :]) % max(w, 1)  # [B, T]
+        row = np.broadcast_to(np.maximum(rows, 0)[:, None], col.shape)
+        return lengths.astype(np.int32), t, row, col, valid
+
+    def rows_of(self, user_ids: Sequence[str]) -> np.ndarray:
+        get = self.user_row.get
+        return np.fromiter((get(u, -1) for u in user_ids), np.int64, len(user_ids))
+
+    def histories(self, user_ids: Sequence[str], max_len: int | None = None) -> dict:
+        """Padded, chronological (oldest → newest, left-aligned) histories of a batch of users.
+
+        Returns a dict of arrays, B = len(user_ids), T = ``max_len`` or the longest history::
+
+            items       int32 [B, T]  index into ``item_ids`` below, -1 = padding
+            item_ids    list[str]     the distinct item ids of this batch
+            event_type  int8  [B, T]  index into ``event_types``, -1 = padding
+            ts          int64 [B, T]  event time (ms), 0 = padding
+            watch_ms    int32 [B, T]  -1 = absent or padding
+            sid_slot    int32 [B, T]  the item's semantic-ID slot, -1 = unknown or padding
+            mask        bool  [B, T]  True = real event
+            lengths     int32 [B]
+            last_ts     int64 [B]     event time of the newest event, -1 = unknown user
+            total       int64 [B]     events ever applied to the user (after de-dup)
+            event_types tuple[str]    names of the type codes
+        """
+        rows = self.rows_of(user_ids)                                        # [B]
+        lengths, t, r, c, valid = self._slots(rows, max_len)
+        local = np.where(valid, self.item[r, c], -1)                        # [B, T]
+        vocab, inv = np.unique(local[valid], return_inverse=True)
+        items = np.full(local.shape, -1, np.int32)
+        items[valid] = inv
+        sid = np.where(valid, self.sid[r, c], -1)
+        missing = valid & (sid < 0)
+        if missing.any():
+            sid[missing] = self.item_sid[local[missing]]
+        known = rows >= 0
+        return {
+            "items": items,
+            "item_ids": [self.item_ids[i] for i in vocab.tolist()],
+            "event_type": np.where(valid, self.etype[r, c], -1).astype(np.int8),
+            "ts": np.where(valid, self.ts[r, c], 0),
+            "watch_ms": np.where(valid, self.watch[r, c], -1).astype(np.int32),
+            "sid_slot": sid.astype(np.int32),
+            "mask": valid,
+            "lengths": lengths,
+            "last_ts": np.where(known, self.last_ts[np.maximum(rows, 0)], -1),
+            "total": np.where(known, self.head[np.maximum(rows, 0)], 0),
+            "event_types": EVENT_TYPES,
+        }
+
+    def user_events(self, user_id: str) -> list[tuple[str, str, int, int]]:
+        """One user's stored events as ``(item_id, type, ts, watch_ms)``, oldest first (tests, tools)."""
+        h = self.histories([user_id])
+        n = int(h["lengths"][0])
+        return [(h["item_ids"][h["items"][0, j]], EVENT_TYPES[h["event_type"][0, j]],
+                 int(h["ts"][0, j]), int(h["watch_ms"][0, j])) for j in range(n)]
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Compact snapshot: only the stored events (ragged), the id tables and the de-dup windows."""
+        n = self.num_users
+        rows = np.arange(n)
+        lengths, t, r, c, valid = self._slots(rows, None)
+        buf = io.BytesIO()
+        np.savez(buf,
+                 head=self.head[:n], last_ts=self.last_ts[:n], lengths=lengths,
+                 item=self.item[r, c][valid], etype=self.etype[r, c][valid], ts=self.ts[r, c][valid],
+                 watch=self.watch[r, c][valid], sid=self.sid[r, c][valid],
+                 item_sid=self.item_sid[: len(self.item_ids)])
+        meta = {
+            "version": STATE_VERSION,
+            "capacity": self.config.capacity,
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "lanes": {str(k): list(v.fifo) for k, v in self.lanes.items()},
+            "events_applied": self.events_applied,
+            "duplicates": self.duplicates,
+            "arrays": buf.getvalue(),
+        }
+        return msgspec.msgpack.encode(meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, config: SequenceConfig = SequenceConfig()) -> "SequenceState":
+        """Rebuild a state from :meth:`to_bytes` (the config may raise capacity, never silently lower it)."""
+        meta = msgspec.msgpack.decode(blob)
+        if meta.get("version") != STATE_VERSION:
+            raise ValueError(f"sequence state version {meta.get('version')!r} is not {STATE_VERSION}; "
+                             "delete the checkpoint directory to rebuild from the topic")
+        if config.capacity < meta["capacity"]:
+            raise ValueError(f"SequenceConfig.capacity={config.capacity} is below the checkpoint's "
+                             f"{meta['capacity']}; use capacity >= {meta['capacity']} or delete the checkpoints")
+        st = cls(config)
+        arr = np.load(io.BytesIO(meta["arrays"]))
+        st.user_ids = list(meta["user_ids"])
+        st.user_row = {u: i for i, u in enumerate(st.user_ids)}
+        st.item_ids = list(meta["item_ids"])
+        st.item_index = {it: i for i, it in enumerate(st.item_ids)}
+        st.item_sid = np.full(max(256, len(st.item_ids)), -1, np.int32)
+        st.item_sid[: len(st.item_ids)] = arr["item_sid"]
+        st.lanes = {int(k): _Lane(config.dedup_window, v[-config.dedup_window:] if config.dedup_window else [])
+                    for k, v in meta["lanes"].items()}
+        st.events_applied = int(meta["events_applied"])
+        st.duplicates = int(meta["duplicates"])
+        n = len(st.user_ids)
+        lengths = arr["lengths"].astype(np.int64)
+        head = arr["head"]
+        # A row that wrapped needs the full ring; otherwise the longest history is enough.
+        width = config.capacity if (head > lengths).any() else (int(lengths.max()) if n else 1)
+        st._grow(max(n, 1), min(max(width, 1), config.capacity))
+        st.head[:n] = head
+        st.last_ts[:n] = arr["last_ts"]
+        w = st.width
+        rows = np.repeat(np.arange(n), lengths)
+        k = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = (head[rows] - lengths[rows] + k) % w
+        st.item[rows, cols] = arr["item"]
+        st.etype[rows, cols] = arr["etype"]
+        st.ts[rows, cols] = arr["ts"]
+        st.watch[rows, cols] = arr["watch"]
+        st.sid[rows, cols] = arr["sid"]
+        return st
+
+    def snapshot(self) -> dict[str, list[tuple[str, str, int, int]]]:
+        """Every user's stored events (id strings, not internal indices) — for equality checks."""
+        out = {}
+        if not self.user_ids:
+            return out
+        h = self.histories(self.user_ids)
+        ids = np.array(h["item_ids"] + [""], dtype=object)
+        names = np.array(EVENT_TYPES + ("",), dtype=object)
+        for b, u in enumerate(self.user_ids):
+            n = int(h["lengths"][b])
+            out[u] = list(zip(ids[h["items"][b, :n]].tolist(), names[h["event_type"][b, :n]].tolist(),
+                              h["ts"][b, :n].tolist(), h["watch_ms"][b, :n].tolist()))
+        return out

@@ -1,0 +1,132 @@
+"""SequenceState against a plain-Python reference: rings, growth, de-dup, checkpoints, reads."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.sequence_state import SequenceConfig, SequenceState
+from ingest.contract import EVENT_TYPES, UserEvent
+
+
+def _events(n, n_users=20, n_items=50, seed=0, dup_rate=0.0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if out and rng.random() < dup_rate:
+            out.append(out[rng.randrange(max(0, len(out) - 30), len(out))])  # re-delivery
+            continue
+        t = rng.choice(EVENT_TYPES)
+        out.append(UserEvent(event_id=f"e{i}", user_id=f"u{rng.randrange(n_users)}",
+                             item_id=f"i{rng.randrange(n_items)}", type=t, ts=1000 + i,
+                             watch_ms=rng.randrange(60_000) if t == "watch" else None))
+    return out
+
+
+def _reference(events, capacity, window, lane_of):
+    rings, lanes = {}, {}
+    for e in events:
+        lane = lanes.setdefault(lane_of(e), deque())
+        if e.event_id in lane:
+            continue
+        lane.append(e.event_id)
+        if len(lane) > window:
+            lane.popleft()
+        rings.setdefault(e.user_id, deque(maxlen=capacity)).append(
+            (e.item_id, e.type, e.ts, -1 if e.watch_ms is None else e.watch_ms))
+    return {u: list(r) for u, r in rings.items()}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 400), cap=st.integers(1, 40), batch=st.integers(1, 97),
+       seed=st.integers(0, 10**6), window=st.integers(1, 50))
+def test_matches_reference_for_any_batching(n, cap, batch, seed, window):
+    evs = _events(n, seed=seed, dup_rate=0.1)
+    lane_of = lambda e: int(e.user_id[1:]) % 3  # noqa: E731
+    s = SequenceState(SequenceConfig(capacity=cap, dedup_window=window, initial_users=2, initial_width=1))
+    for i in range(0, n, batch):
+        chunk = evs[i:i + batch]
+        s.apply(chunk, [lane_of(e) for e in chunk])
+    assert s.snapshot() == _reference(evs, cap, window, lane_of)
+
+
+def test_duplicates_are_dropped_and_counted():
+    e = UserEvent(event_id="x1", user_id="u", item_id="i", type="click", ts=5)
+    s = SequenceState()
+    r = s.apply([e, e, e])
+    assert (r.applied, r.duplicates) == (1, 2)
+    assert s.apply([e]).duplicates == 1
+    assert s.user_events("u") == [("i", "click", 5, -1)]
+    assert s.histories(["u"])["total"].tolist() == [1]
+
+
+def test_dedup_window_is_bounded_and_per_lane():
+    s = SequenceState(SequenceConfig(dedup_window=2))
+    mk = lambda i: UserEvent(event_id=f"e{i}", user_id="u", item_id="i", type="click", ts=i)  # noqa: E731
+    s.apply([mk(1), mk(2), mk(3)], 0)            # window of lane 0 now holds e2, e3
+    assert s.apply([mk(1)], 0).applied == 1        # e1 fell out of the window: accepted again
+    assert s.apply([mk(3)], 0).duplicates == 1
+    assert s.apply([mk(3)], 1).applied == 1        # other lane, other window
+
+
+def test_histories_shapes_padding_and_unknown_users():
+    s = SequenceState(SequenceConfig(capacity=4))
+    s.apply(_events(100, n_users=3, seed=1))
+    h = s.histories(["u0", "nobody", "u2"], max_len=6)
+    assert h["items"].shape == h["ts"].shape == h["mask"].shape == (3, 6)
+    assert h["lengths"].tolist() == [4, 0, 4]
+    assert not h["mask"][1].any() and h["last_ts"][1] == -1 and h["total"][1] == 0
+    assert (h["items"][~h["mask"]] == -1).all() and (h["event_type"][~h["mask"]] == -1).all()
+    # newest last, chronological
+    assert (np.diff(h["ts"][0, :4]) > 0).all() and h["ts"][0, 3] == h["last_ts"][0]
+    ids = [h["item_ids"][j] for j in h["items"][0, :4]]
+    assert ids == [e[0] for e in s.user_events("u0")]
+    assert s.histories(["u0"], max_len=2)["ts"][0].tolist() == h["ts"][0, 2:4].tolist()
+
+
+def test_growth_by_doubling_keeps_data():
+    s = SequenceState(SequenceConfig(capacity=64, initial_users=1, initial_width=1))
+    evs = _events(3000, n_users=300, seed=2)
+    s.apply(evs[:1000])
+    before = s.snapshot()
+    s.apply(evs[1000:])
+    assert s.item.shape[0] >= 300 and s.item.shape[0] & (s.item.shape[0] - 1) == 0
+    assert s.width == 16 or s.width == 64 or s.width in (1, 2, 4, 8, 32)
+    assert s.snapshot() == _reference(evs, 64, 65_536, lambda e: 0)
+    assert all(len(v) <= 64 for v in before.values())
+    assert 20 <= s.bytes_per_slot() < 24
+
+
+def test_checkpoint_roundtrip_then_continue_equals_uninterrupted():
+    evs = _events(5000, n_users=40, seed=3, dup_rate=0.05)
+    cfg = SequenceConfig(capacity=32, dedup_window=500)
+    a = SequenceState(cfg)
+    a.apply(evs[:2500])
+    b = SequenceState.from_bytes(a.to_bytes(), cfg)
+    assert b.snapshot() == a.snapshot()
+    a.apply(evs[2500:])
+    b.apply(evs[2500:])
+    assert b.snapshot() == a.snapshot()
+    assert (b.events_applied, b.duplicates) == (a.events_applied, a.duplicates)
+
+
+def test_sid_slots_fill_in_late():
+    s = SequenceState()
+    s.apply([UserEvent(event_id="a", user_id="u", item_id="i1", type="click", ts=1)])
+    assert s.histories(["u"])["sid_slot"].tolist() == [[-1]]
+    s.set_item_sids(["i1", "i2"], [7, 9])
+    s.apply([UserEvent(event_id="b", user_id="u", item_id="i2", type="like", ts=2)])
+    assert s.histories(["u"])["sid_slot"].tolist() == [[7, 9]]
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="capacity=0"):
+        SequenceConfig(capacity=0)
+    s = SequenceState(SequenceConfig(capacity=8))
+    with pytest.raises(ValueError, match="capacity=4"):
+        SequenceState.from_bytes(s.to_bytes(), SequenceConfig(capacity=4))
