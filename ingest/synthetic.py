@@ -142,6 +142,12 @@ class WorldConfig:
     def duration_ms(self) -> int:
         return int(self.days * 86_400_000)
 
+    @classmethod
+    def small(cls, seed: int = 0, **kw) -> "WorldConfig":
+        """A small world (~500 users, ~800 items, ~25k events) for quick demos and tests."""
+        return cls(**{"seed": seed, "n_users": 500, "n_items": 800, "n_topics": 12, "sessions_per_user": 5.0,
+                      "days": 14.0, **kw})
+
 
 # ---- the world -------------------------------------------------------------------------------
 
@@ -185,6 +191,12 @@ class SyntheticWorld:
         self._amax1 = self._A1.max(axis=1)  # [U]
         self._catalog = self._make_catalog(np.random.default_rng([cfg.seed, 1]))
         self._user_events: list[UserEvent] | None = None
+
+    def describe(self) -> str:
+        """One line: sizes of the world and its log."""
+        c = self.cfg
+        return (f"{c.n_users} users, {c.n_items} items ({len(self.initial_catalog())} at the start), "
+                f"{c.n_topics} topics, {len(self.user_events)} user events over {c.days:g} days, seed {c.seed}")
 
     # -- catalog ---------------------------------------------------------------------------
 
