@@ -1,0 +1,311 @@
+"""Training loop of the generator: next-token cross-entropy on SID tokens.
+
+Pure torch (no files, no environment): data come in as arrays, checkpoints go
+out through a callback the caller supplies (``on_epoch_end``), progress is a
+tqdm bar on stderr (loss and ETA).
+
+Recipe (what makes TIGER-style models work on small data):
+
+* every engaged event of every user is an example (all prefixes), the target
+  being the next ``session_len`` engaged items (:mod:`models.sessions`); the
+  first item carries weight 1 and later items ``later_item_weight`` — the first
+  is what next-item evaluation asks for, the rest teach session structure;
+* AdamW (Loshchilov & Hutter, 2019) with linear warmup and cosine decay,
+  gradient-norm clipping, dropout;
+* early stopping on validation NDCG@10 (each user's last engaged item,
+  excluded from training targets), restoring the best epoch's weights;
+* bf16 autocast on CUDA when ``amp`` is on (no loss scaling needed for bf16).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.generator import GenerativeRecommender, GeneratorConfig
+from models.history_features import FlatEvents
+from models.sessions import SessionConfig, SessionExamples, build_sessions, split_last
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``epochs`` is an upper bound (early stopping)."""
+
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.05
+    grad_clip: float = 1.0
+    later_item_weight: float = 0.3
+    patience: int = 4          # validation passes without improvement before stopping (0 = never stop)
+    eval_every: int = 1        # epochs between validation passes
+    val_metric: str = "ndcg10"  # "ndcg10" (beam search on validation users) or "loss"
+    val_max_users: int = 2000  # validation users evaluated (a sample, for speed)
+    val_beam: int = 20
+    amp: bool = True           # bf16 autocast, only on CUDA
+    device: str = "cpu"
+    seed: int = 0
+    max_steps: int = 0         # hard cap on optimizer steps (0 = none), for quick runs
+    max_seconds: float = 0.0   # wall-clock budget (0 = none): stop after the epoch that passes it
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0, e.g. 1e-3")
+        if not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+            raise ValueError(f"warmup_frac={self.warmup_frac} must be in [0,1) and min_lr_frac="
+                             f"{self.min_lr_frac} in [0,1]")
+        if self.val_metric not in ("ndcg10", "loss"):
+            raise ValueError(f"val_metric={self.val_metric!r}: use 'ndcg10' or 'loss'")
+        if self.patience < 0 or self.eval_every < 1 or self.max_steps < 0:
+            raise ValueError("patience and max_steps must be >= 0 and eval_every >= 1")
+
+
+@dataclass
+class TrainReport:
+    """What a training run did; stored with the model file as its metrics."""
+
+    epochs_run: int = 0
+    steps: int = 0
+    best_epoch: int = -1
+    best_val: float = float("nan")
+    val_metric: str = "ndcg10"
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_ndcg10: list[float] = field(default_factory=list)
+    val_hr10: list[float] = field(default_factory=list)
+    n_train_examples: int = 0
+    n_val_examples: int = 0
+    n_params: int = 0
+    train_s: float = 0.0
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_frac`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def session_loss(model: GenerativeRecommender, hist, tgt: torch.Tensor, tmask: torch.Tensor,
+                 later_item_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total loss, token CE, aux) of a batch. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
+    b, k, D = tgt.shape
+    out = model(hist, tgt)
+    logits = out.logits.float().reshape(b * k * D, -1)                        # [B*K*D, K_max]
+    ce = F.cross_entropy(logits, tgt.reshape(-1), reduction="none").view(b, k, D)
+    w = torch.full((k,), later_item_weight, device=ce.device)
+    w[0] = 1.0
+    wm = tmask.float() * w[None, :]                                           # [B, K]
+    token_ce = (ce.sum(-1) * wm).sum() / (wm.sum() * D).clamp(min=1e-9)
+    aux = out.aux_loss * model.cfg.moe_aux_weight
+    return token_ce + aux, token_ce.detach(), out.aux_loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np.ndarray, cfg: TrainConfig,
+             trie=None, exclude_seen: bool = True) -> dict[str, float]:
+    """Validation loss (first item) and NDCG@10 / HR@10 by constrained beam search."""
+    from models.decoding import ExcludeSeen, ItemBanConstraint, SidRangeIndex, TrieConstraint, beam_topn
+    from models.generator_ranker import build_trie
+
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    mc = model.cfg
+    n = len(valid)
+    if n == 0:
+        return {"loss": float("nan"), "ndcg10": float("nan"), "hr10": float("nan")}
+    idx = np.arange(n)
+    if cfg.val_max_users and n > cfg.val_max_users:
+        idx = np.random.default_rng(cfg.seed + 1).choice(n, cfg.val_max_users, replace=False)
+    n_items = len(item_sids)
+    trie = trie if trie is not None else build_trie(item_sids, mc.level_sizes)
+    trie.to(dev)
+    index = SidRangeIndex(mc.level_sizes, item_sids, np.arange(n_items), n_items, dev)
+    losses, ranks = [], []
+    for s in range(0, len(idx), cfg.batch_size):
+        bi = idx[s:s + cfg.batch_size]
+        hist, tgt, tmask = valid.batch(bi, item_sids, mc.max_history, mc.n_time_buckets)
+        hist, tgt, tmask = hist.to(dev), tgt[:, :1].to(dev), tmask[:, :1].to(dev)
+        _, ce, _ = session_loss(model, hist, tgt, tmask, 0.0)
+        losses.append(float(ce) * len(bi))
+        if cfg.val_metric == "ndcg10":
+            procs = [TrieConstraint(trie)]
+            if exclude_seen:
+                seen = _seen_from_history(valid, bi, n_items, dev)
+                procs.append(ItemBanConstraint(index, [ExcludeSeen(seen)]))
+            top = beam_topn(model, hist, trie, 10, beam_width=cfg.val_beam, processors=procs).items
+            target = valid.targets[bi, 0]
+            hit = (top.cpu().numpy() == target[:, None])
+            r = np.where(hit.any(1), hit.argmax(1) + 1, 0)
+            ranks.append(r)
+    model.train(was)
+    if not ranks:
+        return {"loss": sum(losses) / len(idx), "ndcg10": float("nan"), "hr10": float("nan")}
+    r = np.concatenate(ranks)
+    ndcg = float(np.where(r > 0, 1.0 / np.log2(np.maximum(r, 1) + 1), 0.0).mean())
+    return {"loss": sum(losses) / len(idx), "ndcg10": ndcg, "hr10": float((r > 0).mean())}
+
+
+def _seen_from_history(ex: SessionExamples, bi: np.ndarray, n_items: int, dev) -> torch.Tensor:
+    """[B, n_items] bool: items in each example's history (everything before its anchor)."""
+    seen = torch.zeros(len(bi), n_items, dtype=torch.bool)
+    ev = ex.events
+    for r, a in enumerate(ex.anchors[bi]):
+        it = ev.items[ev.start[a]:a]
+        it = it[it >= 0]
+        if len(it):
+            seen[r, torch.from_numpy(it)] = True
+    return seen.to(dev)
+
+
+def train_generator(train: SessionExamples, valid: SessionExamples | None, item_sids: np.ndarray,
+                    gen_cfg: GeneratorConfig, cfg: TrainConfig = TrainConfig(),
+                    on_epoch_end: Callable[[int, GenerativeRecommender, TrainReport], None] | None = None,
+                    model: GenerativeRecommender | None = None) -> tuple[GenerativeRecommender, TrainReport]:
+    """Train (or continue training ``model``) on ``train``; early-stop on ``valid``.
+
+    ``item_sids`` [n_items, D]: the SID of every item index. Returns the model
+    with the best validation weights restored, and a :class:`TrainReport`.
+    ``on_epoch_end(epoch, model, report)`` is where the caller checkpoints.
+    """
+    item_sids = np.asarray(item_sids, dtype=np.int64)
+    if item_sids.ndim != 2 or item_sids.shape[1] != gen_cfg.sid_len:
+        raise ValueError(f"item_sids shape {item_sids.shape} must be [n_items, D={gen_cfg.sid_len}]")
+    lim = np.asarray(gen_cfg.level_sizes)
+    if len(item_sids) and ((item_sids < 0) | (item_sids >= lim[None, :])).any():
+        raise ValueError(f"item_sids has codes outside level_sizes={gen_cfg.level_sizes}; "
+                         "build the GeneratorConfig from the tokenizer's sid_level_sizes")
+    if len(train) == 0:
+        raise ValueError("no training examples: the data set has no engaged events with known items")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dev = torch.device(cfg.device)
+    model = model if model is not None else GenerativeRecommender(gen_cfg)
+    model.to(dev).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = int(cfg.warmup_frac * total)
+    use_amp = cfg.amp and dev.type == "cuda"
+    report = TrainReport(val_metric=cfg.val_metric, n_train_examples=len(train),
+                         n_val_examples=len(valid) if valid is not None else 0, n_params=model.num_parameters())
+    best_state, best, bad = None, None, 0
+    t0 = time.time()
+    step = 0
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="train generator", unit="step", dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(cfg.epochs):
+            order = rng.permutation(len(train))
+            run_loss, run_n = 0.0, 0
+            for s in range(0, len(order), cfg.batch_size):
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+                hist, tgt, tmask = train.batch(order[s:s + cfg.batch_size], item_sids,
+                                               gen_cfg.max_history, gen_cfg.n_time_buckets)
+                hist, tgt, tmask = hist.to(dev), tgt.to(dev), tmask.to(dev)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_frac)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    loss, ce, _ = session_loss(model, hist, tgt, tmask, cfg.later_item_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                step += 1
+                run_loss += float(ce)
+                run_n += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{run_loss / run_n:.3f}")
+            report.train_loss.append(run_loss / max(run_n, 1))
+            report.epochs_run = epoch + 1
+            report.steps = step
+            stop = bool(cfg.max_steps and step >= cfg.max_steps)
+            if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                stop = True
+            if valid is not None and len(valid) and ((epoch + 1) % cfg.eval_every == 0 or stop
+                                                     or epoch + 1 == cfg.epochs):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    m = evaluate(model, valid, item_sids, cfg)
+                report.val_loss.append(m["loss"])
+                report.val_ndcg10.append(m["ndcg10"])
+                report.val_hr10.append(m["hr10"])
+                score = m["ndcg10"] if cfg.val_metric == "ndcg10" else -m["loss"]
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{report.train_loss[-1]:.3f}",
+                                    val_ndcg10=f"{m['ndcg10']:.4f}", val_loss=f"{m['loss']:.3f}")
+                if best is None or score > best:
+                    best, bad = score, 0
+                    report.best_epoch = epoch + 1
+                    report.best_val = m[cfg.val_metric]
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad += 1
+                    if cfg.patience and bad >= cfg.patience:
+                        report.stopped_early = True
+                        stop = True
+            report.train_s = time.time() - t0
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model, report)
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    report.train_s = time.time() - t0
+    model.eval()
+    return model, report
+
+
+def fit_generator(items: Sequence[np.ndarray], item_sids: np.ndarray, gen_cfg: GeneratorConfig,
+                  cfg: TrainConfig = TrainConfig(), *, types: Sequence[np.ndarray] | None = None,
+                  ts: Sequence[np.ndarray] | None = None, validate: bool = True,
+                  on_epoch_end=None) -> tuple[GenerativeRecommender, TrainReport]:
+    """Train from per-user sequences (oldest first) of item indices — the easy entry point.
+
+    ``types`` are EVENT_TYPES indices (default: every event a 'click'); ``ts``
+    ms event times (optional). With ``validate``, each user's last engaged item
+    is held out for early stopping (pass the *training* part of a leave-one-out
+    split, so the evaluation's own validation / test items stay unseen).
+    """
+    from ingest.contract import EVENT_TYPES  # constants only
+
+    ev = FlatEvents.from_sequences(items, types, ts, n_items=len(item_sids),
+                                   default_type=EVENT_TYPES.index("click"))
+    scfg = SessionConfig(session_len=gen_cfg.session_len)
+    if validate:
+        train, valid = split_last(ev, scfg)
+    else:
+        train, valid = build_sessions(ev, scfg), None
+    return train_generator(train, valid, item_sids, gen_cfg, cfg, on_epoch_end=on_epoch_end)
