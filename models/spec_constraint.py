@@ -109,12 +109,9 @@ class CatalogConstraint:
         return ConstraintState(match, used, 0)
 
     def mask(self, state: ConstraintState) -> Tensor:
-        """Allowed next codes [B, K_max] bool. Never empty for a row with a live item left; if every
-        item of a row is excluded, exclusions are lifted for that row (repeats beat no answer)."""
+        """Allowed next codes [B, K_max] bool. All False for a row whose every item is excluded (as in
+        :mod:`models.decoding`, such a row yields item -1 rather than a repeat)."""
         live = state.match & ~state.used                                    # [B, N]
-        empty = ~live.any(1)
-        if bool(empty.any()):
-            live = torch.where(empty[:, None], state.match, live)
         col = self.sids[:, state.level].expand(live.shape[0], -1)             # [B, N]
         counts = torch.zeros(live.shape[0], self.k_max, device=self.device)
         allowed = counts.scatter_add_(1, col, live.float()) > 0               # [B, K_max]
@@ -139,6 +136,12 @@ class CatalogConstraint:
         """``logits`` [B, K] with disallowed codes at -inf."""
         return logits.masked_fill(~self.mask(state), float("-inf"))
 
+    def logprobs(self, logits: Tensor, state: ConstraintState) -> Tensor:
+        """Constrained log-softmax in float32, exactly as :mod:`models.decoding` computes it
+        (rows with nothing allowed are all -inf). ``logits`` [B, K] -> [B, K]."""
+        return safe_log_softmax(self.masked_logits(logits.float(), state))
+
+
     # ---- lookups ---------------------------------------------------------------------------
 
     def _keys(self) -> Tensor:
@@ -155,3 +158,11 @@ class CatalogConstraint:
         q = (codes.to(self.device).long() * self._radix).sum(-1)
         pos = torch.searchsorted(keys, q.reshape(-1)).clamp_max(self.n - 1).reshape(q.shape)
         return torch.where(keys[pos] == q, self._key_items[pos], torch.full_like(q, -1))
+
+
+def safe_log_softmax(masked: Tensor) -> Tensor:
+    """log_softmax over the last dim; rows that are all -inf stay all -inf (no NaN)."""
+    none = ~torch.isfinite(masked).any(dim=-1, keepdim=True)
+    logp = torch.log_softmax(torch.where(none, torch.zeros_like(masked), masked), dim=-1)
+    return logp.masked_fill(none, float("-inf"))
+

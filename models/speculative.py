@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from models.spec_constraint import CatalogConstraint, ConstraintState
+from models.spec_constraint import CatalogConstraint, ConstraintState, safe_log_softmax
 
 BOS = 0  # models.generator.BOS: the decoder input at position 0
 
@@ -263,8 +263,8 @@ class TargetScorer:
 # ---- verifiers ---------------------------------------------------------------------------------
 
 def _masked(scores: Scores, proposal: Proposal, constraint: CatalogConstraint) -> Tensor:
-    """Target logits with each position's constraint applied: [B, G+1, K]."""
-    return torch.stack([constraint.masked_logits(scores.logits[:, j], proposal.states[j])
+    """Target log-probs (float32, constrained, as plain decoding computes them): [B, G+1, K]."""
+    return torch.stack([constraint.logprobs(scores.logits[:, j], proposal.states[j])
                         for j in range(proposal.length + 1)], 1)
 
 
@@ -282,7 +282,7 @@ class GreedyVerifier:
         else:
             row_acc = target.new_zeros(target.shape[0])
         a = int(row_acc.min())
-        return Verdict(row_acc, a, target[:, a], F.log_softmax(masked, -1))
+        return Verdict(row_acc, a, target[:, a], masked)
 
 
 class AcceptAllVerifier:
@@ -294,7 +294,7 @@ class AcceptAllVerifier:
         masked = _masked(scores, proposal, constraint)
         g = proposal.length
         row_acc = torch.full((masked.shape[0],), g, dtype=torch.long, device=masked.device)
-        return Verdict(row_acc, g, masked[:, g].argmax(-1), F.log_softmax(masked, -1))
+        return Verdict(row_acc, g, masked[:, g].argmax(-1), masked)
 
 
 class SamplingVerifier:
@@ -307,8 +307,9 @@ class SamplingVerifier:
         self.generator = generator
 
     def verify(self, proposal: Proposal, scores: Scores, constraint: CatalogConstraint) -> Verdict:
-        masked = _masked(scores, proposal, constraint).double() / self.temperature
-        p = F.softmax(masked, -1)                                        # [B, G+1, K]
+        logp = _masked(scores, proposal, constraint)
+        masked = logp.double() / self.temperature
+        p = F.softmax(masked, -1).nan_to_num(0.0)                        # [B, G+1, K]
         b, g = p.shape[0], proposal.length
         if g:
             d = proposal.tokens[..., None]                               # [B, G, 1]
@@ -328,7 +329,7 @@ class SamplingVerifier:
         nxt = torch.multinomial(dist, 1, generator=self.generator).squeeze(1)
         if a < g:  # rows that accepted draft a keep it
             nxt = torch.where(row_acc > a, proposal.tokens[:, a], nxt)
-        return Verdict(row_acc, a, nxt, F.log_softmax(masked, -1))
+        return Verdict(row_acc, a, nxt, safe_log_softmax(masked))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
