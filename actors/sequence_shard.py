@@ -1,0 +1,325 @@
+"""A sequence shard: Kafka partitions → per-user ring buffers, exactly once, as a Ray actor.
+
+Each shard owns a fixed set of ``user-events`` partitions through manual
+``assign()`` (the Flink pattern, DESIGN.md §4; the map is in
+:mod:`actors.router`). A background thread runs the loop
+
+    poll a micro-batch (ContractConsumer: decode, validate, dead-letter bad ones)
+    → apply it to :class:`~actors.sequence_state.SequenceState` (under a lock)
+    → remember the batch's next offsets
+    → every N events or T seconds: checkpoint state + offsets atomically,
+      *then* commit those offsets to Kafka (so lag shows in standard tools)
+
+while Ray threads answer ``histories()`` / ``status()`` concurrently.
+
+Exactly once: the checkpoint holds the state *and* the offsets it reflects,
+written in one atomic file (:mod:`actors.checkpoint`). On (re)start the shard
+loads it and seeks to those offsets, so whatever it had applied after the
+checkpoint is simply applied again to the state it started from — and since
+the state (including the per-partition event_id de-dup window) is a pure
+function of each partition's message sequence, a crash at any instant ends in
+the same state as no crash. Kafka's committed offsets are for monitoring only;
+the checkpoint is the source of truth. Any error in the loop exits the worker
+process (crash-only design): Ray restarts the actor (``max_restarts``), and the
+restart is exactly the recovery path above.
+
+Known at-least-once corner: a message dead-lettered after the last
+checkpoint is dead-lettered again after a crash (same source partition and
+offset, so consumers of ``dead-letters`` can de-duplicate on those).
+
+:class:`ShardRuntime` is the plain-Python engine (testable without Ray);
+:class:`SequenceShard` is the thin Ray actor around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from actors.checkpoint import CheckpointConfig, CheckpointStore
+from actors.sequence_state import SequenceConfig, SequenceState
+from ingest.consumer_loop import ConsumerConfig, ContractConsumer
+from ingest.contract import USER_EVENTS
+from ingest.kafka_client import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """Everything one shard needs; built by the supervisor.
+
+    ``group_id`` names the Kafka consumer group under which offsets are
+    committed (monitoring only) and prefixes the checkpoint name.
+    ``exit_on_error``: crash the process on a loop error so Ray restarts the
+    actor from its checkpoint (True inside Ray; False for in-process use).
+    """
+
+    shard_id: int
+    num_shards: int
+    partitions: tuple[int, ...]
+    kafka: KafkaConfig
+    checkpoint: CheckpointConfig
+    sequence: SequenceConfig = SequenceConfig()
+    consumer: ConsumerConfig = ConsumerConfig(max_batch=5000, poll_timeout_ms=20)
+    topic: str = USER_EVENTS
+    group_id: str = "genrec-sequences"
+    lag_refresh_s: float = 1.0
+    exit_on_error: bool = False
+    stats_window: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not self.partitions:
+            raise ValueError(f"ShardConfig(shard_id={self.shard_id}).partitions is empty; "
+                             "a shard needs at least one partition (use fewer shards)")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"ShardConfig.shard_id={self.shard_id} must be in [0, num_shards={self.num_shards})")
+        if self.lag_refresh_s <= 0:
+            raise ValueError(f"ShardConfig.lag_refresh_s={self.lag_refresh_s} must be > 0")
+
+    @property
+    def checkpoint_name(self) -> str:
+        """Stable name: group, physical topic and shard position (partitions are checked on load)."""
+        return f"{self.group_id}.{self.kafka.topic(self.topic)}.shard-{self.shard_id}-of-{self.num_shards}"
+
+
+@dataclass
+class _Stats:
+    started: float = field(default_factory=time.time)
+    applied: int = 0
+    consumed: int = 0
+    dead_lettered: int = 0
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
+    checkpoint_s: float = 0.0
+    last_checkpoint: float = 0.0
+    restored_from: dict | None = None
+    last_error: str | None = None
+
+
+class ShardRuntime:
+    """The shard engine: load checkpoint, consume, apply, checkpoint; thread-safe reads."""
+
+    def __init__(self, config: ShardConfig):
+        self.config = config
+        self.store = CheckpointStore(config.checkpoint.uri)
+        self.stats = _Stats()
+        loaded = self.store.load(config.checkpoint_name)
+        if loaded is None:
+            self.state = SequenceState(config.sequence)
+            offsets: dict[int, int] = {}
+        else:
+            payload, offsets = loaded
+            extra = set(offsets) - set(config.partitions)
+            if extra:
+                raise ValueError(f"checkpoint {config.checkpoint_name!r} holds partitions {sorted(offsets)} but this "
+                                 f"shard owns {list(config.partitions)}; the partition count changed — use a new "
+                                 "checkpoint directory (or group_id) to rebuild from the topic")
+            self.state = SequenceState.from_bytes(payload, config.sequence)
+            self.stats.restored_from = dict(offsets)
+        # Offsets of what the state reflects: the checkpoint's, else the beginning of the log.
+        self.offsets = {p: int(offsets.get(p, 0)) for p in config.partitions}
+        self._ckpt_offsets = dict(self.offsets)
+        self.stats.last_checkpoint = time.time()
+        self.consumer = ContractConsumer(config.kafka, config.topic, partitions=config.partitions,
+                                         group_id=config.group_id, config=config.consumer,
+                                         start_offsets=self.offsets)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._since_ckpt = 0
+        self._ends: dict[int, int] = {}
+        self._ends_at = 0.0
+        w = config.stats_window
+        self._fresh_event = deque(maxlen=w)    # applied wall ms − event ts
+        self._fresh_produce = deque(maxlen=w)  # applied wall ms − Kafka message timestamp
+        self._rate = deque(maxlen=64)          # (wall s, applied total)
+
+    # -- loop ------------------------------------------------------------------------------
+
+    def start(self) -> "ShardRuntime":
+        self._thread = threading.Thread(target=self._run, name=f"seq-shard-{self.config.shard_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - crash-only: report, then restart from checkpoint
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                log.exception("sequence shard %d loop failed", self.config.shard_id)
+                if self.config.exit_on_error:
+                    os._exit(17)
+                self._stop.wait(1.0)
+
+    def step(self) -> int:
+        """One poll → apply → maybe checkpoint. Returns messages consumed (for in-process drivers)."""
+        batch = self.consumer.poll()
+        if batch.consumed:
+            msgs = batch.messages
+            now_ms = time.time() * 1000.0
+            with self._lock:
+                res = self.state.apply([m.record for m in msgs], [m.partition for m in msgs])
+                self.offsets.update(batch.next_offsets)
+            self.stats.applied += res.applied
+            self.stats.consumed += batch.consumed
+            self.stats.dead_lettered += batch.dead_lettered
+            self._since_ckpt += batch.consumed
+            if msgs:
+                ev_ts = np.fromiter((m.record.ts for m in msgs), np.float64, len(msgs))
+                pr_ts = np.fromiter((m.timestamp_ms for m in msgs), np.float64, len(msgs))
+                stride = max(1, len(msgs) // 256)  # keep sampling cheap for big batches
+                self._fresh_event.extend((now_ms - ev_ts[::stride]).tolist())
+                self._fresh_produce.extend((now_ms - pr_ts[::stride]).tolist())
+            self._rate.append((time.time(), self.stats.applied))
+        now = time.time()
+        if self._since_ckpt and (self._since_ckpt >= self.config.checkpoint.every_events
+                                 or now - self.stats.last_checkpoint >= self.config.checkpoint.every_s):
+            self.checkpoint()
+        if now - self._ends_at >= self.config.lag_refresh_s:
+            self._ends = self._log_ends()
+            self._ends_at = now
+        return batch.consumed
+
+    def _log_ends(self) -> dict[int, int]:
+        """Log-end offset per partition, for lag.
+
+        tansu 0.6 answers ListOffsets(latest) with the *last batch's base
+        offset + 1*, which trails the true end by up to a batch; the high
+        watermark of the last fetch response is exact, so take the larger.
+        """
+        ends = self.consumer.end_offsets()
+        kc = getattr(self.consumer, "_consumer", None)  # kafka-python consumer inside ContractConsumer
+        if kc is not None:
+            from kafka import TopicPartition
+
+            for p in self.config.partitions:
+                hw = kc.highwater(TopicPartition(self.consumer.physical_topic, p))
+                if hw is not None:
+                    ends[p] = max(ends.get(p, 0), hw)
+        return ends
+
+    def checkpoint(self) -> None:
+        """Write state + offsets atomically, then commit the offsets to Kafka (loop thread only)."""
+        t0 = time.perf_counter()
+        offsets = dict(self.offsets)  # the loop thread is the only writer: state matches offsets
+        payload = self.state.to_bytes()
+        self.stats.checkpoint_bytes = self.store.save(self.config.checkpoint_name, payload, offsets)
+        self._ckpt_offsets = offsets
+        self._since_ckpt = 0
+        self.stats.checkpoints += 1
+        self.stats.last_checkpoint = time.time()
+        self.stats.checkpoint_s = time.perf_counter() - t0
+        self.consumer.commit(offsets)
+
+    def stop(self, checkpoint: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if checkpoint and self._since_ckpt:
+            self.checkpoint()
+        self.consumer.close()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def histories(self, user_ids, max_len: int | None = None) -> dict:
+        with self._lock:
+            return self.state.histories(list(user_ids), max_len)
+
+    def set_item_sids(self, item_ids, slots) -> int:
+        with self._lock:
+            return self.state.set_item_sids(item_ids, slots)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return self.state.snapshot()
+
+    def status(self) -> dict:
+        """Lag, throughput, freshness and checkpoint age of this shard (a flat, printable dict)."""
+        now = time.time()
+        offsets = dict(self.offsets)
+        lag = {p: max(0, self._ends.get(p, o) - o) for p, o in offsets.items()}
+        rate = 0.0
+        recent = [r for r in list(self._rate) if r[0] >= now - 5.0]  # list(): atomic copy under the GIL
+        if len(recent) >= 2:
+            rate = (recent[-1][1] - recent[0][1]) / max(recent[-1][0] - recent[0][0], 1e-3)
+        fe = np.asarray(list(self._fresh_event) or [0.0])
+        fp = np.asarray(list(self._fresh_produce) or [0.0])
+        return {
+            "shard": self.config.shard_id,
+            "partitions": list(self.config.partitions),
+            "pid": os.getpid(),
+            "users": self.state.num_users,
+            "events_applied": self.state.events_applied,
+            "duplicates_dropped": self.state.duplicates,
+            "dead_lettered": self.stats.dead_lettered,
+            "offsets": offsets,
+            "end_offsets": dict(self._ends),
+            "lag": int(sum(lag.values())),
+            "lag_by_partition": lag,
+            "events_per_s": round(rate, 1),
+            "freshness_p50_ms": round(float(np.percentile(fe, 50)), 1),
+            "freshness_p99_ms": round(float(np.percentile(fe, 99)), 1),
+            "ingest_p50_ms": round(float(np.percentile(fp, 50)), 1),
+            "ingest_p99_ms": round(float(np.percentile(fp, 99)), 1),
+            "checkpoint_age_s": round(now - self.stats.last_checkpoint, 2),
+            "checkpoints": self.stats.checkpoints,
+            "checkpoint_bytes": self.stats.checkpoint_bytes,
+            "checkpoint_ms": round(self.stats.checkpoint_s * 1000, 1),
+            "checkpointed_offsets": dict(self._ckpt_offsets),
+            "restored": self.stats.restored_from is not None,
+            "state_bytes": self.state.nbytes(),
+            "bytes_per_slot": round(self.state.bytes_per_slot(), 2),
+            "uptime_s": round(now - self.stats.started, 1),
+            "last_error": self.stats.last_error,
+        }
+
+
+class SequenceShard:
+    """The Ray actor: a :class:`ShardRuntime` started in ``__init__`` (so a restart recovers).
+
+    Create it through :func:`shard_actor_class` (``ray.remote`` with
+    ``max_restarts``, ``max_concurrency`` for concurrent reads) — the
+    supervisor does this.
+    """
+
+    def __init__(self, config: ShardConfig):
+        from dataclasses import replace
+
+        self.runtime = ShardRuntime(replace(config, exit_on_error=True)).start()
+
+    def histories(self, user_ids, max_len: int | None = None) -> dict:
+        return self.runtime.histories(user_ids, max_len)
+
+    def status(self) -> dict:
+        return self.runtime.status()
+
+    def set_item_sids(self, item_ids, slots) -> int:
+        return self.runtime.set_item_sids(item_ids, slots)
+
+    def snapshot(self) -> dict:
+        return self.runtime.snapshot()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ping(self) -> bool:
+        return True
+
+    def stop(self, checkpoint: bool = True) -> dict:
+        self.runtime.stop(checkpoint=checkpoint)
+        return self.runtime.status()
+
+
+def shard_actor_class():
+    """``ray.remote(SequenceShard)`` (imported lazily so this module loads without Ray)."""
+    import ray
+
+    return ray.remote(SequenceShard)

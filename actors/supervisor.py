@@ -1,0 +1,281 @@
+"""The sequence supervisor: creates one shard actor per partition group, restarts the dead, reports.
+
+Ray already restarts a crashed shard (``max_restarts``); the supervisor
+covers what Ray gives up on (restarts exhausted, node lost) by re-creating
+the shard, which then recovers from its checkpoint exactly like a Ray restart.
+Its :meth:`status` gathers every shard's numbers — consumer lag, events/s,
+freshness (event time → applied), checkpoint age — and :func:`format_status`
+prints them; the same dict later feeds ``/metrics``.
+
+The supervisor lives in the driver process (``genrec sequences``, the demo,
+tests). Shards are named Ray actors (``{name_prefix}{namespace}-{i}``) so a
+serving process in the same Ray namespace can find them with
+:meth:`SequenceSupervisor.connect`-style look-ups (:func:`router_from_names`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+from actors.checkpoint import CheckpointConfig
+from actors.router import SequenceRouter, partitions_of_shard
+from actors.sequence_shard import ShardConfig, shard_actor_class
+from actors.sequence_state import SequenceConfig
+from ingest.consumer_loop import ConsumerConfig
+from ingest.contract import USER_EVENTS
+from ingest.kafka_client import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """How many shards, where checkpoints go, and how the actors are sized and restarted.
+
+    ``num_shards=None`` means one shard per partition. ``num_cpus`` is the Ray
+    CPU reservation per shard (fractional, so several shards share a core on a
+    laptop). ``monitor_s``: how often the background monitor checks liveness
+    (0 = no monitor thread; call :meth:`check` yourself).
+    """
+
+    kafka: KafkaConfig
+    checkpoint: CheckpointConfig
+    num_shards: int | None = None
+    sequence: SequenceConfig = SequenceConfig()
+    consumer: ConsumerConfig = ConsumerConfig(max_batch=5000, poll_timeout_ms=20)
+    topic: str = USER_EVENTS
+    group_id: str = "genrec-sequences"
+    max_restarts: int = 20
+    num_cpus: float = 0.25
+    max_concurrency: int = 4
+    monitor_s: float = 2.0
+    name_prefix: str = "genrec-seq-"
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_shards is not None and self.num_shards < 1:
+            raise ValueError(f"SupervisorConfig.num_shards={self.num_shards} must be >= 1 (or None: one per partition)")
+        if self.max_restarts < -1:
+            raise ValueError(f"SupervisorConfig.max_restarts={self.max_restarts} must be >= -1 (-1 = unlimited)")
+        if self.num_cpus < 0:
+            raise ValueError(f"SupervisorConfig.num_cpus={self.num_cpus} must be >= 0")
+        if self.max_concurrency < 2:
+            raise ValueError(f"SupervisorConfig.max_concurrency={self.max_concurrency} must be >= 2 "
+                             "(reads run beside status calls)")
+        if self.monitor_s < 0:
+            raise ValueError(f"SupervisorConfig.monitor_s={self.monitor_s} must be >= 0")
+
+    def shard_name(self, i: int) -> str:
+        return f"{self.name_prefix}{self.kafka.namespace}{self.topic}-{i}"
+
+
+class SequenceSupervisor:
+    """Owns the shard actors of one topic. Use as a context manager or call :meth:`shutdown`."""
+
+    def __init__(self, config: SupervisorConfig):
+        self.config = config
+        self.num_partitions = 0
+        self.shard_configs: list[ShardConfig] = []
+        self.shards: list = []
+        self.recreated = 0
+        self._pids: dict[int, int] = {}
+        self.restarts_seen: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "SequenceSupervisor":
+        """Create the shard actors (Ray must be initialised by the caller)."""
+        from ingest.topics import partition_count
+
+        cfg = self.config
+        physical = cfg.kafka.topic(cfg.topic)
+        self.num_partitions = partition_count(cfg.kafka, physical)
+        if not self.num_partitions:
+            raise ValueError(f"topic {physical!r} does not exist at {cfg.kafka.bootstrap}; "
+                             "create it first (genrec topics / ensure_topics)")
+        n = min(cfg.num_shards or self.num_partitions, self.num_partitions)
+        self.shard_configs = [
+            ShardConfig(shard_id=i, num_shards=n, partitions=partitions_of_shard(i, self.num_partitions, n),
+                        kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
+                        consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id)
+            for i in range(n)]
+        self.shards = [self._create(i) for i in range(n)]
+        self.restarts_seen = {i: 0 for i in range(n)}
+        if cfg.monitor_s:
+            self._monitor = threading.Thread(target=self._watch, name="seq-supervisor", daemon=True)
+            self._monitor.start()
+        return self
+
+    def _create(self, i: int):
+        cfg = self.config
+        cls = shard_actor_class()
+        for attempt in range(50):
+            try:
+                return cls.options(name=cfg.shard_name(i), max_restarts=cfg.max_restarts, max_task_retries=3,
+                                   max_concurrency=cfg.max_concurrency, num_cpus=cfg.num_cpus,
+                                   **cfg.extra).remote(self.shard_configs[i])
+            except ValueError as e:  # the dead actor's name is released asynchronously
+                if "already" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.2)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until every shard answers (worker processes started, checkpoints loaded)."""
+        import ray
+
+        ray.get([s.ping.remote() for s in self.shards], timeout=timeout_s)
+
+    def check(self, timeout_s: float = 10.0) -> list[int]:
+        """Re-create shards Ray has given up on; returns the shard ids re-created."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        redone = []
+        with self._lock:
+            for i, s in enumerate(self.shards):
+                try:
+                    pid = ray.get(s.pid.remote(), timeout=timeout_s)
+                except GetTimeoutError:
+                    continue  # busy or restarting: Ray is on it
+                except RayActorError:
+                    log.warning("sequence shard %d is dead; re-creating it from its checkpoint", i)
+                    try:
+                        ray.kill(s, no_restart=True)
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+                    self.shards[i] = self._create(i)
+                    self.recreated += 1
+                    redone.append(i)
+                    continue
+                old = self._pids.get(i)
+                if old is not None and old != pid:
+                    self.restarts_seen[i] = self.restarts_seen.get(i, 0) + 1
+                self._pids[i] = pid
+        return redone
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.monitor_s):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the monitor must outlive hiccups
+                log.exception("sequence supervisor check failed")
+
+    def shutdown(self, checkpoint: bool = True, timeout_s: float = 30.0) -> None:
+        """Stop the monitor, let every shard write a final checkpoint, then kill the actors."""
+        import ray
+
+        self._stop.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=timeout_s)
+        refs = [s.stop.remote(checkpoint) for s in self.shards]
+        try:
+            ray.get(refs, timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - a dead shard has nothing left to flush
+            pass
+        for s in self.shards:
+            try:
+                ray.kill(s, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.shards = []
+
+    def __enter__(self) -> "SequenceSupervisor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def router(self) -> SequenceRouter:
+        return SequenceRouter(self.shards, self.num_partitions)
+
+    def histories(self, user_ids, max_len: int | None = None) -> dict:
+        return self.router().histories(user_ids, max_len)
+
+    def status(self, timeout_s: float = 10.0) -> dict:
+        """``{"shards": [per-shard dict], "total": {...}}``; a shard that does not answer says so."""
+        import ray
+
+        refs = [s.status.remote() for s in self.shards]
+        rows = []
+        for i, r in enumerate(refs):
+            try:
+                st = ray.get(r, timeout=timeout_s)
+                st["state"] = "running"
+            except Exception as e:  # noqa: BLE001 - restarting or dead, reported not raised
+                st = {"shard": i, "state": f"unavailable ({type(e).__name__})",
+                      "partitions": list(self.shard_configs[i].partitions)}
+            st["restarts_seen"] = self.restarts_seen.get(i, 0)
+            rows.append(st)
+        live = [r for r in rows if r["state"] == "running"]
+        total = {
+            "shards": len(rows),
+            "running": len(live),
+            "partitions": self.num_partitions,
+            "users": sum(r["users"] for r in live),
+            "events_applied": sum(r["events_applied"] for r in live),
+            "duplicates_dropped": sum(r["duplicates_dropped"] for r in live),
+            "dead_lettered": sum(r["dead_lettered"] for r in live),
+            "lag": sum(r["lag"] for r in live),
+            "events_per_s": round(sum(r["events_per_s"] for r in live), 1),
+            "freshness_p99_ms": max((r["freshness_p99_ms"] for r in live), default=0.0),
+            "max_checkpoint_age_s": max((r["checkpoint_age_s"] for r in live), default=0.0),
+            "recreated": self.recreated,
+        }
+        return {"shards": rows, "total": total}
+
+    def caught_up(self, end_offsets: dict[int, int], timeout_s: float = 10.0) -> bool:
+        """True when every shard's applied offsets reached ``end_offsets`` ({partition: end})."""
+        st = self.status(timeout_s)
+        applied: dict[int, int] = {}
+        for r in st["shards"]:
+            if r["state"] != "running":
+                return False
+            applied.update({int(p): o for p, o in r["offsets"].items()})
+        return all(applied.get(p, 0) >= e for p, e in end_offsets.items())
+
+
+def format_status(status: dict) -> str:
+    """A fixed-width table of :meth:`SequenceSupervisor.status` (what ``genrec sequences`` prints)."""
+    head = (f"{'shard':>5} {'parts':<9} {'state':<10} {'users':>7} {'applied':>10} {'dups':>6} {'dlq':>5} "
+            f"{'lag':>8} {'ev/s':>9} {'fresh p50':>10} {'fresh p99':>10} {'ckpt age':>9} {'restarts':>8}")
+    lines = [head, "-" * len(head)]
+    for r in status["shards"]:
+        parts = ",".join(map(str, r.get("partitions", [])))
+        if r.get("state") != "running":
+            lines.append(f"{r['shard']:>5} {parts:<9} {r['state'][:10]:<10}")
+            continue
+        lines.append(
+            f"{r['shard']:>5} {parts:<9} {'running':<10} {r['users']:>7,} {r['events_applied']:>10,} "
+            f"{r['duplicates_dropped']:>6,} {r['dead_lettered']:>5,} {r['lag']:>8,} {r['events_per_s']:>9,.0f} "
+            f"{_ms(r['freshness_p50_ms']):>10} {_ms(r['freshness_p99_ms']):>10} "
+            f"{r['checkpoint_age_s']:>8.1f}s {r.get('restarts_seen', 0):>8}")
+    t = status["total"]
+    lines.append(f"total: {t['running']}/{t['shards']} shards over {t['partitions']} partitions, "
+                 f"{t['users']:,} users, {t['events_applied']:,} events applied, lag {t['lag']:,}, "
+                 f"{t['events_per_s']:,.0f} ev/s, {t['dead_lettered']} dead-lettered, "
+                 f"{t['duplicates_dropped']} duplicates dropped")
+    return "\n".join(lines)
+
+
+def _ms(v: float) -> str:
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}ms"
+
+
+def router_from_names(config: SupervisorConfig, num_partitions: int, num_shards: int) -> SequenceRouter:
+    """A router over running shards found by name (e.g. from a serving replica in the same namespace)."""
+    import ray
+
+    return SequenceRouter([ray.get_actor(config.shard_name(i)) for i in range(num_shards)], num_partitions)
+
+
+def with_checkpoint_dir(config: SupervisorConfig, uri: str) -> SupervisorConfig:
+    """A copy of ``config`` checkpointing to ``uri``."""
+    return replace(config, checkpoint=replace(config.checkpoint, uri=uri))
