@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "infra.commands.archive",
     "infra.commands.bench",
     "infra.commands.demo",
+    "infra.commands.eval",
 ]
 
 EPILOG = """\

@@ -57,6 +57,7 @@ class SASRecConfig:
     eval_every: int = 5         # epochs between validation passes
     patience: int = 5           # validation passes without improvement before stopping
     random_crop: bool = True    # sequences longer than max_len+1: random window each epoch (else: the last)
+    max_seconds: float = 0.0    # wall-clock training budget (0 = none): validate and stop after the epoch past it
     seed: int = 0
     exclude_seen: bool = True
 
@@ -74,6 +75,7 @@ class SASRecConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.eval_every >= 1, "eval_every must be >= 1"),
             (self.patience >= 1, "patience must be >= 1"),
+            (self.max_seconds >= 0, "max_seconds must be >= 0 (0 = no budget)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -210,10 +212,11 @@ class SASRec:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
                 opt.step()
-                total += float(loss) * len(tv)
+                total += float(loss.detach()) * len(tv)
                 count += len(tv)
             rec = {"epoch": epoch, "loss": total / max(count, 1), "elapsed_s": time.perf_counter() - t0}
-            if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            over = bool(cfg.max_seconds and rec["elapsed_s"] > cfg.max_seconds)
+            if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs or over):
                 score = ndcg(target_ranks(self.rank(valid.histories, 10), valid.targets), 10)
                 rec["valid_ndcg10"] = score
                 if score > best:
@@ -224,7 +227,7 @@ class SASRec:
             self.history.append(rec)
             if on_epoch is not None:
                 on_epoch(rec)
-            if valid is not None and bad >= cfg.patience:
+            if (valid is not None and bad >= cfg.patience) or over:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)

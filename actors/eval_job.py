@@ -1,0 +1,409 @@
+"""Offline evaluation job: generator vs SASRec vs popularity, same data, same split, same metrics.
+
+Reads an interaction log from any source genrec knows — ``synthetic``,
+``ml100k``, an interactions CSV/TSV, a SASRec-style text file (through
+:func:`ingest.datasets.load_dataset`) or the Parquet archive (a directory of
+``user-events`` Parquet files) — keeps the engaged events (implicit positive
+feedback), splits leave-one-out (:mod:`models.splits`), trains each model on
+the training part with early stopping on the validation item, and ranks the
+whole catalog for every test user (:mod:`models.metrics`). Every model gets
+the same histories and the same seen-item rule (:mod:`models.ranker`), and
+the job *checks* the rule: a model that returns a seen item is reported.
+
+The generator needs semantic IDs: item embeddings (co-occurrence of the
+training sequences, :mod:`models.cooccurrence`; or item text through the
+sentence encoder; or both, concatenated) are quantised by RQ-KMeans or RQ-VAE
+(:mod:`models.rq_kmeans`, :mod:`models.rq_vae`) and made unique by the
+de-duplication level. Results: a dict (and JSON file) with per-seed metrics,
+mean and standard deviation per model, and a markdown comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODELS = ("generator", "sasrec", "popularity")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run.
+
+    dataset: ``synthetic`` | ``ml100k`` | a file (interactions / SASRec text) | an archive directory.
+    models: which of generator, sasrec, popularity to run.
+    seeds: one training run per seed (mean and spread are reported).
+    max_users: evaluate on the first N users only (0 = all) — quick runs.
+    engaged_only: keep only engaged event types (click, like, watch, rating, …) in the log.
+    n: length of every ranked list (≥ 50 for HR@50 / NDCG@50).
+    sasrec: SASRecConfig overrides; generator: GeneratorConfig overrides; train: TrainConfig
+        overrides of the generator's training loop.
+    tokenizer: ``rq_kmeans`` or ``rq_vae``; levels / codebook_size: SID shape (0 = auto).
+    embeddings: ``cooc`` (sequence co-occurrence), ``text`` (sentence encoder on titles) or
+        ``both`` (concatenated); ``auto`` = ``both`` when items have text, else ``cooc``.
+    budget_s: wall-clock cap per model training run (0 = none).
+    device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    dataset: str = "synthetic"
+    models: tuple[str, ...] = MODELS
+    seeds: tuple[int, ...] = (0,)
+    max_users: int = 0
+    engaged_only: bool = True
+    n: int = 50
+    sasrec: dict = field(default_factory=dict)
+    generator: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    tokenizer: str = "rq_kmeans"
+    levels: int = 3
+    codebook_size: int = 0
+    embeddings: str = "auto"
+    beam_width: int = 50
+    budget_s: float = 0.0
+    device: str = "auto"
+    dataset_kw: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.models if m not in MODELS]
+        if bad or not self.models:
+            raise ValueError(f"EvalConfig.models={self.models!r}: choose from {MODELS}")
+        if not self.seeds:
+            raise ValueError("EvalConfig.seeds must name at least one seed, e.g. (0,)")
+        if self.max_users < 0:
+            raise ValueError(f"EvalConfig.max_users={self.max_users} must be >= 0 (0 = all users)")
+        if self.n < 50:
+            raise ValueError(f"EvalConfig.n={self.n} must be >= 50 (HR@50 / NDCG@50 need 50 items)")
+        if self.tokenizer not in ("rq_kmeans", "rq_vae"):
+            raise ValueError(f"EvalConfig.tokenizer={self.tokenizer!r}: use 'rq_kmeans' or 'rq_vae'")
+        if self.embeddings not in ("auto", "cooc", "text", "both"):
+            raise ValueError(f"EvalConfig.embeddings={self.embeddings!r}: use auto, cooc, text or both")
+        if not 1 <= self.levels <= 8:
+            raise ValueError(f"EvalConfig.levels={self.levels} must be in [1, 8]")
+        if self.codebook_size < 0 or self.budget_s < 0:
+            raise ValueError("EvalConfig.codebook_size and budget_s must be >= 0 (0 = auto / no cap)")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"EvalConfig.device={self.device!r}: use auto, cpu or cuda[:N]")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+@dataclass
+class InteractionLog:
+    """Parallel arrays of an interaction log plus item titles where known."""
+
+    name: str
+    users: np.ndarray   # [N] raw user ids (str)
+    items: np.ndarray   # [N] raw item ids (str)
+    ts: np.ndarray      # [N] ms
+    types: np.ndarray   # [N] EVENT_TYPES indices
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _engaged_keep(types: np.ndarray) -> np.ndarray:
+    from ingest.contract import ENGAGED_TYPES, EVENT_TYPES
+
+    engaged = np.array([t in ENGAGED_TYPES for t in EVENT_TYPES])
+    return engaged[types]
+
+
+def load_log(source: str, engaged_only: bool = True, **kw) -> InteractionLog:
+    """Read ``source`` into an :class:`InteractionLog` (see the module docstring)."""
+    from ingest.contract import EVENT_TYPES
+
+    type_idx = {t: i for i, t in enumerate(EVENT_TYPES)}
+    path = Path(source)
+    if path.is_dir() and not (path / "u.data").is_file():
+        log_ = _load_archive(path, type_idx)
+    else:
+        from ingest.datasets import load_dataset
+
+        ds = load_dataset(source, **kw)
+        ue = ds.user_events
+        titles = {e.item_id: e.content_text() for e in ds.item_events if e.op == "upsert" and e.content_text()}
+        log_ = InteractionLog(ds.name, np.array([e.user_id for e in ue], dtype=object),
+                              np.array([e.item_id for e in ue], dtype=object),
+                              np.array([e.ts for e in ue], dtype=np.int64),
+                              np.array([type_idx[e.type] for e in ue], dtype=np.int64), titles)
+    if engaged_only:
+        keep = _engaged_keep(log_.types)
+        log_ = InteractionLog(log_.name, log_.users[keep], log_.items[keep], log_.ts[keep], log_.types[keep],
+                              log_.titles)
+    if not len(log_):
+        raise ValueError(f"{source!r} has no {'engaged ' if engaged_only else ''}user events to evaluate on")
+    return log_
+
+
+def _load_archive(path: Path, type_idx: dict[str, int]) -> InteractionLog:
+    """User events from a Parquet archive directory (hive-partitioned by topic and date, or flat)."""
+    import pyarrow.dataset as pads
+
+    files = list(path.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no Parquet files; point --data at the archive root "
+                                "(written by the archive job) or at an interactions file")
+    ds = pads.dataset(str(path), format="parquet", partitioning="hive")
+    names = set(ds.schema.names)
+    need = {"user_id", "item_id", "type", "ts"}
+    if not need <= names:
+        raise ValueError(f"archive {path} has columns {sorted(names)}; user events need {sorted(need)}")
+    flt = None
+    if "topic" in names:
+        flt = pads.field("topic") == "user-events"
+    table = ds.to_table(columns=sorted(need), filter=flt)
+    if table.num_rows == 0:
+        raise ValueError(f"archive {path} has no user-events rows")
+    types = np.array([type_idx.get(t, -1) for t in table.column("type").to_pylist()], dtype=np.int64)
+    ok = types >= 0
+    ts = table.column("ts").to_numpy().astype(np.int64)
+    order = np.argsort(ts[ok], kind="stable")
+    pick = lambda col: np.array(table.column(col).to_pylist(), dtype=object)[ok][order]  # noqa: E731
+    return InteractionLog(path.name, pick("user_id"), pick("item_id"), ts[ok][order], types[ok][order])
+
+
+def split_log(log_: InteractionLog, max_users: int = 0):
+    from models.splits import SplitConfig, leave_one_out
+
+    return leave_one_out(log_.users, log_.items, log_.ts, log_.types, SplitConfig(max_users=max_users))
+
+
+# ---- semantic IDs ----------------------------------------------------------------------------
+
+def item_embeddings(split, titles: dict[str, str], how: str, seed: int) -> tuple[np.ndarray, str]:
+    """[n_items, E] embeddings of the split's items and which kind was used."""
+    from models.cooccurrence import CooccurrenceConfig, cooccurrence_embeddings
+
+    has_text = sum(1 for i in split.item_ids if titles.get(str(i))) >= 0.9 * split.n_items
+    if how == "auto":
+        how = "both" if has_text else "cooc"
+    if how in ("text", "both") and not has_text:
+        raise ValueError("embeddings='text' needs item text (titles) for >= 90% of items; this data set "
+                         "has none — use embeddings='cooc'")
+    parts = []
+    if how in ("cooc", "both"):
+        parts.append(cooccurrence_embeddings(split.train().items, split.n_items, CooccurrenceConfig(seed=seed)))
+    if how in ("text", "both"):
+        from actors.text_encoder import shared_encoder
+
+        texts = [titles.get(str(i), str(i)) for i in split.item_ids]
+        parts.append(np.asarray(shared_encoder().encode(texts), dtype=np.float32))
+    emb = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return emb, how
+
+
+def semantic_ids(emb: np.ndarray, tokenizer: str, levels: int, codebook_size: int, seed: int):
+    """(item_sids [N, D], level_sizes incl. the dedup level, tokenizer version)."""
+    from models.sid_dedup import assign_unique
+
+    if tokenizer == "rq_kmeans":
+        from models.rq_kmeans import RQKMeans, RQKMeansConfig
+
+        tok = RQKMeans(RQKMeansConfig(levels=levels, codebook_size=codebook_size, seed=seed)).fit(emb)
+    else:
+        from models.rq_vae import RQVAE, RQVAEConfig
+
+        tok = RQVAE(RQVAEConfig(levels=levels, codebook_size=codebook_size, seed=seed)).fit(emb)
+    codes = tok.encode(emb)  # [N, L]
+    sids = assign_unique(codes, tok.dedup_size)  # [N, L+1]
+    sizes = tuple(int(x) for x in tok.sid_level_sizes)
+    return np.asarray(sids, dtype=np.int64), sizes, getattr(tok, "version", tokenizer)
+
+
+# ---- model runs ------------------------------------------------------------------------------
+
+def _evaluate(ranker, cases, n_items: int, n: int) -> dict[str, float]:
+    import torch
+
+    from models.metrics import evaluate_ranking, seen_rate
+
+    t0 = time.perf_counter()
+    ranked = []
+    for s in range(0, len(cases), 256):
+        ranked.append(torch.as_tensor(ranker.rank(cases.histories.subset(slice(s, s + 256)), n)).cpu())
+    ranked = torch.cat(ranked)
+    m = evaluate_ranking(ranked, cases.targets, n_items)
+    m["seen_rate"] = seen_rate(ranked, cases.histories)
+    m["rank_s"] = time.perf_counter() - t0
+    return m
+
+
+def run_popularity(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
+    from models.popularity import PopularityRanker
+
+    t0 = time.perf_counter()
+    model = PopularityRanker(split.n_items).fit(split.train_valid())
+    return model, {"train_s": time.perf_counter() - t0}
+
+
+def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
+    from models.sasrec import SASRec, SASRecConfig
+
+    kw = {**cfg.sasrec, "seed": seed}
+    if cfg.budget_s and not kw.get("max_seconds"):
+        kw["max_seconds"] = cfg.budget_s
+    model = SASRec(split.n_items, SASRecConfig(**kw), device=cfg.resolved_device())
+    t0 = time.perf_counter()
+
+    def on_epoch(rec):
+        if "valid_ndcg10" in rec:
+            say(f"  sasrec seed {seed} epoch {rec['epoch']}: loss {rec['loss']:.4f} "
+                f"valid NDCG@10 {rec['valid_ndcg10']:.4f} ({rec['elapsed_s']:.0f} s)")
+
+    model.fit(split.train(), split.valid(), on_epoch=on_epoch)
+    return model, {"train_s": time.perf_counter() - t0, "best_epoch": model.best_epoch}
+
+
+def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None], titles=None):
+    from models.generator import GeneratorConfig
+    from models.generator_ranker import GeneratorRanker
+    from models.training import TrainConfig, fit_generator
+
+    t0 = time.perf_counter()
+    emb, how = item_embeddings(split, titles or {}, cfg.embeddings, seed)
+    item_sids, sizes, version = semantic_ids(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
+    sid_s = time.perf_counter() - t0
+    say(f"  generator seed {seed}: SIDs {cfg.tokenizer} over {how} embeddings, level sizes {sizes} "
+        f"({sid_s:.1f} s)")
+    gcfg = GeneratorConfig(level_sizes=sizes, **cfg.generator)
+    tkw = {"device": cfg.resolved_device(), "seed": seed, "progress": False, **cfg.train}
+    if cfg.budget_s and not tkw.get("max_seconds"):
+        tkw["max_seconds"] = cfg.budget_s
+    tcfg = TrainConfig(**tkw)
+    tv = split.train_valid()  # fit_generator holds out each user's last item (= our validation item)
+
+    def on_epoch_end(epoch, model, rep):
+        if rep.val_ndcg10:
+            say(f"  generator seed {seed} epoch {epoch}: loss {rep.train_loss[-1]:.4f} "
+                f"valid NDCG@10 {rep.val_ndcg10[-1]:.4f} ({rep.train_s:.0f} s)")
+
+    model, rep = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts, validate=True,
+                               on_epoch_end=on_epoch_end)
+    ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
+    info = {"train_s": time.perf_counter() - t0, "sid_s": sid_s, "best_epoch": rep.best_epoch,
+            "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": how,
+            "n_params": rep.n_params}
+    return ranker, info
+
+
+RUNNERS = {"generator": run_generator, "sasrec": run_sasrec, "popularity": run_popularity}
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+def run_eval(cfg: EvalConfig, say: Callable[[str], None] = lambda s: None, log_: InteractionLog | None = None
+             ) -> dict:
+    """Run the comparison; returns ``{"config", "data", "runs", "summary", "table"}``."""
+    if log_ is None:
+        log_ = load_log(cfg.dataset, cfg.engaged_only, **cfg.dataset_kw)
+    split = split_log(log_, cfg.max_users)
+    test = split.test()
+    if not len(test):
+        raise ValueError(f"no user in {cfg.dataset!r} has >= 3 engaged events; nothing to evaluate")
+    data = {"name": log_.name, "events": int(sum(len(s) for s in split.items)), "users": split.n_users,
+            "items": split.n_items, "test_users": len(test)}
+    say(f"data {log_.name}: {data['events']} events, {data['users']} users, {data['items']} items, "
+        f"{data['test_users']} test users (leave-one-out, full ranking)")
+    runs: dict[str, list[dict]] = {m: [] for m in cfg.models}
+    for name in cfg.models:
+        for seed in (cfg.seeds if name != "popularity" else cfg.seeds[:1]):
+            _seed_all(seed)
+            kw = {"titles": log_.titles} if name == "generator" else {}
+            ranker, info = RUNNERS[name](split, seed, cfg, say, **kw)
+            m = _evaluate(ranker, test, split.n_items, cfg.n)
+            m.update({k: v for k, v in info.items() if isinstance(v, (int, float))})
+            runs[name].append({"seed": seed, "metrics": m,
+                               "info": {k: v for k, v in info.items() if not isinstance(v, (int, float))}})
+            say(f"{name} seed {seed}: NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f} "
+                f"train {m['train_s']:.0f} s, invalid {m['invalid_rate']:.4f}, seen {m['seen_rate']:.4f}")
+    summary = summarize(runs)
+    return {"config": _jsonable(asdict(cfg)), "data": data, "runs": runs, "summary": summary,
+            "table": comparison_table(summary)}
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model and metric: mean, std (sample, 0 for one seed), min, max over seeds."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        keys = [k for k in rs[0]["metrics"] if all(k in r["metrics"] for r in rs)]
+        out[name] = {}
+        for k in keys:
+            v = np.array([r["metrics"][k] for r in rs], dtype=np.float64)
+            out[name][k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                            "min": float(v.min()), "max": float(v.max()), "n": len(v)}
+    return out
+
+
+TABLE_METRICS = ("hr@1", "hr@5", "hr@10", "hr@50", "ndcg@5", "ndcg@10", "ndcg@50", "mrr", "coverage@10",
+                 "invalid_rate", "train_s")
+
+
+def comparison_table(summary: dict) -> str:
+    """Markdown table: one row per model, mean ± std over seeds."""
+    models = list(summary)
+    head = "| model | " + " | ".join(TABLE_METRICS) + " |"
+    rows = [head, "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    for m in models:
+        cells = []
+        for k in TABLE_METRICS:
+            s = summary[m].get(k)
+            if s is None:
+                cells.append("-")
+            elif k == "train_s":
+                cells.append(f"{s['mean']:.0f}" + (f" ± {s['std']:.0f}" if s["n"] > 1 else ""))
+            else:
+                cells.append(f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else ""))
+        rows.append(f"| {m} (n={summary[m]['ndcg@10']['n']}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    return x
+
+
+def write_json(result: dict, path: str | os.PathLike) -> Path:
+    """Write the result atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(result), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
