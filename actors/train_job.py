@@ -140,7 +140,12 @@ def load_interactions(cfg: TrainJobConfig) -> Interactions:
         return _from_records(f"archive:{cfg.archive}", user_events, item_events, cfg.max_events)
     from ingest.datasets import load_dataset
 
-    ds = load_dataset(cfg.data)
+    if cfg.data == "synthetic-small":
+        from ingest.synthetic import SyntheticWorld, WorldConfig
+
+        ds = SyntheticWorld(WorldConfig.small(seed=cfg.seed)).dataset()
+    else:
+        ds = load_dataset(cfg.data)
     return _from_records(ds.name, ds.user_events, ds.item_events, cfg.max_events)
 
 
