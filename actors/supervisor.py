@@ -243,9 +243,15 @@ class SequenceSupervisor:
 
 
 def format_status(status: dict) -> str:
-    """A fixed-width table of :meth:`SequenceSupervisor.status` (what ``genrec sequences`` prints)."""
+    """A fixed-width table of :meth:`SequenceSupervisor.status` (what ``genrec sequences`` prints).
+
+    ``fresh``: event time → applied (the product number for live traffic; for a
+    replay of old events it is the events' age). ``ingest``: Kafka message
+    timestamp (produce time) → applied, i.e. the pipeline's own delay.
+    """
     head = (f"{'shard':>5} {'parts':<9} {'state':<10} {'users':>7} {'applied':>10} {'dups':>6} {'dlq':>5} "
-            f"{'lag':>8} {'ev/s':>9} {'fresh p50':>10} {'fresh p99':>10} {'ckpt age':>9} {'restarts':>8}")
+            f"{'lag':>8} {'ev/s':>9} {'fresh p50':>10} {'fresh p99':>10} {'ingest p99':>10} {'ckpt age':>9} "
+            f"{'restarts':>8}")
     lines = [head, "-" * len(head)]
     for r in status["shards"]:
         parts = ",".join(map(str, r.get("partitions", [])))
@@ -255,7 +261,7 @@ def format_status(status: dict) -> str:
         lines.append(
             f"{r['shard']:>5} {parts:<9} {'running':<10} {r['users']:>7,} {r['events_applied']:>10,} "
             f"{r['duplicates_dropped']:>6,} {r['dead_lettered']:>5,} {r['lag']:>8,} {r['events_per_s']:>9,.0f} "
-            f"{_ms(r['freshness_p50_ms']):>10} {_ms(r['freshness_p99_ms']):>10} "
+            f"{_ms(r['freshness_p50_ms']):>10} {_ms(r['freshness_p99_ms']):>10} {_ms(r['ingest_p99_ms']):>10} "
             f"{r['checkpoint_age_s']:>8.1f}s {r.get('restarts_seen', 0):>8}")
     t = status["total"]
     lines.append(f"total: {t['running']}/{t['shards']} shards over {t['partitions']} partitions, "

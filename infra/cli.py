@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "infra.commands.bench",
     "infra.commands.demo",
     "infra.commands.eval",
+    "infra.commands.sequences",
     "infra.commands.train",
 ]
 
