@@ -6,11 +6,10 @@ Steps (each a function, so the demo, the CLI and benchmarks reuse them):
    ``synthetic``, ``ml100k`` or a file) or the Parquet archive
    (:func:`ingest.archive.read_archive`), as per-user time-ordered arrays;
 2. :func:`item_embeddings` — content (MiniLM sentence embeddings of the item
-   text, :mod:`actors.text_encoder`), collaborative (PPMI of in-sequence
-   co-occurrence, factorised by truncated SVD — Levy & Goldberg 2014, "Neural
-   Word Embedding as Implicit Matrix Factorization") or their fusion (both
-   L2-normalised and concatenated). Collaborative signal is what makes SIDs
-   useful on interaction-only data; fusion keeps cold items placeable by text;
+   text, :mod:`actors.text_encoder`), collaborative (PPMI-SVD of in-sequence
+   co-occurrence, :mod:`models.embeddings`) or their fusion. Collaborative
+   signal is what makes SIDs useful on interaction-only data; fusion keeps
+   cold items placeable by text;
 3. :func:`fit_tokenizer` — RQ-KMeans (default) or RQ-VAE, then the
    de-duplication level: every item index gets a unique SID;
 4. leave-one-out split (:mod:`models.splits`), :func:`models.training.train_generator`
@@ -103,10 +102,12 @@ class Interactions:
 
 
 def _from_records(name: str, user_events, item_events, max_events: int = 0) -> Interactions:
-    from ingest.contract import EVENT_TYPES
+    from ingest.contract import ENGAGED_TYPES, EVENT_TYPES
     from models.splits import leave_one_out
 
-    ue = list(user_events)
+    # Positive feedback only (clicks, likes, watches, ratings...): what sessions and the
+    # leave-one-out targets are made of (impressions and skips are not recommendations to learn).
+    ue = [e for e in user_events if e.type in ENGAGED_TYPES]
     if max_events:
         ue = ue[:max_events]
     if not ue:
@@ -151,72 +152,31 @@ def load_interactions(cfg: TrainJobConfig) -> Interactions:
 
 # ---- 2. embeddings ----------------------------------------------------------------------------
 
-def collaborative_embeddings(seqs: list[np.ndarray], n_items: int, dim: int = 64, window: int = 5,
-                             seed: int = 0) -> np.ndarray:
-    """Item vectors [n_items, dim] from in-sequence co-occurrence: PPMI + truncated SVD.
-
-    Two items co-occur when they are within ``window`` events of each other in
-    one user's sequence. Items never seen get a zero vector (they then fall
-    back to their content embedding under fusion).
-    """
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import svds
-
-    rows, cols = [], []
-    for s in seqs:
-        s = np.asarray(s, dtype=np.int64)
-        s = s[(s >= 0) & (s < n_items)]
-        for w in range(1, window + 1):
-            if len(s) > w:
-                rows.append(s[:-w])
-                cols.append(s[w:])
-    if not rows:
-        return np.zeros((n_items, dim), dtype=np.float32)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    m = sp.coo_matrix((np.ones(len(r)), (r, c)), shape=(n_items, n_items)).tocsr()
-    m = (m + m.T).tocsr()
-    total = m.sum()
-    rs = np.asarray(m.sum(1)).ravel()
-    m = m.tocoo()
-    pmi = np.log(np.maximum(m.data * total / (rs[m.row] * rs[m.col] + 1e-12), 1e-12))
-    keep = pmi > 0
-    ppmi = sp.coo_matrix((pmi[keep], (m.row[keep], m.col[keep])), shape=(n_items, n_items)).tocsr()
-    k = int(min(dim, max(1, n_items - 2)))
-    rng = np.random.default_rng(seed)
-    u, s, _ = svds(ppmi.astype(np.float64), k=k, v0=rng.standard_normal(n_items))
-    emb = (u * np.sqrt(np.maximum(s, 0))[None, :]).astype(np.float32)
-    if k < dim:
-        emb = np.pad(emb, ((0, 0), (0, dim - k)))
-    return emb
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def item_embeddings(data: Interactions, mode: str = "fusion", collab_dim: int = 64, seed: int = 0,
-                    encoder=None) -> np.ndarray:
-    """[n_items, E] embeddings of every item index (see module docstring)."""
-    parts = []
+                    encoder=None, text_weight: float = 0.5) -> np.ndarray:
+    """[n_items, E] embeddings of every item index: MiniLM text, co-occurrence PPMI-SVD
+    (:mod:`models.embeddings`, training sequences only), or their fusion."""
+    from models.embeddings import CooccurrenceConfig, collaborative_embeddings, fuse
+
+    text = collab = None
     has_text = any(t for t in data.item_text)
+    if mode == "content" and not has_text:
+        raise ValueError("embeddings='content' but the data set has no item text; use 'collab' or 'fusion'")
     if mode in ("content", "fusion") and has_text:
         if encoder is None:
             from actors.text_encoder import shared_encoder
 
             encoder = shared_encoder()
-        texts = [t or f"item {i}" for i, t in zip(data.split.item_ids, data.item_text)]
-        parts.append(_unit(encoder.encode(texts)))
-    elif mode == "content":
-        raise ValueError("embeddings='content' but the data set has no item text; use 'collab' or 'fusion'")
+        text = encoder.encode([t or f"item {i}" for i, t in zip(data.split.item_ids, data.item_text)])
     if mode in ("collab", "fusion"):
-        train = data.split.train()
-        parts.append(_unit(collaborative_embeddings(train.items, data.n_items, collab_dim, seed=seed)))
-    emb = np.concatenate(parts, axis=1).astype(np.float32)
-    # Items with no signal at all (zero vector) get a tiny random direction so k-means can place them.
+        collab, _ = collaborative_embeddings(data.split.train().items, data.n_items,
+                                             CooccurrenceConfig(dim=collab_dim, seed=seed))
+    emb = fuse(text, collab, text_weight=text_weight)
+    # Items with no signal at all (zero row) get a tiny random direction so k-means can place them.
     zero = np.linalg.norm(emb, axis=1) < 1e-9
     if zero.any():
         emb[zero] = np.random.default_rng(seed).standard_normal((int(zero.sum()), emb.shape[1])) * 1e-3
-    return emb
+    return emb.astype(np.float32)
 
 
 # ---- 3. tokenizer ----------------------------------------------------------------------------
@@ -400,6 +360,8 @@ def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, toke
     from models.training import fit_generator
 
     def checkpoint(epoch, model, report):
+        val = f", valid NDCG@10 {report.val_ndcg10[-1]:.4f}" if report.val_ndcg10 else ""
+        say(f"  epoch {epoch}: loss {report.train_loss[-1]:.4f}{val} ({report.train_s:.0f}s)")
         save_generator(cfg.out, model, data.split.item_ids, item_sids, tokenizer.version,
                        {"epoch": epoch, "partial": True, **report.as_dict()}, tokenizer_to_bytes(tokenizer))
 
