@@ -1,0 +1,506 @@
+"""The HTTP API: a FastAPI ingress deployment in front of the recommender (Ray Serve).
+
+Routes (all under ``/v1`` except the probes; every one is in the OpenAPI schema with examples):
+
+* ``POST /v1/recommend`` — resolve the user's experiment arms, generate a session
+  through the recommender deployment, write the ``served`` record, answer.
+* ``POST /v1/events`` / ``POST /v1/items`` — validate a batch with the event
+  contract (:func:`ingest.codec.decode_dict`), write the valid records to
+  Kafka, answer 202 with counts and a reason per invalid record.
+* ``GET /v1/experiments``, ``GET /v1/experiments/{name}/report`` (+ ``.png``).
+* ``POST /v1/admin/...`` — reload experiments, promote / roll back the default
+  model version, load a model version; bearer token from config.
+* ``/healthz`` (process up), ``/readyz`` (recommender answers, catalog not empty),
+  ``/metrics`` (Prometheus, :mod:`serving.metrics`).
+
+Exposure logging (the ``served`` topic). The ingress writes the record after
+the recommender answered and *waits for the broker's ack before it answers
+the client*. If the recommender fails (replica killed, back-pressure) there is
+no result, no record and the client gets 503; if the write fails the client
+gets 503 too. So no client sees a session without its ``served`` record, and a
+record never exists for a request the recommender did not answer. (A record
+*can* exist for a response lost on the wire after the ack — the one window no
+server can close; the reward joiner treats such a session as one without
+feedback.)
+
+Overload: the ingress admits at most ``max_inflight`` recommend requests;
+beyond that it answers ``503`` with ``Retry-After`` at once (admitted requests
+keep their latency instead of everybody queueing), and the recommender's
+``max_queued_requests`` back-pressure maps to the same answer.
+"""
+
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from fastapi import FastAPI, Header, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from ingest.codec import ContractError, decode_dict
+from ingest.contract import ITEM_EVENTS, USER_EVENTS, Served
+from serving.backend import ModelSpec, RecRequest
+from serving.experiments import ExperimentRegistry
+from serving.metrics import CONTENT_TYPE, ServingMetrics
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_RECORDS = 1000
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Ingress settings (frozen, validated).
+
+    ``experiments``: YAML text or a path to the experiments file.
+    ``admin_token``: bearer token of the admin routes; ``None`` disables them.
+    ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
+    """
+
+    kafka: object                      # ingest.kafka_client.KafkaConfig
+    experiments: str = ""
+    admin_token: str | None = None
+    max_inflight: int = 64
+    retry_after_s: int = 1
+    produce_timeout_s: float = 10.0
+    recommend_timeout_s: float = 30.0
+    report_cache_s: float = 5.0
+    max_k: int = 100
+    num_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1:
+            raise ValueError(f"AppSettings.max_inflight={self.max_inflight} must be >= 1")
+        if self.retry_after_s < 1:
+            raise ValueError(f"AppSettings.retry_after_s={self.retry_after_s} must be >= 1 second")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ValueError("AppSettings.admin_token must be at least 16 characters (or None to disable admin)")
+        if not 1 <= self.max_k <= 1000:
+            raise ValueError(f"AppSettings.max_k={self.max_k} must be in 1..1000")
+
+
+# ---- request / response schemas --------------------------------------------------------------
+
+UserId = Field(min_length=1, max_length=128, pattern=r"^\S+$", description="the user to recommend for")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"user_id": "u42", "k": 5, "exclude_seen": True, "context": {"surface": "home"}}]})
+    user_id: str = UserId
+    k: int = Field(10, ge=1, le=1000, description="session length (items to generate)")
+    exclude_seen: bool = Field(True, description="never recommend an item the user already interacted with")
+    context: Optional[dict[str, Optional[str | int | float | bool]]] = Field(
+        None, max_length=32, description="free-form request context (logged, not used for bucketing)")
+
+
+class RecItem(BaseModel):
+    item_id: str
+    sid: list[int]
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "4f1c0a9e2b7d4c18a5e3f0b6d9c2e71a", "model_version": "v1", "experiment": "decode-ab",
+        "arm": "beam", "items": [{"item_id": "i17", "sid": [3, 0, 1], "score": -1.2}],
+        "timings": {"total_ms": 12.5, "recommender_ms": 9.1, "log_ms": 1.2}}]})
+    request_id: str
+    items: list[RecItem]
+    model_version: str
+    experiment: str
+    arm: str
+    timings: dict[str, float]
+
+
+class RecordBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[Any] = Field(..., max_length=MAX_BATCH_RECORDS,
+                               description=f"up to {MAX_BATCH_RECORDS} records of the event contract")
+
+
+class EventsBatch(RecordBatch):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [
+        {"event_id": "e1", "user_id": "u42", "item_id": "i17", "type": "click", "ts": 1764000000000},
+        {"event_id": "e2", "user_id": "u42", "item_id": "i17", "type": "watch", "ts": 1764000005000,
+         "watch_ms": 5000, "request_id": "4f1c0a9e2b7d4c18a5e3f0b6d9c2e71a"}]}]})
+
+
+class ItemsBatch(RecordBatch):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [
+        {"item_id": "i900", "ts": 1764000000000, "op": "upsert", "title": "Night trains of Europe",
+         "tags": ["travel", "rail"]}]}]})
+
+
+class RecordError(BaseModel):
+    index: int
+    reason: str
+
+
+class Accepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"accepted": 1, "rejected": 1, "errors": [{"index": 1, "reason": "invalid record: Expected `int`, "
+                                                                           "got `str` - at `$.ts`"}]}]})
+    accepted: int
+    rejected: int
+    errors: list[RecordError]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"yaml": None}]})
+    yaml: Optional[str] = Field(None, max_length=1_000_000,
+                                description="new experiments YAML; omitted: re-read the configured file")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model_version": "v2"}]})
+    model_version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+
+
+class LoadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model_version": "v3", "path": "/models/v3.pt"}]})
+    model_version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+    path: str = Field(min_length=1, max_length=4096)
+
+
+api = FastAPI(title="genrec", version="0.1.0",
+              description="Streaming generative recommender: sessions generated from fresh histories, "
+                          "events and items in, online A/B experiments. Admin routes need "
+                          "`Authorization: Bearer <token>`.")
+
+
+def _unavailable(detail: str, retry_after: int) -> HTTPException:
+    return HTTPException(503, detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _await_kafka(fut, timeout_s: float):
+    """Await a kafka-python send future from asyncio (its callbacks fire on the I/O thread)."""
+    loop = asyncio.get_running_loop()
+    af = loop.create_future()
+
+    def ok(md):
+        loop.call_soon_threadsafe(lambda: af.done() or af.set_result(md))
+
+    def err(e):
+        loop.call_soon_threadsafe(lambda: af.done() or af.set_exception(e if isinstance(e, BaseException)
+                                                                          else RuntimeError(str(e))))
+
+    fut.add_callback(ok)
+    fut.add_errback(err)
+    return await asyncio.wait_for(af, timeout_s)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """The HTTP front: validation, experiments, exposure log, metrics."""
+
+    def __init__(self, recommender, settings: AppSettings):
+        from ingest.producer import EventProducer, ProducerConfig
+        from ingest.topics import ensure_topics
+
+        self.rec = recommender
+        self.s = settings
+        ensure_topics(settings.kafka)
+        self.producer = EventProducer(settings.kafka, ProducerConfig(linger_ms=1))
+        self.registry = ExperimentRegistry(source=settings.experiments or None) if settings.experiments \
+            else ExperimentRegistry()
+        self.metrics = ServingMetrics()
+        self.inflight = 0
+        self._report_cache: dict[str, tuple[float, dict]] = {}
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve ``user_config`` update (``serve deploy`` with a new config): reload experiments in place."""
+        text = (user_config or {}).get("experiments")
+        if text:
+            self.registry.reload(text)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _admin(self, authorization: str | None) -> None:
+        if not self.s.admin_token:
+            raise HTTPException(403, "admin API disabled: no admin_token configured (genrec serve --admin-token)")
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "admin route: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(authorization[7:].encode(), self.s.admin_token.encode()):
+            raise HTTPException(403, "admin token does not match")
+
+    async def _write(self, topic: str, body: RecordBatch) -> JSONResponse:
+        t0 = time.perf_counter()
+        valid, errors = [], []
+        for i, obj in enumerate(body.records):
+            if not isinstance(obj, dict):
+                errors.append({"index": i, "reason": f"record must be a JSON object, got {type(obj).__name__}"})
+                continue
+            try:
+                valid.append(decode_dict(topic, obj))
+            except ContractError as e:
+                errors.append({"index": i, "reason": e.reason})
+            except Exception as e:  # noqa: BLE001 - msgspec edge cases: still a 4xx for the client
+                errors.append({"index": i, "reason": f"invalid record: {e}"})
+        futs = [self.producer.send(r) for r in valid]
+        try:
+            await asyncio.gather(*(_await_kafka(f, self.s.produce_timeout_s) for f in futs))
+        except Exception as e:  # noqa: BLE001 - broker down or slow: the client retries
+            self.metrics.errors.labels(route=topic, reason="kafka").inc()
+            raise _unavailable(f"could not write to Kafka ({type(e).__name__}); retry", self.s.retry_after_s)
+        self.metrics.written.labels(topic=topic).inc(len(valid))
+        self.metrics.invalid.labels(topic=topic).inc(len(errors))
+        status = 202 if valid or not errors else 422
+        self.metrics.latency.labels(route=topic, arm="", status=str(status)).observe(time.perf_counter() - t0)
+        return JSONResponse({"accepted": len(valid), "rejected": len(errors), "errors": errors}, status_code=status)
+
+    # -- recommend ---------------------------------------------------------------------------
+
+    @api.post("/v1/recommend", response_model=RecommendResponse, tags=["recommend"],
+              responses={503: {"description": "overloaded or recommender unavailable; see Retry-After"},
+                         422: {"description": "invalid request"}})
+    async def recommend(self, body: RecommendRequest) -> dict:
+        """Generate a session of ``k`` items for ``user_id`` from their fresh history."""
+        t0 = time.perf_counter()
+        if body.k > self.s.max_k:
+            raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
+        if self.inflight >= self.s.max_inflight:
+            self.metrics.rejected.labels(route="recommend").inc()
+            raise _unavailable(f"overloaded: {self.inflight} requests in flight; retry later", self.s.retry_after_s)
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        try:
+            return await self._recommend(body, t0)
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.set(self.inflight)
+
+    async def _recommend(self, body: RecommendRequest, t0: float) -> dict:
+        from ray.serve.exceptions import BackPressureError
+
+        res = self.registry.resolve(body.user_id)
+        rid = uuid.uuid4().hex
+        req = RecRequest(body.user_id, body.k, res.model_version, res.decode, body.exclude_seen)
+        t1 = time.perf_counter()
+        try:
+            out = await asyncio.wait_for(self.rec.recommend.remote(req), self.s.recommend_timeout_s)
+        except BackPressureError:
+            self.metrics.rejected.labels(route="recommend").inc()
+            raise _unavailable("recommender queue full; retry later", self.s.retry_after_s) from None
+        except Exception as e:  # noqa: BLE001 - replica died / restarting / timed out: unanswered, no record
+            self.metrics.errors.labels(route="recommend", reason=type(e).__name__).inc()
+            raise _unavailable(f"recommender unavailable ({type(e).__name__}); retry", self.s.retry_after_s) from None
+        t2 = time.perf_counter()
+        if out.error:
+            self.metrics.errors.labels(route="recommend", reason="backend").inc()
+            raise _unavailable(out.error, self.s.retry_after_s)
+        served = Served(request_id=rid, user_id=body.user_id, ts=int(time.time() * 1000),
+                        model_version=res.model_version, experiment=res.experiment, arm=res.arm,
+                        items=out.items, sids=out.sids, scores=out.scores,
+                        decode={k: v for k, v in res.decode.items() if isinstance(v, (str, int, float, bool))})
+        try:
+            await _await_kafka(self.producer.send(served), self.s.produce_timeout_s)
+        except Exception as e:  # noqa: BLE001 - no exposure log, no answer
+            self.metrics.errors.labels(route="recommend", reason="served_log").inc()
+            raise _unavailable(f"could not log the served record ({type(e).__name__}); retry",
+                               self.s.retry_after_s) from None
+        t3 = time.perf_counter()
+        st = out.stats
+        self.metrics.served.labels(experiment=res.experiment, arm=res.arm, model_version=res.model_version).inc()
+        self.metrics.decode_mode.labels(mode=str(st.get("mode", res.decode.get("mode", "")))).inc()
+        if "batch_size" in st:
+            self.metrics.batch_size.observe(st["batch_size"])
+        self.metrics.latency.labels(route="recommend", arm=res.arm, status="200").observe(t3 - t0)
+        timings = {"total_ms": (t3 - t0) * 1e3, "recommender_ms": (t2 - t1) * 1e3, "log_ms": (t3 - t2) * 1e3}
+        for k in ("history_ms", "decode_ms", "batch_size"):
+            if k in st:
+                timings[k] = float(st[k])
+        return {"request_id": rid, "model_version": res.model_version, "experiment": res.experiment,
+                "arm": res.arm, "timings": timings,
+                "items": [{"item_id": i, "sid": s, "score": sc} for i, s, sc in zip(out.items, out.sids, out.scores)]}
+
+    # -- events and items --------------------------------------------------------------------
+
+    @api.post("/v1/events", status_code=202, response_model=Accepted, tags=["ingest"],
+              responses={422: {"description": "every record was invalid", "model": Accepted},
+                         503: {"description": "Kafka unavailable; see Retry-After"}})
+    async def events(self, body: EventsBatch) -> JSONResponse:
+        """Validate user events (topic ``user-events``) and write the valid ones to Kafka."""
+        return await self._write(USER_EVENTS, body)
+
+    @api.post("/v1/items", status_code=202, response_model=Accepted, tags=["ingest"],
+              responses={422: {"description": "every record was invalid", "model": Accepted},
+                         503: {"description": "Kafka unavailable; see Retry-After"}})
+    async def items(self, body: ItemsBatch) -> JSONResponse:
+        """Validate catalog changes (topic ``item-events``) and write the valid ones to Kafka."""
+        return await self._write(ITEM_EVENTS, body)
+
+    @api.get("/v1/items/{item_id}", tags=["ingest"], responses={404: {"description": "not recommendable"}})
+    async def item_status(self, item_id: str = PathParam(..., min_length=1, max_length=128)) -> dict:
+        """Whether the recommender's live catalog can recommend ``item_id`` now."""
+        try:
+            ok = await asyncio.wait_for(self.rec.is_recommendable.remote(item_id), 5)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(f"recommender unavailable ({type(e).__name__})", self.s.retry_after_s) from None
+        if not ok:
+            raise HTTPException(404, f"item {item_id!r} is not in the live catalog (not indexed yet, or retired)")
+        return {"item_id": item_id, "recommendable": True}
+
+    # -- experiments -------------------------------------------------------------------------
+
+    @api.get("/v1/experiments", tags=["experiments"])
+    async def experiments(self) -> dict:
+        """The live experiment layers, arms, weights and guardrails."""
+        return {"version": self.registry.version, **self.registry.config.describe()}
+
+    def _experiment(self, name: str):
+        try:
+            return self.registry.config.experiment(name)
+        except KeyError:
+            names = [e.name for e in self.registry.config.experiments()]
+            raise HTTPException(404, f"no experiment {name!r}; known: {names}") from None
+
+    async def _report(self, name: str, plot: str | None = None) -> dict:
+        from serving.ab_report import build_report, read_kafka
+
+        exp = self._experiment(name)
+        hit = self._report_cache.get(name)
+        if hit and time.monotonic() - hit[0] < self.s.report_cache_s and plot is None:
+            return hit[1]
+        loop = asyncio.get_running_loop()
+        try:
+            served, events = await loop.run_in_executor(None, read_kafka, self.s.kafka, 30.0)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(f"could not read Kafka ({type(e).__name__})", self.s.retry_after_s) from None
+        rep = await loop.run_in_executor(None, build_report, exp, served, events, plot)
+        self._report_cache[name] = (time.monotonic(), rep)
+        return rep
+
+    @api.get("/v1/experiments/{name}/report", tags=["experiments"],
+             responses={404: {"description": "unknown experiment"}})
+    async def report(self, name: str = PathParam(..., min_length=1, max_length=128),
+                     format: str = Query("json", pattern="^(json|markdown)$")) -> Response:
+        """Per-arm exposures, feedback, CTR, reward, watch time with 95% CIs, Welch tests vs control, SRM."""
+        from serving.ab_report import markdown
+
+        rep = await self._report(name)
+        if format == "markdown":
+            return PlainTextResponse(markdown(rep))
+        return JSONResponse(rep)
+
+    @api.get("/v1/experiments/{name}/report.png", tags=["experiments"],
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown experiment"}})
+    async def report_png(self, name: str = PathParam(..., min_length=1, max_length=128)) -> Response:
+        """The report's plot (per-arm means with 95% CIs)."""
+        import os
+        import tempfile
+
+        self._experiment(name)
+        fd, path = tempfile.mkstemp(suffix=".png")
+        os.close(fd)
+        try:
+            await self._report(name, plot=path)
+            with open(path, "rb") as f:
+                return Response(f.read(), media_type="image/png")
+        finally:
+            os.unlink(path)
+
+    # -- admin -------------------------------------------------------------------------------
+
+    @api.post("/v1/admin/experiments/reload", tags=["admin"],
+              responses={400: {"description": "invalid experiments config"}, 401: {}, 403: {}})
+    async def reload(self, body: ReloadRequest, authorization: str | None = Header(None)) -> dict:
+        """Re-read the experiments (from the body's YAML or the configured file) without a restart."""
+        self._admin(authorization)
+        try:
+            self.registry.reload(body.yaml)
+        except (ValueError, OSError) as e:
+            raise HTTPException(400, f"experiments not reloaded: {e}") from None
+        self._report_cache.clear()
+        return {"version": self.registry.version, "experiments": [e.name for e in self.registry.config.experiments()]}
+
+    async def _versions(self) -> list[str]:
+        try:
+            return await asyncio.wait_for(self.rec.model_versions.remote(), 10)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(f"recommender unavailable ({type(e).__name__})", self.s.retry_after_s) from None
+
+    @api.post("/v1/admin/models/promote", tags=["admin"],
+              responses={404: {"description": "model version not loaded"}, 401: {}, 403: {}})
+    async def promote(self, body: PromoteRequest, authorization: str | None = Header(None)) -> dict:
+        """Make a loaded model version the default (users outside model experiments get it)."""
+        self._admin(authorization)
+        versions = await self._versions()
+        if body.model_version not in versions:
+            raise HTTPException(404, f"model version {body.model_version!r} is not loaded; loaded: {versions}")
+        previous = self.registry.promote(body.model_version)
+        return {"default_model_version": body.model_version, "previous": previous}
+
+    @api.post("/v1/admin/models/rollback", tags=["admin"], responses={409: {"description": "nothing to roll back"}})
+    async def rollback(self, authorization: str | None = Header(None)) -> dict:
+        """Undo the last promote: one call."""
+        self._admin(authorization)
+        try:
+            restored = self.registry.rollback()
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from None
+        return {"default_model_version": restored}
+
+    @api.post("/v1/admin/models/load", tags=["admin"], responses={400: {"description": "cannot load"}})
+    async def load_model(self, body: LoadModelRequest, authorization: str | None = Header(None)) -> dict:
+        """Load a checkpoint as a new model version beside the running ones (every replica that gets it)."""
+        self._admin(authorization)
+        try:
+            versions = await self.rec.load_model.remote(ModelSpec(body.model_version, path=body.path))
+        except Exception as e:  # noqa: BLE001 - a bad path / config is the caller's problem
+            raise HTTPException(400, f"could not load {body.path!r}: {type(e).__name__}: {e}"[:2000]) from None
+        return {"models": versions}
+
+    # -- probes ------------------------------------------------------------------------------
+
+    @api.get("/healthz", tags=["probes"])
+    async def healthz(self) -> dict:
+        """The ingress process is up."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["probes"], responses={503: {"description": "not ready"}})
+    async def readyz(self) -> dict:
+        """Ready when the recommender answers and its catalog holds at least one item."""
+        try:
+            st = await asyncio.wait_for(self.rec.status.remote(), 5)
+        except Exception as e:  # noqa: BLE001
+            raise _unavailable(f"recommender not ready ({type(e).__name__})", self.s.retry_after_s) from None
+        if not st.get("catalog_items"):
+            raise _unavailable("catalog is empty: no item can be recommended yet", self.s.retry_after_s)
+        return {"status": "ready", "catalog_items": st["catalog_items"], "models": st.get("models")}
+
+    @api.get("/metrics", tags=["probes"], response_class=PlainTextResponse)
+    async def metrics_route(self) -> Response:
+        """Prometheus text format."""
+        try:
+            self.metrics.observe_status(await asyncio.wait_for(self.rec.status.remote(), 2))
+        except Exception:  # noqa: BLE001 - a scrape never fails because the recommender is busy
+            pass
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def build_app(settings: AppSettings, rec_cfg):
+    """The bound Serve application: ingress → recommender."""
+    from serving.recommender import recommender_deployment
+
+    dep, rec_cfg = recommender_deployment(rec_cfg)
+    ingress = Ingress.options(num_replicas=settings.num_replicas,
+                              max_ongoing_requests=max(1000, 4 * settings.max_inflight),
+                              ray_actor_options={"num_cpus": 0.25})
+    return ingress.bind(dep.bind(rec_cfg), settings)
+
+
+def app_builder(args: dict):
+    """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serving.app:app_builder``)."""
+    from serving.serve_args import app_from_args
+
+    return app_from_args(args)

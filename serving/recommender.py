@@ -1,0 +1,200 @@
+"""The recommender deployment: dynamic batching around a :class:`serving.backend.RecommenderBackend`.
+
+* ``@serve.batch`` collects concurrent requests of one replica into a batch
+  (``max_batch_size``, ``batch_wait_timeout_s``); the batch runs in a worker
+  thread so the replica's event loop keeps accepting requests meanwhile.
+* ``max_ongoing_requests`` is sized with the batch (2 × ``max_batch_size``:
+  one batch running, one filling) — Serve's default of 5 would cap every
+  batch at 5 and collapse under concurrency (DESIGN §7). ``max_queued_requests``
+  bounds the queue in front of it, so overload turns into a fast
+  ``BackPressureError`` (→ HTTP 503 at the ingress) rather than a growing queue.
+* Asks for a GPU (``num_gpus=1``) when the cluster has one, and then decodes on it.
+* Model versions are loaded side by side (every :class:`ModelSpec` of the
+  config); the catalog follows ``item-events`` live (:class:`serving.live_state.ItemFeed`).
+
+The ``served`` record is written by the ingress, *after* this deployment has
+answered and *before* the HTTP response: the component that answers the
+client is the one that logs the exposure, so a replica killed mid-request
+leaves neither an answer nor a record (see :mod:`serving.app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+
+from ray import serve
+
+from serving.backend import ModelSpec, RecRequest, RecResult
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """Everything a recommender replica needs to build its backend (picklable, validated).
+
+    ``history``: ``"kafka"`` (fold user-events in the replica) or ``"shards"``
+    (read the sequence shard actors named ``shard_names`` in ``shard_namespace``).
+    ``seed_catalog``: optional ``(item_ids, sids [N, D])`` the catalog starts
+    from (a tokenizer's catalog); new items arrive through ``item-events``.
+    """
+
+    kafka: object                       # ingest.kafka_client.KafkaConfig
+    level_sizes: tuple[int, ...]
+    models: tuple[ModelSpec, ...]
+    history: str = "kafka"
+    shard_names: tuple[str, ...] = ()
+    shard_namespace: str | None = None
+    num_partitions: int = 0
+    max_history: int = 50
+    seed_catalog: tuple | None = field(default=None, hash=False, compare=False)
+    sid_assigner: object | None = field(default=None, hash=False, compare=False)  # callable; hash by default
+    item_feed: bool = True
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.004
+    max_queued_requests: int = 256
+    num_replicas: int = 1
+    torch_threads: int = 1
+    device: str = "auto"
+    num_cpus: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.history not in ("kafka", "shards"):
+            raise ValueError(f"RecommenderConfig.history={self.history!r}: use 'kafka' or 'shards'")
+        if self.history == "shards" and (not self.shard_names or self.num_partitions < 1):
+            raise ValueError("RecommenderConfig.history='shards' needs shard_names and num_partitions "
+                             "(from the SequenceSupervisor)")
+        if not self.models:
+            raise ValueError("RecommenderConfig.models is empty; give at least one ModelSpec")
+        if len({m.version for m in self.models}) != len(self.models):
+            raise ValueError(f"duplicate model versions in {[m.version for m in self.models]}")
+        if not 1 <= self.max_batch_size <= 1024:
+            raise ValueError(f"RecommenderConfig.max_batch_size={self.max_batch_size} must be in 1..1024")
+        if not 0 <= self.batch_wait_timeout_s <= 1:
+            raise ValueError(f"RecommenderConfig.batch_wait_timeout_s={self.batch_wait_timeout_s} must be in [0, 1]")
+        if self.max_queued_requests < -1 or self.max_queued_requests == 0:
+            raise ValueError(f"RecommenderConfig.max_queued_requests={self.max_queued_requests}: use -1 "
+                             "(unbounded) or a positive bound")
+        if self.num_replicas < 1:
+            raise ValueError(f"RecommenderConfig.num_replicas={self.num_replicas} must be >= 1")
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Sized with the batch: one batch running and one filling."""
+        return 2 * self.max_batch_size
+
+
+def build_backend(cfg: RecommenderConfig):
+    """The :class:`serving.backend.GeneratorBackend` of a config, feeds started (used in-process too)."""
+    import numpy as np
+    import torch
+
+    from serving.backend import GeneratorBackend, load_model, pick_device
+    from serving.live_state import HashSidAssigner, ItemFeed, KafkaHistory, LiveCatalog, ShardHistory
+
+    torch.set_num_threads(cfg.torch_threads)
+    device = pick_device(cfg.device)
+    catalog = LiveCatalog(cfg.level_sizes)
+    if cfg.seed_catalog is not None:
+        ids, sids = cfg.seed_catalog
+        catalog.add_with_sids(list(ids), np.asarray(sids))
+    feeds = []
+    if cfg.item_feed:
+        assigner = cfg.sid_assigner or HashSidAssigner(cfg.level_sizes[:-1])
+        feeds.append(ItemFeed(cfg.kafka, catalog, assigner).start())
+    if cfg.history == "shards":
+        history = ShardHistory(cfg.shard_names, cfg.num_partitions, cfg.shard_namespace, cfg.max_history)
+    else:
+        history = KafkaHistory(cfg.kafka, cfg.max_history).start()
+        feeds.append(history)
+    for f in feeds:
+        f.wait_caught_up(60)
+    models = {m.version: load_model(m, device) for m in cfg.models}
+    backend = GeneratorBackend(catalog, history, models, cfg.max_history, device)
+    backend.feeds = feeds
+    return backend
+
+
+@serve.deployment(name="Recommender")
+class Recommender:
+    """One replica: backend + dynamic batching. Called by the ingress through a deployment handle."""
+
+    def __init__(self, cfg: RecommenderConfig):
+        self.cfg = cfg
+        self.backend = build_backend(cfg)
+        self._batched.set_max_batch_size(cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batches = 0
+        self.batched_requests = 0
+        self.started = time.time()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
+    async def _batched(self, reqs: list[RecRequest]) -> list[RecResult]:
+        self.batches += 1
+        self.batched_requests += len(reqs)
+        return await asyncio.get_running_loop().run_in_executor(None, self.backend.recommend, reqs)
+
+    async def recommend(self, req: RecRequest) -> RecResult:
+        """One request, batched with whatever else is in flight on this replica."""
+        return await self._batched(req)
+
+    async def recommend_unbatched(self, req: RecRequest) -> RecResult:
+        """One request alone (batch size 1): the baseline of the batching benchmark."""
+        return (await asyncio.get_running_loop().run_in_executor(None, self.backend.recommend, [req]))[0]
+
+    def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
+        """Change the batch size live (benchmarks compare batched vs batch size 1 in one run)."""
+        self._batched.set_max_batch_size(max_batch_size)
+        if batch_wait_timeout_s is not None:
+            self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        return {"max_batch_size": max_batch_size}
+
+    def status(self) -> dict:
+        import os
+
+        st = self.backend.status()
+        st.update({"pid": os.getpid(), "batches": self.batches, "batched_requests": self.batched_requests,
+                   "uptime_s": round(time.time() - self.started, 1),
+                   "feeds": [{"type": type(f).__name__, "lag": getattr(f, "lag", 0),
+                              "applied": getattr(f, "applied", 0), "last_error": getattr(f, "last_error", None)}
+                             for f in getattr(self.backend, "feeds", [])]})
+        return st
+
+    def is_recommendable(self, item_id: str) -> bool:
+        return self.backend.is_recommendable(item_id)
+
+    def model_versions(self) -> list[str]:
+        return self.backend.model_versions()
+
+    def load_model(self, spec: ModelSpec) -> list[str]:
+        """Load one more model version beside the running ones (admin)."""
+        from serving.backend import load_model
+
+        self.backend.add_model(spec.version, load_model(spec, self.backend.device))
+        return self.backend.model_versions()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def recommender_deployment(cfg: RecommenderConfig):
+    """The deployment with its options set from the config (GPU when the cluster has one)."""
+    import ray
+
+    gpus = 0.0
+    try:
+        if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 and cfg.device in ("auto", "cuda"):
+            gpus = 1.0
+    except Exception:  # noqa: BLE001 - no cluster info: CPU
+        gpus = 0.0
+    if gpus and cfg.device == "auto":
+        cfg = replace(cfg, device="cuda")
+    return Recommender.options(
+        num_replicas=cfg.num_replicas,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=2,
+    ), cfg

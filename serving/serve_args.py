@@ -1,0 +1,80 @@
+"""Plain-dict arguments → the Serve application (shared by ``serve run``/``serve deploy`` and ``genrec serve``).
+
+The keys (all optional but ``bootstrap``), as written under ``args:`` in
+``infra/serve_config.yaml``::
+
+    bootstrap: 127.0.0.1:9092        # or the KAFKA_BOOTSTRAP environment variable
+    namespace: ""                    # topic-name prefix (GENREC_TOPIC_NAMESPACE)
+    experiments: infra/experiments.yaml
+    admin_token: null                # or GENREC_ADMIN_TOKEN
+    level_sizes: [16, 16, 8]         # codes per SID level, dedup level included
+    models:                          # versions served side by side
+      - {version: v1, path: /models/v1.pt}
+      - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
+    history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
+    max_batch_size: 16
+    batch_wait_timeout_s: 0.004
+    max_inflight: 64
+    recommender_replicas: 1
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def configs_from_args(args: dict):
+    """``(AppSettings, RecommenderConfig)`` from the argument dict (errors name the bad key)."""
+    from ingest.kafka_client import KafkaConfig
+    from serving.app import AppSettings
+    from serving.backend import ModelSpec
+    from serving.recommender import RecommenderConfig
+
+    args = dict(args or {})
+    known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
+             "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
+             "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
+             "device", "max_k"}
+    unknown = set(args) - known
+    if unknown:
+        raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
+    bootstrap = args.get("bootstrap") or os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        raise ValueError("no Kafka bootstrap: set args.bootstrap in the Serve config or KAFKA_BOOTSTRAP=host:port")
+    kafka = KafkaConfig(bootstrap=bootstrap,
+                        namespace=args.get("namespace", os.environ.get("GENREC_TOPIC_NAMESPACE", "")))
+    level_sizes = tuple(int(x) for x in args.get("level_sizes", (16, 16, 8)))
+    models = []
+    for m in args.get("models") or [{"version": "v1", "seed": 1}]:
+        if not isinstance(m, dict) or "version" not in m:
+            raise ValueError(f"models entry {m!r} must be a mapping with a version (and path or config)")
+        cfg = dict(m.get("config") or {})
+        if not m.get("path"):
+            cfg.setdefault("level_sizes", level_sizes)
+            cfg["level_sizes"] = tuple(cfg["level_sizes"])
+            cfg.setdefault("d_model", 64)
+            cfg.setdefault("heads", 2)
+            cfg.setdefault("enc_layers", 1)
+            cfg.setdefault("dec_layers", 1)
+        models.append(ModelSpec(str(m["version"]), cfg, m.get("path"), int(m.get("seed", 0))))
+    rec = RecommenderConfig(
+        kafka=kafka, level_sizes=level_sizes, models=tuple(models), history=args.get("history", "kafka"),
+        shard_names=tuple(args.get("shard_names") or ()), shard_namespace=args.get("shard_namespace"),
+        num_partitions=int(args.get("num_partitions", 0)), max_history=int(args.get("max_history", 50)),
+        max_batch_size=int(args.get("max_batch_size", 16)),
+        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.004)),
+        max_queued_requests=int(args.get("max_queued_requests", 256)),
+        num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"))
+    exp = args.get("experiments") or ""
+    settings = AppSettings(kafka=kafka, experiments=str(exp),
+                           admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
+                           max_inflight=int(args.get("max_inflight", 64)),
+                           num_replicas=int(args.get("ingress_replicas", 1)), max_k=int(args.get("max_k", 100)))
+    return settings, rec
+
+
+def app_from_args(args: dict):
+    from serving.app import build_app
+
+    settings, rec = configs_from_args(args)
+    return build_app(settings, rec)
