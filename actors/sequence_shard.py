@@ -59,6 +59,8 @@ class ShardConfig:
     committed (monitoring only) and prefixes the checkpoint name.
     ``exit_on_error``: crash the process on a loop error so Ray restarts the
     actor from its checkpoint (True inside Ray; False for in-process use).
+    Freshness figures in ``status()`` cover events applied in the last
+    ``freshness_window_s`` seconds (0 samples when idle).
     """
 
     shard_id: int
@@ -73,6 +75,7 @@ class ShardConfig:
     lag_refresh_s: float = 1.0
     exit_on_error: bool = False
     stats_window: int = 20_000
+    freshness_window_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -82,6 +85,8 @@ class ShardConfig:
             raise ValueError(f"ShardConfig.shard_id={self.shard_id} must be in [0, num_shards={self.num_shards})")
         if self.lag_refresh_s <= 0:
             raise ValueError(f"ShardConfig.lag_refresh_s={self.lag_refresh_s} must be > 0")
+        if self.freshness_window_s <= 0:
+            raise ValueError(f"ShardConfig.freshness_window_s={self.freshness_window_s} must be > 0 seconds")
 
     @property
     def checkpoint_name(self) -> str:
@@ -137,8 +142,8 @@ class ShardRuntime:
         self._ends: dict[int, int] = {}
         self._ends_at = 0.0
         w = config.stats_window
-        self._fresh_event = deque(maxlen=w)    # applied wall ms − event ts
-        self._fresh_produce = deque(maxlen=w)  # applied wall ms − Kafka message timestamp
+        # (applied wall s, applied wall ms − event ts, applied wall ms − Kafka message timestamp)
+        self._fresh = deque(maxlen=w)
         self._rate = deque(maxlen=64)          # (wall s, applied total)
 
     # -- loop ------------------------------------------------------------------------------
@@ -176,8 +181,9 @@ class ShardRuntime:
                 ev_ts = np.fromiter((m.record.ts for m in msgs), np.float64, len(msgs))
                 pr_ts = np.fromiter((m.timestamp_ms for m in msgs), np.float64, len(msgs))
                 stride = max(1, len(msgs) // 256)  # keep sampling cheap for big batches
-                self._fresh_event.extend((now_ms - ev_ts[::stride]).tolist())
-                self._fresh_produce.extend((now_ms - pr_ts[::stride]).tolist())
+                now_s = now_ms / 1000.0
+                self._fresh.extend((now_s, e, p) for e, p in zip((now_ms - ev_ts[::stride]).tolist(),
+                                                                 (now_ms - pr_ts[::stride]).tolist()))
             self._rate.append((time.time(), self.stats.applied))
         now = time.time()
         if self._since_ckpt and (self._since_ckpt >= self.config.checkpoint.every_events
@@ -250,8 +256,9 @@ class ShardRuntime:
         recent = [r for r in list(self._rate) if r[0] >= now - 5.0]  # list(): atomic copy under the GIL
         if len(recent) >= 2:
             rate = (recent[-1][1] - recent[0][1]) / max(recent[-1][0] - recent[0][0], 1e-3)
-        fe = np.asarray(list(self._fresh_event) or [0.0])
-        fp = np.asarray(list(self._fresh_produce) or [0.0])
+        recent_fresh = [x for x in list(self._fresh) if x[0] >= now - self.config.freshness_window_s]
+        fr = np.asarray(recent_fresh or [(0.0, 0.0, 0.0)], np.float64)
+        fe, fp = fr[:, 1], fr[:, 2]
         return {
             "shard": self.config.shard_id,
             "partitions": list(self.config.partitions),
@@ -265,6 +272,7 @@ class ShardRuntime:
             "lag": int(sum(lag.values())),
             "lag_by_partition": lag,
             "events_per_s": round(rate, 1),
+            "freshness_samples": len(recent_fresh),
             "freshness_p50_ms": round(float(np.percentile(fe, 50)), 1),
             "freshness_p99_ms": round(float(np.percentile(fe, 99)), 1),
             "ingest_p50_ms": round(float(np.percentile(fp, 50)), 1),

@@ -216,35 +216,47 @@ class SequenceState:
             return res
         if isinstance(lanes, int):
             lanes = [lanes] * n
-        rows = np.empty(n, np.int64)
-        items = np.empty(n, np.int32)
-        types = np.empty(n, np.int8)
-        tss = np.empty(n, np.int64)
-        watches = np.empty(n, np.int32)
-        keep = 0
+        rows: list[int] = []
+        items: list[int] = []
+        types: list[int] = []
+        tss: list[int] = []
+        watches: list[int] = []
         user_row, window = self.user_row, self.config.dedup_window
+        item_index, type_code = self.item_index, _TYPE_CODE
         lane_objs = self.lanes
-        for ev, lane in zip(events, lanes):
-            lo = lane_objs.get(lane)
-            if lo is None:
-                lo = lane_objs[lane] = _Lane(window)
-            if lo.seen_or_add(ev.event_id):
+        lane, lo = None, None
+        for ev, ln in zip(events, lanes):
+            if ln != lane:
+                lane, lo = ln, lane_objs.get(ln)
+                if lo is None:
+                    lo = lane_objs[ln] = _Lane(window)
+            # de-dup (inlined _Lane.seen_or_add: this loop is the shard's hot path)
+            eid = ev.event_id
+            if eid in lo.ids:
                 res.duplicates += 1
                 continue
+            if window:
+                if len(lo.fifo) >= window:
+                    lo.ids.discard(lo.fifo.popleft())
+                lo.fifo.append(eid)
+                lo.ids.add(eid)
             r = user_row.get(ev.user_id)
             if r is None:
                 r = user_row[ev.user_id] = len(self.user_ids)
                 self.user_ids.append(ev.user_id)
                 res.new_users += 1
-            rows[keep] = r
-            items[keep] = self._item_of(ev.item_id)
-            types[keep] = _TYPE_CODE[ev.type]
-            tss[keep] = ev.ts
-            watches[keep] = -1 if ev.watch_ms is None else ev.watch_ms
-            keep += 1
+            rows.append(r)
+            i = item_index.get(ev.item_id)
+            items.append(self._item_of(ev.item_id) if i is None else i)
+            types.append(type_code[ev.type])
+            tss.append(ev.ts)
+            w = ev.watch_ms
+            watches.append(-1 if w is None else w)
+        keep = len(rows)
         self.duplicates += res.duplicates
         if keep:
-            self._scatter(rows[:keep], items[:keep], types[:keep], tss[:keep], watches[:keep])
+            self._scatter(np.array(rows, np.int64), np.array(items, np.int32), np.array(types, np.int8),
+                          np.array(tss, np.int64), np.array(watches, np.int32))
         res.applied = keep
         self.events_applied += keep
         return res

@@ -38,7 +38,8 @@ class SupervisorConfig:
     ``num_shards=None`` means one shard per partition. ``num_cpus`` is the Ray
     CPU reservation per shard (fractional, so several shards share a core on a
     laptop). ``monitor_s``: how often the background monitor checks liveness
-    (0 = no monitor thread; call :meth:`check` yourself).
+    (0 = no monitor thread; call :meth:`check` yourself). ``freshness_window_s``:
+    the span of recent events the freshness percentiles in ``status()`` cover.
     """
 
     kafka: KafkaConfig
@@ -52,6 +53,7 @@ class SupervisorConfig:
     num_cpus: float = 0.25
     max_concurrency: int = 4
     monitor_s: float = 2.0
+    freshness_window_s: float = 10.0
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -103,7 +105,8 @@ class SequenceSupervisor:
         self.shard_configs = [
             ShardConfig(shard_id=i, num_shards=n, partitions=partitions_of_shard(i, self.num_partitions, n),
                         kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
-                        consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id)
+                        consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id,
+                        freshness_window_s=cfg.freshness_window_s)
             for i in range(n)]
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}
@@ -225,7 +228,8 @@ class SequenceSupervisor:
             "dead_lettered": sum(r["dead_lettered"] for r in live),
             "lag": sum(r["lag"] for r in live),
             "events_per_s": round(sum(r["events_per_s"] for r in live), 1),
-            "freshness_p99_ms": max((r["freshness_p99_ms"] for r in live), default=0.0),
+            "freshness_p99_ms": max((r["freshness_p99_ms"] for r in live if r["freshness_samples"]), default=0.0),
+            "ingest_p99_ms": max((r["ingest_p99_ms"] for r in live if r["freshness_samples"]), default=0.0),
             "max_checkpoint_age_s": max((r["checkpoint_age_s"] for r in live), default=0.0),
             "recreated": self.recreated,
         }
@@ -261,7 +265,8 @@ def format_status(status: dict) -> str:
         lines.append(
             f"{r['shard']:>5} {parts:<9} {'running':<10} {r['users']:>7,} {r['events_applied']:>10,} "
             f"{r['duplicates_dropped']:>6,} {r['dead_lettered']:>5,} {r['lag']:>8,} {r['events_per_s']:>9,.0f} "
-            f"{_ms(r['freshness_p50_ms']):>10} {_ms(r['freshness_p99_ms']):>10} {_ms(r['ingest_p99_ms']):>10} "
+            f"{_ms(r['freshness_p50_ms'], r):>10} {_ms(r['freshness_p99_ms'], r):>10} "
+            f"{_ms(r['ingest_p99_ms'], r):>10} "
             f"{r['checkpoint_age_s']:>8.1f}s {r.get('restarts_seen', 0):>8}")
     t = status["total"]
     lines.append(f"total: {t['running']}/{t['shards']} shards over {t['partitions']} partitions, "
@@ -271,7 +276,9 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
-def _ms(v: float) -> str:
+def _ms(v: float, row: dict | None = None) -> str:
+    if row is not None and not row.get("freshness_samples", 1):
+        return "-"  # nothing applied in the freshness window
     return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}ms"
 
 
