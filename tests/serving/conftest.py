@@ -1,0 +1,106 @@
+"""A real local Ray Serve app (one per test module) on the session's real broker."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import pytest
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+LEVEL_SIZES = (8, 8, 8)
+N_ITEMS = 120
+
+EXPERIMENTS = """
+default: {model_version: v1, decode: {mode: greedy}}
+layers:
+  - name: decoding
+    salt: dec-1
+    experiments:
+      - name: decode-ab
+        control: greedy
+        guardrails: [{metric: ctr, max_relative_drop: 0.05}]
+        arms:
+          - {name: greedy, weight: 1, decode: {mode: greedy}}
+          - {name: beam, weight: 1, decode: {mode: beam, beam_width: 2}}
+  - name: models
+    salt: mod-1
+    experiments:
+      - name: model-ab
+        arms:
+          - {name: small, weight: 1, model_version: v1}
+          - {name: other, weight: 1, model_version: v2}
+"""
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_ray():
+    """A small local Ray (2 CPUs, no dashboard); returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="genrec-tests",
+             configure_logging=False)
+    return True
+
+
+class ServeApp:
+    def __init__(self, url: str, kafka, item_ids: list[str]):
+        self.url, self.kafka, self.item_ids = url, kafka, item_ids
+
+
+@pytest.fixture(scope="module")
+def serve_app(broker):
+    """Broker topics with a seeded catalog, then the genrec Serve app on a free loopback port."""
+    import httpx
+    from ray import serve
+
+    from ingest.contract import ItemEvent
+    from ingest.kafka_client import KafkaConfig
+    from ingest.producer import EventProducer
+    from ingest.topics import ensure_topics
+    from serving.serve_args import app_from_args
+
+    ns = f"srv-{uuid.uuid4().hex[:8]}."
+    kafka = KafkaConfig(bootstrap=broker, namespace=ns)
+    ensure_topics(kafka)
+    items = [f"item{i}" for i in range(N_ITEMS)]
+    with EventProducer(kafka) as p:
+        for i, it in enumerate(items):
+            p.send(ItemEvent(it, 1000 + i, title=f"title {i}"))
+    started = start_ray()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = app_from_args({
+        "bootstrap": broker, "namespace": ns, "experiments": EXPERIMENTS, "admin_token": ADMIN_TOKEN,
+        "level_sizes": list(LEVEL_SIZES), "max_inflight": 16, "max_batch_size": 8,
+        "models": [{"version": "v1", "seed": 1, "config": {"d_model": 32, "max_history": 20}},
+                   {"version": "v2", "seed": 2, "config": {"d_model": 32, "max_history": 20}}],
+    })
+    serve.run(app, name="genrec", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("the Serve app did not become ready in 180 s")
+    yield ServeApp(url, kafka, items)
+    serve.shutdown()
+    if started:
+        import ray
+
+        ray.shutdown()
