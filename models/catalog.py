@@ -139,16 +139,22 @@ class Catalog:
     def live_indices(self) -> np.ndarray:
         return np.flatnonzero(self._live).astype(np.int64)
 
+    def content_key(self, idx: int) -> str:
+        """The content hash stored with item ``idx`` (what makes re-sends idempotent)."""
+        return self._content[int(idx)]
+
     def sid_of(self, item_id: str) -> np.ndarray | None:
         i = self._index_of.get(item_id)
         return None if i is None else self._sids[i].copy()
 
     def sids(self, idx=None) -> np.ndarray:
         """SIDs of item indices [N] -> [N, D] (all indexed items when ``idx`` is None)."""
-        return self._sids.copy() if idx is None else self._sids[np.asarray(idx, dtype=np.int64)]
+        n = len(self._ids)
+        return self._sids[:n].copy() if idx is None else self._sids[np.asarray(idx, dtype=np.int64)]
 
     def embeddings(self, idx=None) -> np.ndarray:
-        return self._emb.copy() if idx is None else self._emb[np.asarray(idx, dtype=np.int64)]
+        n = len(self._ids)
+        return self._emb[:n].copy() if idx is None else self._emb[np.asarray(idx, dtype=np.int64)]
 
     def lookup_sids(self, sids: np.ndarray) -> np.ndarray:
         """Live item index of each full SID [N, D] -> [N], -1 where none."""

@@ -1,0 +1,423 @@
+"""Item indexer: ``item-events`` → embeddings → semantic IDs → catalog (trie + faiss), live.
+
+The streaming half of the semantic-ID pipeline (DESIGN.md §4):
+
+1. consume ``item-events`` with a manually assigned :class:`ContractConsumer`
+   (malformed messages are dead-lettered by the loop itself);
+2. check each upsert's content — bad input (no text and no embedding, an
+   embedding of the wrong dimension or with NaNs, text over
+   ``max_text_chars``) becomes a ``dead-letters`` record with the reason;
+3. batch-encode new or changed text with the sentence encoder (in process, or
+   a Triton server when ``triton_url`` is set), or take the given embedding;
+4. quantize with the current codebooks (``encode_candidates``), let the
+   catalog give each *new* item the first candidate prefix with a free
+   de-duplication slot (known items keep their SID: stable), add it to the
+   trie and the faiss index; retire removes items from both;
+5. checkpoint catalog + offsets atomically (actors/checkpoint.py) every
+   ``checkpoint_every_s`` / ``checkpoint_every_events``; on restart load it
+   and seek to its offsets — replaying the same events in the same order
+   gives the same SIDs, so a crash at any instant ends in the catalog a
+   no-fault run builds (dead letters are at-least-once across a crash);
+6. publish changes as versioned deltas: readers call ``delta_since(version)``
+   (or take ``snapshot()``) and ``Catalog.apply`` them.
+
+An unchanged re-send (same content hash) is skipped before encoding, so
+re-delivery is idempotent and cheap. ``python -m actors.item_indexer`` runs
+one as a process; :func:`item_indexer_actor` wraps it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.checkpoint import CheckpointStore
+from ingest.codec import dead_letter, encode as encode_record
+from ingest.consumer_loop import ConsumerConfig, ContractConsumer
+from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
+from ingest.kafka_client import KafkaConfig, as_config
+from ingest.producer import EventProducer
+from models.catalog import Catalog, CatalogConfig, CatalogDelta
+from models.tokenizer import Tokenizer, tokenizer_from_bytes, tokenizer_to_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemIndexerConfig:
+    """Knobs of one indexer. ``name`` names its checkpoints and its Kafka group (lag tools).
+
+    ``checkpoint_uri`` empty = no checkpoints (tests, benchmarks). ``candidates``:
+    how many last-level codes to try when a prefix's de-duplication slots are
+    full. ``triton_url`` set = embeddings come from that Triton server.
+    """
+
+    name: str = "item-indexer"
+    checkpoint_uri: str = ""
+    checkpoint_every_s: float = 2.0
+    checkpoint_every_events: int = 5000
+    max_batch: int = 512
+    poll_timeout_ms: int = 20
+    max_text_chars: int = 8000
+    candidates: int = 8
+    encoder_device: str = "auto"
+    encoder_batch_size: int = 64
+    triton_url: str = ""
+    triton_model: str = "minilm"
+    use_gpu_index: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(f"ItemIndexerConfig.name={self.name!r} must be a non-empty word")
+        if self.checkpoint_every_s <= 0 or self.checkpoint_every_events < 1:
+            raise ValueError(f"ItemIndexerConfig checkpoint_every_s={self.checkpoint_every_s} and "
+                             f"checkpoint_every_events={self.checkpoint_every_events} must be positive")
+        if self.max_batch < 1 or self.candidates < 1 or self.max_text_chars < 1:
+            raise ValueError(f"ItemIndexerConfig max_batch={self.max_batch}, candidates={self.candidates}, "
+                             f"max_text_chars={self.max_text_chars} must be >= 1")
+
+
+def content_key(ev: ItemEvent) -> str:
+    """Hash of what the SID depends on (embedding if given, else the encoder's text)."""
+    h = hashlib.sha1()
+    if ev.embedding is not None:
+        h.update(b"E")
+        h.update(np.asarray(ev.embedding, dtype=np.float32).tobytes())
+    else:
+        h.update(b"T")
+        h.update(ev.content_text().encode("utf-8"))
+    return h.hexdigest()[:20]
+
+
+def tokenizer_checkpoint_name(name: str) -> str:
+    return f"{name}.tokenizer"
+
+
+def install_tokenizer(store: CheckpointStore, name: str, tok: Tokenizer) -> None:
+    """Store the codebooks an indexer named ``name`` will use (a deliberate rollout = a new name)."""
+    store.save(tokenizer_checkpoint_name(name), tokenizer_to_bytes(tok), {})
+
+
+@dataclass
+class _Pending:
+    item_id: str
+    partition: int
+    offset: int
+    key: bytes | None
+    record: ItemEvent
+    ts_ms: int
+    ckey: str
+
+
+class ItemIndexer:
+    """The indexer's state machine; drive it with :meth:`step` / :meth:`run` (one thread)."""
+
+    def __init__(self, kafka: KafkaConfig | str, tokenizer: Tokenizer | None = None,
+                 config: ItemIndexerConfig = ItemIndexerConfig(), encoder=None, partitions=None):
+        self.kafka = as_config(kafka)
+        self.config = config
+        self._store = CheckpointStore(config.checkpoint_uri) if config.checkpoint_uri else None
+        offsets: dict[int, int] = {}
+        catalog = None
+        if self._store is not None:
+            saved = self._store.load(tokenizer_checkpoint_name(config.name))
+            if saved is not None:
+                ck_tok = tokenizer_from_bytes(saved[0])
+                if tokenizer is not None and tokenizer.version != ck_tok.version:
+                    log.warning("indexer %s keeps its checkpointed codebooks %s (given %s): SIDs are stable; "
+                                "roll out new codebooks under a new indexer name", config.name,
+                                ck_tok.version, tokenizer.version)
+                tokenizer = ck_tok
+            elif tokenizer is not None:
+                install_tokenizer(self._store, config.name, tokenizer)
+            got = self._store.load(config.name)
+            if got is not None:
+                catalog = Catalog.from_bytes(got[0])
+                offsets = got[1]
+        if tokenizer is None:
+            raise ValueError(f"indexer {config.name!r} has no tokenizer: pass one, or install one in "
+                             f"{config.checkpoint_uri or 'a checkpoint store'} (install_tokenizer)")
+        self.tokenizer = tokenizer
+        self.catalog = catalog or Catalog(CatalogConfig(level_sizes=tuple(tokenizer.sid_level_sizes),
+                                                        dim=tokenizer.dim, use_gpu=config.use_gpu_index))
+        self._encoder = encoder
+        self._dlq = EventProducer(self.kafka)
+        self.consumer = ContractConsumer(
+            self.kafka, ITEM_EVENTS, partitions=partitions, group_id=f"genrec-{config.name}",
+            config=ConsumerConfig(max_batch=config.max_batch, poll_timeout_ms=config.poll_timeout_ms),
+            dead_letters=self._dlq, start_offsets=offsets, from_beginning=True)
+        self.offsets: dict[int, int] = dict(offsets)
+        self._ckpt_offsets: dict[int, int] = dict(offsets)
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        self.lock = threading.RLock()   # readers (delta_since, search) vs the loop
+        self.latencies_ms: deque[float] = deque(maxlen=100_000)   # produce -> in trie + index
+        self.stats = {"events": 0, "added": 0, "updated": 0, "unchanged": 0, "retired": 0,
+                      "dead_lettered": 0, "encoded": 0, "checkpoints": 0, "restored_version": self.catalog.version}
+
+    # -------------------------------------------------------------- encoders
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            if self.config.triton_url:
+                from actors.triton_encoder import TritonEncoder, TritonEncoderConfig
+                self._encoder = TritonEncoder(TritonEncoderConfig(url=self.config.triton_url,
+                                                                  model=self.config.triton_model))
+            else:
+                from actors.text_encoder import TextEncoderConfig, shared_encoder
+                self._encoder = shared_encoder(TextEncoderConfig(device=self.config.encoder_device,
+                                                                 batch_size=self.config.encoder_batch_size))
+        return self._encoder
+
+    # -------------------------------------------------------------- the loop
+    def step(self, timeout_ms: int | None = None) -> int:
+        """Poll one micro-batch and apply it; returns how many messages it consumed."""
+        batch = self.consumer.poll(timeout_ms)
+        if not batch.consumed:
+            self._maybe_checkpoint()
+            return 0
+        with self.lock:
+            pending: list[_Pending] = []
+            for m in batch.messages:
+                ev: ItemEvent = m.record
+                if ev.op == "retire":
+                    self._flush(pending)
+                    pending = []
+                    gone = self.catalog.retire([ev.item_id])
+                    self.stats["retired"] += len(gone)
+                    continue
+                reason = self._check(ev)
+                if reason:
+                    self._dead(m.partition, m.offset, m.key, ev, reason)
+                    continue
+                ck = content_key(ev)
+                idx = self.catalog.index_of(ev.item_id)
+                if idx is not None and self.catalog.is_live(ev.item_id) and self.catalog.content_key(idx) == ck \
+                        and not any(p.item_id == ev.item_id for p in pending):
+                    self.stats["unchanged"] += 1         # idempotent re-delivery: nothing to encode
+                    continue
+                pending.append(_Pending(ev.item_id, m.partition, m.offset, m.key, ev, m.timestamp_ms, ck))
+            self._flush(pending)
+            self.offsets.update(batch.next_offsets)
+            self.stats["events"] += batch.consumed
+            self.stats["dead_lettered"] += batch.dead_lettered
+            self._since_ckpt += batch.consumed
+        self._maybe_checkpoint()
+        return batch.consumed
+
+    def _check(self, ev: ItemEvent) -> str:
+        if ev.embedding is not None:
+            if len(ev.embedding) != self.tokenizer.dim:
+                return (f"embedding has dimension {len(ev.embedding)} but the tokenizer expects "
+                        f"{self.tokenizer.dim}; send embeddings from the same encoder or send text instead")
+            if not np.isfinite(np.asarray(ev.embedding, dtype=np.float64)).all():
+                return "embedding contains NaN or infinite values"
+            return ""
+        text = ev.content_text()
+        if not text.strip():
+            return "item has no text (title/text/tags) and no embedding: nothing to derive a semantic ID from"
+        if len(text) > self.config.max_text_chars:
+            return (f"item text is {len(text)} characters, over the indexer's limit of "
+                    f"{self.config.max_text_chars}; shorten it or send an embedding")
+        return ""
+
+    def _flush(self, pending: list[_Pending]) -> None:
+        if not pending:
+            return
+        dim = self.tokenizer.dim
+        emb = np.zeros((len(pending), dim), dtype=np.float32)
+        text_rows = [i for i, p in enumerate(pending) if p.record.embedding is None]
+        for i, p in enumerate(pending):
+            if p.record.embedding is not None:
+                emb[i] = np.asarray(p.record.embedding, dtype=np.float32)
+        if text_rows:
+            enc = self.encoder.encode([pending[i].record.content_text() for i in text_rows])
+            self.stats["encoded"] += len(text_rows)
+            if enc.shape[1] != dim:
+                for i in text_rows:
+                    p = pending[i]
+                    self._dead(p.partition, p.offset, p.key, p.record,
+                               f"text encoder gives dimension {enc.shape[1]} but the tokenizer expects {dim}; "
+                               "the indexer's tokenizer was fitted on other embeddings")
+                pending = [p for i, p in enumerate(pending) if i not in set(text_rows)]
+                emb = np.delete(emb, text_rows, axis=0)
+            else:
+                emb[text_rows] = enc
+        ok = np.isfinite(emb).all(axis=1) & (np.linalg.norm(emb, axis=1) > 0)
+        for i in np.flatnonzero(~ok):
+            p = pending[i]
+            self._dead(p.partition, p.offset, p.key, p.record, "embedding is all zeros or not finite")
+        pending = [p for i, p in enumerate(pending) if ok[i]]
+        emb = emb[ok]
+        if not pending:
+            return
+        cands = self.tokenizer.encode_candidates(emb, self.config.candidates)      # [N, C, L]
+        res = self.catalog.upsert([p.item_id for p in pending], cands, emb, [p.ckey for p in pending])
+        self.stats["added"] += len(res.added)
+        self.stats["updated"] += len(res.updated)
+        self.stats["unchanged"] += len(res.unchanged)
+        for p in pending:
+            if p.item_id in res.rejected:
+                self._dead(p.partition, p.offset, p.key, p.record, res.rejected[p.item_id])
+        now = time.time() * 1000.0
+        done = set(res.added) | set(res.updated)
+        self.latencies_ms.extend(now - p.ts_ms for p in pending if p.item_id in done)
+
+    def _dead(self, partition: int, offset: int, key: bytes | None, ev: ItemEvent, reason: str) -> None:
+        self._dlq.send(dead_letter(ITEM_EVENTS, partition, offset, key, encode_record(ev), reason),
+                       topic=DEAD_LETTERS)
+        self.stats["dead_lettered"] += 1
+
+    def _maybe_checkpoint(self, force: bool = False) -> bool:
+        if self._store is None or self.offsets == self._ckpt_offsets:
+            return False
+        due = (self._since_ckpt >= self.config.checkpoint_every_events
+               or time.monotonic() - self._last_ckpt >= self.config.checkpoint_every_s)
+        if not (force or due):
+            return False
+        self.checkpoint()
+        return True
+
+    def checkpoint(self) -> None:
+        """Write catalog + offsets atomically (dead letters first, so none is lost), then commit offsets."""
+        if self._store is None:
+            return
+        with self.lock:
+            self._dlq.flush()
+            payload = self.catalog.to_bytes()
+            offsets = dict(self.offsets)
+        self._store.save(self.config.name, payload, offsets)
+        self._ckpt_offsets = offsets
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        self.stats["checkpoints"] += 1
+        try:
+            self.consumer.commit(offsets)   # for lag tools only; the checkpoint is the truth
+        except Exception as e:  # noqa: BLE001 - lag reporting must not stop indexing
+            log.warning("offset commit failed (lag tools only): %s", e)
+
+    def run(self, stop: threading.Event, idle_sleep_s: float = 0.0) -> None:
+        """Loop until ``stop`` is set; a final checkpoint on the way out."""
+        while not stop.is_set():
+            if self.step() == 0 and idle_sleep_s:
+                stop.wait(idle_sleep_s)
+        self._maybe_checkpoint(force=True)
+
+    def caught_up(self) -> bool:
+        """True when every assigned partition has been consumed to its reported end.
+
+        The reported end can lag the log (seen on tansu), so :meth:`run_until_caught_up`
+        also waits for an empty poll.
+        """
+        ends = self.consumer.end_offsets()
+        return all(self.offsets.get(p, 0) >= e for p, e in ends.items())
+
+    def run_until_caught_up(self, timeout_s: float = 60.0) -> None:
+        """Step until a poll comes back empty with every partition at its end (tools, tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.step(timeout_ms=100) == 0 and self.caught_up():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"indexer {self.config.name} did not catch up in {timeout_s}s "
+                                   f"(at {self.offsets})")
+
+    # -------------------------------------------------------------- readers
+    def delta_since(self, version: int) -> CatalogDelta:
+        with self.lock:
+            return self.catalog.delta_since(version)
+
+    def snapshot(self) -> bytes:
+        with self.lock:
+            return self.catalog.to_bytes()
+
+    def neighbours(self, item_id: str, k: int = 5) -> list[tuple[str, float]]:
+        with self.lock:
+            return self.catalog.neighbours(item_id, k)
+
+    def status(self) -> dict:
+        with self.lock:
+            lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+            return {"name": self.config.name, "version": self.catalog.version, "live_items": len(self.catalog),
+                    "indexed_items": self.catalog.num_indexed, "offsets": dict(self.offsets),
+                    "tokenizer": self.tokenizer.version, "level_sizes": list(self.catalog.level_sizes),
+                    "latency_p50_ms": float(np.percentile(lat, 50)),
+                    "latency_p99_ms": float(np.percentile(lat, 99)), **self.stats}
+
+    def close(self, checkpoint: bool = True) -> None:
+        if checkpoint:
+            self._maybe_checkpoint(force=True)
+        self.consumer.close()
+        self._dlq.close()
+
+
+# ---------------------------------------------------------------------- Ray actor
+def item_indexer_actor(max_restarts: int = -1, num_cpus: float = 1):
+    """The Ray actor class: an :class:`ItemIndexer` looping in a thread; restarts resume from its checkpoint."""
+    import ray
+
+    @ray.remote(max_restarts=max_restarts, max_task_retries=-1, num_cpus=num_cpus, max_concurrency=4)
+    class ItemIndexerActor:
+        def __init__(self, kafka: KafkaConfig, tokenizer_bytes: bytes | None, config: ItemIndexerConfig):
+            tok = tokenizer_from_bytes(tokenizer_bytes) if tokenizer_bytes else None
+            self.indexer = ItemIndexer(kafka, tok, config)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self.indexer.run, args=(self._stop, 0.01), daemon=True)
+            self._thread.start()
+
+        def status(self) -> dict:
+            return self.indexer.status()
+
+        def delta_since(self, version: int) -> CatalogDelta:
+            return self.indexer.delta_since(version)
+
+        def snapshot(self) -> bytes:
+            return self.indexer.snapshot()
+
+        def neighbours(self, item_id: str, k: int = 5):
+            return self.indexer.neighbours(item_id, k)
+
+        def stop(self) -> dict:
+            self._stop.set()
+            self._thread.join(timeout=30)
+            return self.indexer.status()
+
+    return ItemIndexerActor
+
+
+# ---------------------------------------------------------------------- process entry
+def main(argv: list[str] | None = None) -> int:
+    """Run an indexer whose tokenizer is installed in the checkpoint store, until SIGTERM/SIGINT."""
+    ap = argparse.ArgumentParser(prog="python -m actors.item_indexer", description=__doc__.split("\n")[0])
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--namespace", default="")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint directory or pyarrow URI")
+    ap.add_argument("--name", default="item-indexer")
+    ap.add_argument("--checkpoint-every-s", type=float, default=2.0)
+    ap.add_argument("--checkpoint-every-events", type=int, default=5000)
+    ap.add_argument("--max-batch", type=int, default=512)
+    args = ap.parse_args(argv)
+    cfg = ItemIndexerConfig(name=args.name, checkpoint_uri=args.checkpoint, max_batch=args.max_batch,
+                            checkpoint_every_s=args.checkpoint_every_s,
+                            checkpoint_every_events=args.checkpoint_every_events)
+    idx = ItemIndexer(KafkaConfig(bootstrap=args.bootstrap, namespace=args.namespace), None, cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"indexer {cfg.name} running at catalog version {idx.catalog.version}", flush=True)
+    idx.run(stop, idle_sleep_s=0.01)
+    idx.close()
+    print(f"indexer {cfg.name} stopped: {idx.status()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
