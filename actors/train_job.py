@@ -107,7 +107,13 @@ def _from_records(name: str, user_events, item_events, max_events: int = 0) -> I
 
     # Positive feedback only (clicks, likes, watches, ratings...): what sessions and the
     # leave-one-out targets are made of (impressions and skips are not recommendations to learn).
-    ue = [e for e in user_events if e.type in ENGAGED_TYPES]
+    # Several engagements with one item in a row (click, then watch, then like) are one consumption:
+    # keep the first, so that "the next item" is a different item.
+    ue, last = [], {}
+    for e in user_events:
+        if e.type in ENGAGED_TYPES and last.get(e.user_id) != e.item_id:
+            ue.append(e)
+            last[e.user_id] = e.item_id
     if max_events:
         ue = ue[:max_events]
     if not ue:

@@ -135,6 +135,35 @@ def gather_history(ev: FlatEvents, anchors: np.ndarray, user_start: np.ndarray, 
                         torch.from_numpy(tb.astype(np.int64)), torch.from_numpy(slot_ok))
 
 
+def gather_window(ev: FlatEvents, ws: np.ndarray, item_sids: np.ndarray, window: int,
+                  n_time_buckets: int) -> HistoryBatch:
+    """Left-aligned windows of ``window`` events starting at flat indices ``ws`` [W] (training).
+
+    Position ``j`` of row ``w`` is event ``ws[w] + j`` when it is still the same
+    user's event and its item is known; other positions are masked. Time-gap
+    buckets use the previous event of the log, exactly as :func:`gather_history`.
+    """
+    ws = np.asarray(ws, dtype=np.int64)
+    item_sids = np.asarray(item_sids, dtype=np.int64)
+    pos = ws[:, None] + np.arange(window)[None, :]                            # [W, S]
+    n = len(ev.items)
+    posc = np.clip(pos, 0, max(n - 1, 0))
+    ok = (pos < ev.end[ws][:, None]) & (pos < n)
+    items = np.where(ok, ev.items[posc], -1)
+    ok &= items >= 0
+    sids = np.where(ok[..., None], item_sids[np.maximum(items, 0)], 0)
+    types = np.where(ok, event_type_codes(ev.types[posc]), PAD_TYPE)
+    if ev.ts is not None and n:
+        prev = posc - 1
+        prev_ok = ok & (prev >= ev.start[ws][:, None])
+        gap = ev.ts[posc] - ev.ts[np.maximum(prev, 0)]
+        tb = np.where(ok, gap_buckets(gap, prev_ok, n_time_buckets), 0)
+    else:
+        tb = np.zeros(pos.shape, dtype=np.int64)
+    return HistoryBatch(torch.from_numpy(np.ascontiguousarray(sids)), torch.from_numpy(types.astype(np.int64)),
+                        torch.from_numpy(tb.astype(np.int64)), torch.from_numpy(ok))
+
+
 def history_batch(items: Sequence[np.ndarray], item_sids: np.ndarray, max_history: int, n_time_buckets: int,
                   types: Sequence[np.ndarray] | None = None, ts: Sequence[np.ndarray] | None = None) -> HistoryBatch:
     """Whole histories of several users (oldest first) -> HistoryBatch [B, max_history(, D)].

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from models.generator import HistoryBatch
-from models.history_features import FlatEvents, gather_history
+from models.history_features import FlatEvents, gather_history, gather_window
 
 
 def engaged_type_mask() -> np.ndarray:
@@ -71,6 +71,68 @@ class SessionExamples:
         sids = np.asarray(item_sids, dtype=np.int64)[np.maximum(tgt, 0)]      # [B, K, D]
         sids = np.where(tmask[..., None], sids, 0)
         return hist, torch.from_numpy(sids), torch.from_numpy(tmask)
+
+
+@dataclass
+class WindowBatch:
+    """Examples sharing encoder windows (see :meth:`GenerativeRecommender.forward_anchors`)."""
+
+    window: HistoryBatch     # [W, S(, D)] left-aligned windows
+    anchor_row: torch.Tensor  # [N] window of each example
+    anchor_len: torch.Tensor  # [N] history length of each example inside its window
+    targets: torch.Tensor     # [N, K, D]
+    target_mask: torch.Tensor  # [N, K]
+
+
+def plan_windows(ex: SessionExamples, window: int, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Assign every example to an encoder window: (window starts [W], window of each example [M]).
+
+    A user's anchors are cut into chunks of ``window``: anchor ``a`` gets the
+    window starting at the chunk boundary before it, and its history is the
+    events from there to ``a`` (1..window events; 0 only for the user's very
+    first event, the true cold start). With ``rng``, chunk boundaries shift by
+    a random offset per user, so across epochs an anchor is seen with
+    different history lengths (like SASRec's random crops).
+    """
+    ev, a = ex.events, ex.anchors
+    s = ev.start[a]
+    rel = a - s
+    if rng is not None:
+        n_users = len(ev.user_offsets) - 1
+        off_u = rng.integers(0, window, size=n_users)
+        user = np.searchsorted(ev.user_offsets, a, side="right") - 1
+        off = off_u[user]
+    else:
+        off = np.zeros_like(rel)
+    k = np.ceil((rel - off) / window).astype(np.int64) - 1
+    ws = np.where(rel <= off, s, s + off + k * window)
+    starts, inverse = np.unique(ws, return_inverse=True)
+    return starts, inverse.reshape(-1)
+
+
+def window_batches(ex: SessionExamples, item_sids: np.ndarray, window: int, n_time_buckets: int,
+                   batch_size: int, rng: np.random.Generator | None = None):
+    """Yield :class:`WindowBatch` es of about ``batch_size`` examples covering every example once."""
+    starts, win_of = plan_windows(ex, window, rng)
+    order = np.argsort(win_of, kind="stable")                                   # examples grouped by window
+    bounds = np.searchsorted(win_of[order], np.arange(len(starts) + 1))
+    wins = rng.permutation(len(starts)) if rng is not None else np.arange(len(starts))
+    counts = np.diff(bounds)[wins]
+    cum = np.cumsum(counts)
+    group = (cum - 1) // batch_size                                              # windows -> batch number
+    item_sids = np.asarray(item_sids, dtype=np.int64)
+    for g in np.unique(group):
+        wsel = wins[group == g]                                                  # [Wb] window ids
+        ex_idx = np.concatenate([order[bounds[w]:bounds[w + 1]] for w in wsel])
+        local = np.repeat(np.arange(len(wsel)), np.diff(bounds)[wsel])
+        hist = gather_window(ex.events, starts[wsel], item_sids, window, n_time_buckets)
+        alen = ex.anchors[ex_idx] - starts[wsel][local]
+        tgt = ex.targets[ex_idx]
+        tmask = tgt >= 0
+        sids = np.where(tmask[..., None], item_sids[np.maximum(tgt, 0)], 0)
+        yield WindowBatch(hist, torch.from_numpy(local), torch.from_numpy(alen.astype(np.int64)),
+                          torch.from_numpy(sids), torch.from_numpy(tmask))
 
 
 def build_sessions(events: FlatEvents, cfg: SessionConfig, engaged: np.ndarray | None = None,

@@ -10,6 +10,9 @@ Recipe (what makes TIGER-style models work on small data):
   being the next ``session_len`` engaged items (:mod:`models.sessions`); the
   first item carries weight 1 and later items ``later_item_weight`` — the first
   is what next-item evaluation asks for, the rest teach session structure;
+* examples are batched by encoder *window*: the causal encoder reads a window
+  of a user's events once and the decoder runs after every prefix of it
+  (``GenerativeRecommender.forward_anchors``); ``batch_size`` counts examples;
 * AdamW (Loshchilov & Hutter, 2019) with linear warmup and cosine decay,
   gradient-norm clipping, dropout;
 * early stopping on validation NDCG@10 (each user's last engaged item,
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 
 from models.generator import GenerativeRecommender, GeneratorConfig
 from models.history_features import FlatEvents
-from models.sessions import SessionConfig, SessionExamples, build_sessions, split_last
+from models.sessions import SessionConfig, SessionExamples, build_sessions, split_last, window_batches
 
 
 @dataclass(frozen=True)
@@ -104,19 +107,25 @@ def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def session_loss(model: GenerativeRecommender, hist, tgt: torch.Tensor, tmask: torch.Tensor,
-                 later_item_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total loss, token CE, aux) of a batch. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
+def _loss(out, tgt: torch.Tensor, tmask: torch.Tensor, later_item_weight: float, aux_weight: float
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, token CE) from a teacher-forced output. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
     b, k, D = tgt.shape
-    out = model(hist, tgt)
     logits = out.logits.float().reshape(b * k * D, -1)                        # [B*K*D, K_max]
     ce = F.cross_entropy(logits, tgt.reshape(-1), reduction="none").view(b, k, D)
     w = torch.full((k,), later_item_weight, device=ce.device)
     w[0] = 1.0
     wm = tmask.float() * w[None, :]                                           # [B, K]
     token_ce = (ce.sum(-1) * wm).sum() / (wm.sum() * D).clamp(min=1e-9)
-    aux = out.aux_loss * model.cfg.moe_aux_weight
-    return token_ce + aux, token_ce.detach(), out.aux_loss.detach()
+    return token_ce + out.aux_loss * aux_weight, token_ce.detach()
+
+
+def session_loss(model: GenerativeRecommender, hist, tgt: torch.Tensor, tmask: torch.Tensor,
+                 later_item_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total loss, token CE, aux) of a batch of separate histories. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
+    out = model(hist, tgt)
+    loss, ce = _loss(out, tgt, tmask, later_item_weight, model.cfg.moe_aux_weight)
+    return loss, ce, out.aux_loss.detach()
 
 
 @torch.no_grad()
@@ -223,18 +232,18 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
         bar = tqdm(total=total, desc="train generator", unit="step", dynamic_ncols=True, leave=False)
     try:
         for epoch in range(cfg.epochs):
-            order = rng.permutation(len(train))
             run_loss, run_n = 0.0, 0
-            for s in range(0, len(order), cfg.batch_size):
+            for wb in window_batches(train, item_sids, gen_cfg.max_history, gen_cfg.n_time_buckets,
+                                     cfg.batch_size, rng):
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
-                hist, tgt, tmask = train.batch(order[s:s + cfg.batch_size], item_sids,
-                                               gen_cfg.max_history, gen_cfg.n_time_buckets)
-                hist, tgt, tmask = hist.to(dev), tgt.to(dev), tmask.to(dev)
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_frac)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    loss, ce, _ = session_loss(model, hist, tgt, tmask, cfg.later_item_weight)
+                    out = model.forward_anchors(wb.window.to(dev), wb.anchor_row.to(dev), wb.anchor_len.to(dev),
+                                                wb.targets.to(dev))
+                    loss, ce = _loss(out, wb.targets.to(dev), wb.target_mask.to(dev), cfg.later_item_weight,
+                                     gen_cfg.moe_aux_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
