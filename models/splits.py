@@ -31,10 +31,15 @@ class SplitConfig:
         train, validation and test each get one).
     max_users: keep only the first ``max_users`` users (by raw-id order) — for
         quick runs; 0 = all.
+    dedupe: keep only a user's first interaction with each item. Logs with
+        several engaged events per item (click, then watch, then like) would
+        otherwise make the test target an item already in the history, which
+        the exclude-seen rule (:mod:`models.ranker`) can never recommend.
     """
 
     min_events: int = 3
     max_users: int = 0
+    dedupe: bool = True
 
     def __post_init__(self) -> None:
         if self.min_events < 3:
@@ -151,6 +156,12 @@ def leave_one_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray,
         user_ids, uidx = np.unique(users, return_inverse=True)
 
     order = np.lexsort((np.arange(len(ts)), ts))  # by time, stable
+    if cfg.dedupe:
+        pair = np.stack([uidx[order], np.unique(items, return_inverse=True)[1].reshape(-1)[order]], 1)
+        _, first = np.unique(pair, axis=0, return_index=True)
+        order = order[np.sort(first)]
+        if len(np.unique(uidx[order])) < len(user_ids):  # cannot happen: every user keeps >= 1 event
+            raise AssertionError("dedupe dropped a user")
     # item index by first appearance in time order
     seen: dict = {}
     item_of = np.empty(len(items), dtype=np.int64)

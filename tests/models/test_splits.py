@@ -56,3 +56,14 @@ def test_max_users_and_bad_input():
         leave_one_out(np.array([]), np.array([]), np.array([]))
     with pytest.raises(ValueError, match="min_events"):
         SplitConfig(min_events=2)
+
+
+def test_dedupe_keeps_first_interaction_per_user_item():
+    users = np.array([1, 1, 1, 1, 1])
+    items = np.array([7, 7, 8, 7, 9])  # click 7, watch 7, 8, like 7 again, 9
+    ts = np.array([1, 2, 3, 4, 5])
+    sp = leave_one_out(users, items, ts)
+    assert [sp.item_ids[i] for i in sp.items[0]] == [7, 8, 9]
+    assert sp.ts[0].tolist() == [1, 3, 5]
+    raw = leave_one_out(users, items, ts, cfg=SplitConfig(dedupe=False))
+    assert [raw.item_ids[i] for i in raw.items[0]] == [7, 7, 8, 7, 9]
