@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "infra.commands.eval",
     "infra.commands.sequences",
     "infra.commands.train",
+    "infra.commands.serve",
 ]
 
 EPILOG = """\

@@ -56,7 +56,8 @@ def configs_from_args(args: dict):
             cfg.setdefault("heads", 2)
             cfg.setdefault("enc_layers", 1)
             cfg.setdefault("dec_layers", 1)
-        models.append(ModelSpec(str(m["version"]), cfg, m.get("path"), int(m.get("seed", 0))))
+        models.append(ModelSpec(str(m["version"]), cfg, _resolve_path(m["path"]) if m.get("path") else None,
+                                int(m.get("seed", 0))))
     rec = RecommenderConfig(
         kafka=kafka, level_sizes=level_sizes, models=tuple(models), history=args.get("history", "kafka"),
         shard_names=tuple(args.get("shard_names") or ()), shard_namespace=args.get("shard_namespace"),
@@ -65,12 +66,25 @@ def configs_from_args(args: dict):
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.004)),
         max_queued_requests=int(args.get("max_queued_requests", 256)),
         num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"))
-    exp = args.get("experiments") or ""
+    exp = _resolve_path(args.get("experiments") or "")
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
                            max_inflight=int(args.get("max_inflight", 64)),
                            num_replicas=int(args.get("ingress_replicas", 1)), max_k=int(args.get("max_k", 100)))
     return settings, rec
+
+
+def _resolve_path(p: str) -> str:
+    """A relative path that is not under the working directory resolves against the repository root.
+
+    (``serve run`` builds the app in a Ray worker whose working directory may differ.)
+    """
+    from pathlib import Path
+
+    if not p or "\n" in p or Path(p).is_absolute() or Path(p).exists():
+        return str(Path(p).resolve()) if p and "\n" not in p and Path(p).exists() else p
+    repo = Path(__file__).resolve().parents[1]
+    return str(repo / p) if (repo / p).exists() else p
 
 
 def app_from_args(args: dict):
