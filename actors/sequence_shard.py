@@ -61,6 +61,9 @@ class ShardConfig:
     actor from its checkpoint (True inside Ray; False for in-process use).
     Freshness figures in ``status()`` cover events applied in the last
     ``freshness_window_s`` seconds (0 samples when idle).
+    ``fetch_max_wait_ms``: how long the broker may hold a fetch waiting for
+    data (kafka-python's default, 500 ms, shows up directly in freshness);
+    None keeps the client default.
     """
 
     shard_id: int
@@ -76,6 +79,7 @@ class ShardConfig:
     exit_on_error: bool = False
     stats_window: int = 20_000
     freshness_window_s: float = 10.0
+    fetch_max_wait_ms: int | None = 50
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -85,6 +89,8 @@ class ShardConfig:
             raise ValueError(f"ShardConfig.shard_id={self.shard_id} must be in [0, num_shards={self.num_shards})")
         if self.lag_refresh_s <= 0:
             raise ValueError(f"ShardConfig.lag_refresh_s={self.lag_refresh_s} must be > 0")
+        if self.fetch_max_wait_ms is not None and not 0 <= self.fetch_max_wait_ms <= 10_000:
+            raise ValueError(f"ShardConfig.fetch_max_wait_ms={self.fetch_max_wait_ms} must be in [0, 10000] (or None)")
         if self.freshness_window_s <= 0:
             raise ValueError(f"ShardConfig.freshness_window_s={self.freshness_window_s} must be > 0 seconds")
 
@@ -105,6 +111,9 @@ class _Stats:
     checkpoint_s: float = 0.0
     last_checkpoint: float = 0.0
     restored_from: dict | None = None
+    first_poll_at: float | None = None   # wall time the first non-empty poll returned
+    first_poll_n: int = 0                # messages in that poll
+    last_apply_at: float | None = None   # wall time the latest batch was applied
     last_error: str | None = None
 
 
@@ -135,7 +144,15 @@ class ShardRuntime:
         self.consumer = ContractConsumer(config.kafka, config.topic, partitions=config.partitions,
                                          group_id=config.group_id, config=config.consumer,
                                          start_offsets=self.offsets)
+        if config.fetch_max_wait_ms is not None:
+            # ConsumerConfig has no knob for this yet; kafka-python's fetcher reads it per request.
+            fetcher = getattr(getattr(self.consumer, "_consumer", None), "_fetcher", None)
+            if fetcher is not None and "fetch_max_wait_ms" in fetcher.config:
+                fetcher.config["fetch_max_wait_ms"] = config.fetch_max_wait_ms
         self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._written = None
+        self._write_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._since_ckpt = 0
@@ -168,27 +185,28 @@ class ShardRuntime:
         """One poll → apply → maybe checkpoint. Returns messages consumed (for in-process drivers)."""
         batch = self.consumer.poll()
         if batch.consumed:
+            if self.stats.first_poll_at is None:
+                self.stats.first_poll_at, self.stats.first_poll_n = time.time(), batch.consumed
             msgs = batch.messages
-            now_ms = time.time() * 1000.0
             with self._lock:
                 res = self.state.apply([m.record for m in msgs], [m.partition for m in msgs])
                 self.offsets.update(batch.next_offsets)
+            now_ms = time.time() * 1000.0  # visible to histories() from here on
             self.stats.applied += res.applied
             self.stats.consumed += batch.consumed
             self.stats.dead_lettered += batch.dead_lettered
             self._since_ckpt += batch.consumed
             if msgs:
-                ev_ts = np.fromiter((m.record.ts for m in msgs), np.float64, len(msgs))
-                pr_ts = np.fromiter((m.timestamp_ms for m in msgs), np.float64, len(msgs))
-                stride = max(1, len(msgs) // 256)  # keep sampling cheap for big batches
+                sample = msgs[::max(1, len(msgs) // 256)]  # keep sampling cheap for big batches
                 now_s = now_ms / 1000.0
-                self._fresh.extend((now_s, e, p) for e, p in zip((now_ms - ev_ts[::stride]).tolist(),
-                                                                 (now_ms - pr_ts[::stride]).tolist()))
-            self._rate.append((time.time(), self.stats.applied))
+                self._fresh.extend((now_s, now_ms - m.record.ts, now_ms - m.timestamp_ms) for m in sample)
+            self.stats.last_apply_at = time.time()
+            self._rate.append((self.stats.last_apply_at, self.stats.applied))
+        self._finish_write(block=False)
         now = time.time()
         if self._since_ckpt and (self._since_ckpt >= self.config.checkpoint.every_events
                                  or now - self.stats.last_checkpoint >= self.config.checkpoint.every_s):
-            self.checkpoint()
+            self.checkpoint(wait=False)
         if now - self._ends_at >= self.config.lag_refresh_s:
             self._ends = self._log_ends()
             self._ends_at = now
@@ -212,17 +230,54 @@ class ShardRuntime:
                     ends[p] = max(ends.get(p, 0), hw)
         return ends
 
-    def checkpoint(self) -> None:
-        """Write state + offsets atomically, then commit the offsets to Kafka (loop thread only)."""
+    def checkpoint(self, wait: bool = True) -> None:
+        """Snapshot state + offsets (loop thread only); write them atomically, then commit the offsets.
+
+        The snapshot is taken here, on the loop thread — the only writer of the
+        state — so payload and offsets match exactly. The file write + fsync
+        runs on a writer thread (``wait=False``, as the loop does) so the loop
+        keeps consuming during the I/O; at most one write is in flight, and the
+        Kafka commit happens on the loop thread once the file is durable
+        (kafka-python consumers are not thread-safe).
+        """
+        self._finish_write(block=True)
         t0 = time.perf_counter()
-        offsets = dict(self.offsets)  # the loop thread is the only writer: state matches offsets
+        offsets = dict(self.offsets)
         payload = self.state.to_bytes()
-        self.stats.checkpoint_bytes = self.store.save(self.config.checkpoint_name, payload, offsets)
-        self._ckpt_offsets = offsets
         self._since_ckpt = 0
-        self.stats.checkpoints += 1
         self.stats.last_checkpoint = time.time()
-        self.stats.checkpoint_s = time.perf_counter() - t0
+
+        def write() -> None:
+            try:
+                n = self.store.save(self.config.checkpoint_name, payload, offsets)
+                self._written = (offsets, n, time.perf_counter() - t0)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread
+                self._write_error = e
+
+        self._written, self._write_error = None, None
+        self._writer = threading.Thread(target=write, name=f"seq-ckpt-{self.config.shard_id}", daemon=True)
+        self._writer.start()
+        if wait:
+            self._finish_write(block=True)
+
+    def flush(self) -> None:
+        """Wait for an in-flight checkpoint write (and its offset commit) to complete."""
+        self._finish_write(block=True)
+
+    def _finish_write(self, block: bool) -> None:
+        """Complete an in-flight checkpoint write: record it and commit its offsets to Kafka."""
+        w = self._writer
+        if w is None or (not block and w.is_alive()):
+            return
+        w.join()
+        self._writer = None
+        if self._write_error is not None:
+            raise RuntimeError(f"checkpoint write failed: {self._write_error}") from self._write_error
+        offsets, n, dt = self._written
+        self._ckpt_offsets = offsets
+        self.stats.checkpoints += 1
+        self.stats.checkpoint_bytes = n
+        self.stats.checkpoint_s = dt
         self.consumer.commit(offsets)
 
     def stop(self, checkpoint: bool = True) -> None:
@@ -230,7 +285,9 @@ class ShardRuntime:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if checkpoint and self._since_ckpt:
-            self.checkpoint()
+            self.checkpoint(wait=True)
+        else:
+            self._finish_write(block=True)
         self.consumer.close()
 
     # -- reads -----------------------------------------------------------------------------
@@ -286,6 +343,10 @@ class ShardRuntime:
             "state_bytes": self.state.nbytes(),
             "bytes_per_slot": round(self.state.bytes_per_slot(), 2),
             "uptime_s": round(now - self.stats.started, 1),
+            "consumed": self.stats.consumed,
+            "first_poll_at": self.stats.first_poll_at,
+            "first_poll_n": self.stats.first_poll_n,
+            "last_apply_at": self.stats.last_apply_at,
             "last_error": self.stats.last_error,
         }
 

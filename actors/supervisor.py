@@ -54,6 +54,7 @@ class SupervisorConfig:
     max_concurrency: int = 4
     monitor_s: float = 2.0
     freshness_window_s: float = 10.0
+    fetch_max_wait_ms: int | None = 50
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -106,7 +107,7 @@ class SequenceSupervisor:
             ShardConfig(shard_id=i, num_shards=n, partitions=partitions_of_shard(i, self.num_partitions, n),
                         kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
                         consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id,
-                        freshness_window_s=cfg.freshness_window_s)
+                        freshness_window_s=cfg.freshness_window_s, fetch_max_wait_ms=cfg.fetch_max_wait_ms)
             for i in range(n)]
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}

@@ -100,6 +100,7 @@ def test_histories_status_and_partition_mismatch(kafka, tmp_path):
     rt = ShardRuntime(_config(kafka, str(tmp_path)))
     _run_to(rt, ends)
     rt._ends = rt._log_ends()
+    rt.flush()
     st = rt.status()
     assert st["lag"] == 0 and st["users"] == 80 and st["events_applied"] == 2000
     assert st["checkpoints"] >= 1 and st["checkpoint_age_s"] >= 0
