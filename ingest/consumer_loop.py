@@ -48,7 +48,7 @@ class ConsumerConfig:
             raise ValueError(f"ConsumerConfig.poll_timeout_ms={self.poll_timeout_ms} must be >= 0")
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """A valid record with where it came from."""
 
@@ -138,18 +138,20 @@ class ContractConsumer:
             max_records=self.config.max_batch)
         batch = Batch()
         topic, max_bytes = self.topic, self.config.max_message_bytes
+        append, message, dec = batch.messages.append, Message, decode  # locals: this loop is the hot path
         for tp, msgs in polled.items():
+            part = tp.partition
             for m in msgs:
                 try:
-                    rec = decode(topic, m.value, max_bytes)
+                    rec = dec(topic, m.value, max_bytes)
                 except ContractError as e:
-                    self._dlq.send(dead_letter(topic, tp.partition, m.offset, m.key, m.value, e.reason),
+                    self._dlq.send(dead_letter(topic, part, m.offset, m.key, m.value, e.reason),
                                    topic=DEAD_LETTERS)
                     batch.dead_lettered += 1
                 else:
-                    batch.messages.append(Message(tp.partition, m.offset, m.key, rec, m.timestamp))
+                    append(message(part, m.offset, m.key, rec, m.timestamp))
             if msgs:
-                batch.next_offsets[tp.partition] = msgs[-1].offset + 1
+                batch.next_offsets[part] = msgs[-1].offset + 1
                 batch.consumed += len(msgs)
         if batch.dead_lettered:
             self._dlq.flush()  # durable before anyone can commit past them

@@ -34,7 +34,7 @@ BAD = [  # (topic, raw message, text the reason must contain)
     (USER_EVENTS, {**UE, "ts": "yesterday"}, "$.ts"),
     (USER_EVENTS, {**UE, "ts": -5}, "$.ts"),
     (USER_EVENTS, {**UE, "user_id": ""}, "$.user_id"),
-    (USER_EVENTS, {**UE, "user_id": "has space"}, "$.user_id"),
+    (USER_EVENTS, {**UE, "user_id": "has space"}, "user_id"),
     (USER_EVENTS, {**UE, "item_id": "x" * 129}, "$.item_id"),
     (USER_EVENTS, {**UE, "type": "teleport"}, "$.type"),
     (USER_EVENTS, {**UE, "watch_ms": -1}, "$.watch_ms"),

@@ -59,11 +59,12 @@ def test_replay_rate_and_limit(kafka, world):
     ds = world.dataset()
     t0 = time.perf_counter()
     with EventProducer(kafka) as prod:
-        stats = replay_dataset(ds, prod, ReplayConfig(rate=2000, limit=400, include_items=False, progress=False))
+        stats = replay_dataset(ds, prod, ReplayConfig(rate=500, limit=300, include_items=False, progress=False))
     elapsed = time.perf_counter() - t0
-    assert stats.user_events == 400 and stats.item_events == 0
-    assert 0.15 <= elapsed <= 2.5, elapsed  # ~0.2 s at 2000/s (first burst 200)
-    assert 1000 <= stats.events_per_s <= 2600, stats.events_per_s
+    assert stats.user_events == 300 and stats.item_events == 0
+    assert elapsed >= 299 / 500 * 0.95, elapsed  # never faster than the rate (the bucket starts with 1 token)
+    assert stats.events_per_s <= 500 * 1.05, stats.events_per_s
+    assert stats.events_per_s >= 100, stats.events_per_s  # and roughly at it, even on a loaded machine
 
 
 @pytest.mark.timeout(10)
