@@ -10,11 +10,12 @@ whole catalog for every test user (:mod:`models.metrics`). Every model gets
 the same histories and the same seen-item rule (:mod:`models.ranker`), and
 the job *checks* the rule: a model that returns a seen item is reported.
 
-The generator needs semantic IDs: item embeddings (co-occurrence of the
-training sequences, :mod:`models.cooccurrence`; or item text through the
-sentence encoder; or both, concatenated) are quantised by RQ-KMeans or RQ-VAE
-(:mod:`models.rq_kmeans`, :mod:`models.rq_vae`) and made unique by the
-de-duplication level. Results: a dict (and JSON file) with per-seed metrics,
+The generator needs semantic IDs: exactly as ``genrec train`` does
+(:mod:`actors.train_job`), item embeddings (co-occurrence of the training
+sequences, item text through the sentence encoder, or their fusion) are
+quantised by RQ-KMeans or RQ-VAE and made unique by the de-duplication level;
+the generator then trains on the same training part as SASRec (its
+validation item is our validation item). Results: a dict (and JSON file) with per-seed metrics,
 mean and standard deviation per model, and a markdown comparison table.
 """
 
@@ -49,8 +50,9 @@ class EvalConfig:
     sasrec: SASRecConfig overrides; generator: GeneratorConfig overrides; train: TrainConfig
         overrides of the generator's training loop.
     tokenizer: ``rq_kmeans`` or ``rq_vae``; levels / codebook_size: SID shape (0 = auto).
-    embeddings: ``cooc`` (sequence co-occurrence), ``text`` (sentence encoder on titles) or
-        ``both`` (concatenated); ``auto`` = ``both`` when items have text, else ``cooc``.
+    embeddings: what the SIDs quantise, as in ``genrec train``: ``collab`` (PPMI-SVD of
+        in-sequence co-occurrence), ``content`` (MiniLM on item text) or ``fusion`` (both;
+        collab alone when the data set has no text).
     budget_s: wall-clock cap per model training run (0 = none).
     device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
@@ -67,7 +69,7 @@ class EvalConfig:
     tokenizer: str = "rq_kmeans"
     levels: int = 3
     codebook_size: int = 0
-    embeddings: str = "auto"
+    embeddings: str = "fusion"
     beam_width: int = 50
     budget_s: float = 0.0
     device: str = "auto"
@@ -85,8 +87,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.n={self.n} must be >= 50 (HR@50 / NDCG@50 need 50 items)")
         if self.tokenizer not in ("rq_kmeans", "rq_vae"):
             raise ValueError(f"EvalConfig.tokenizer={self.tokenizer!r}: use 'rq_kmeans' or 'rq_vae'")
-        if self.embeddings not in ("auto", "cooc", "text", "both"):
-            raise ValueError(f"EvalConfig.embeddings={self.embeddings!r}: use auto, cooc, text or both")
+        if self.embeddings not in ("collab", "content", "fusion"):
+            raise ValueError(f"EvalConfig.embeddings={self.embeddings!r}: use collab, content or fusion")
         if not 1 <= self.levels <= 8:
             raise ValueError(f"EvalConfig.levels={self.levels} must be in [1, 8]")
         if self.codebook_size < 0 or self.budget_s < 0:
@@ -154,30 +156,22 @@ def load_log(source: str, engaged_only: bool = True, **kw) -> InteractionLog:
 
 
 def _load_archive(path: Path, type_idx: dict[str, int]) -> InteractionLog:
-    """User events from a Parquet archive directory (hive-partitioned by topic and date, or flat)."""
-    import pyarrow.dataset as pads
+    """User events (and item text) from the Parquet archive written by :mod:`ingest.archive`."""
+    from ingest.archive import read_records
+    from ingest.contract import ITEM_EVENTS, USER_EVENTS
 
-    files = list(path.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{path} holds no Parquet files; point --data at the archive root "
-                                "(written by the archive job) or at an interactions file")
-    ds = pads.dataset(str(path), format="parquet", partitioning="hive")
-    names = set(ds.schema.names)
-    need = {"user_id", "item_id", "type", "ts"}
-    if not need <= names:
-        raise ValueError(f"archive {path} has columns {sorted(names)}; user events need {sorted(need)}")
-    flt = None
-    if "topic" in names:
-        flt = pads.field("topic") == "user-events"
-    table = ds.to_table(columns=sorted(need), filter=flt)
-    if table.num_rows == 0:
-        raise ValueError(f"archive {path} has no user-events rows")
-    types = np.array([type_idx.get(t, -1) for t in table.column("type").to_pylist()], dtype=np.int64)
-    ok = types >= 0
-    ts = table.column("ts").to_numpy().astype(np.int64)
-    order = np.argsort(ts[ok], kind="stable")
-    pick = lambda col: np.array(table.column(col).to_pylist(), dtype=object)[ok][order]  # noqa: E731
-    return InteractionLog(path.name, pick("user_id"), pick("item_id"), ts[ok][order], types[ok][order])
+    if not (path / f"topic={USER_EVENTS}").is_dir():
+        raise FileNotFoundError(f"{path} is not a Parquet archive (no topic={USER_EVENTS} folder); point "
+                                "--data at the archive root or at an interactions file")
+    ue = sorted(read_records(path, USER_EVENTS), key=lambda e: e.ts)  # stable: partition order on ties
+    if not ue:
+        raise ValueError(f"archive {path} has no complete user-events files yet")
+    titles = {e.item_id: e.content_text() for e in read_records(path, ITEM_EVENTS)
+              if e.op == "upsert" and e.content_text()}
+    return InteractionLog(f"archive:{path.name}", np.array([e.user_id for e in ue], dtype=object),
+                          np.array([e.item_id for e in ue], dtype=object),
+                          np.array([e.ts for e in ue], dtype=np.int64),
+                          np.array([type_idx[e.type] for e in ue], dtype=np.int64), titles)
 
 
 def split_log(log_: InteractionLog, max_users: int = 0):
@@ -188,44 +182,15 @@ def split_log(log_: InteractionLog, max_users: int = 0):
 
 # ---- semantic IDs ----------------------------------------------------------------------------
 
-def item_embeddings(split, titles: dict[str, str], how: str, seed: int) -> tuple[np.ndarray, str]:
-    """[n_items, E] embeddings of the split's items and which kind was used."""
-    from models.cooccurrence import CooccurrenceConfig, cooccurrence_embeddings
+def semantic_ids(split, titles: dict[str, str], cfg: "EvalConfig", seed: int):
+    """(item_sids [N, D], level sizes incl. the dedup level, tokenizer version) — the same
+    embeddings → tokenizer → de-duplication pipeline as ``genrec train`` (:mod:`actors.train_job`)."""
+    from actors.train_job import Interactions, fit_tokenizer, item_embeddings
 
-    has_text = sum(1 for i in split.item_ids if titles.get(str(i))) >= 0.9 * split.n_items
-    if how == "auto":
-        how = "both" if has_text else "cooc"
-    if how in ("text", "both") and not has_text:
-        raise ValueError("embeddings='text' needs item text (titles) for >= 90% of items; this data set "
-                         "has none — use embeddings='cooc'")
-    parts = []
-    if how in ("cooc", "both"):
-        parts.append(cooccurrence_embeddings(split.train().items, split.n_items, CooccurrenceConfig(seed=seed)))
-    if how in ("text", "both"):
-        from actors.text_encoder import shared_encoder
-
-        texts = [titles.get(str(i), str(i)) for i in split.item_ids]
-        parts.append(np.asarray(shared_encoder().encode(texts), dtype=np.float32))
-    emb = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    return emb, how
-
-
-def semantic_ids(emb: np.ndarray, tokenizer: str, levels: int, codebook_size: int, seed: int):
-    """(item_sids [N, D], level_sizes incl. the dedup level, tokenizer version)."""
-    from models.sid_dedup import assign_unique
-
-    if tokenizer == "rq_kmeans":
-        from models.rq_kmeans import RQKMeans, RQKMeansConfig
-
-        tok = RQKMeans(RQKMeansConfig(levels=levels, codebook_size=codebook_size, seed=seed)).fit(emb)
-    else:
-        from models.rq_vae import RQVAE, RQVAEConfig
-
-        tok = RQVAE(RQVAEConfig(levels=levels, codebook_size=codebook_size, seed=seed)).fit(emb)
-    codes = tok.encode(emb)  # [N, L]
-    sids = assign_unique(codes, tok.dedup_size)  # [N, L+1]
-    sizes = tuple(int(x) for x in tok.sid_level_sizes)
-    return np.asarray(sids, dtype=np.int64), sizes, getattr(tok, "version", tokenizer)
+    data = Interactions(split, [titles.get(str(i), "") for i in split.item_ids], "eval")
+    emb = item_embeddings(data, cfg.embeddings, seed=seed)
+    tok, sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
+    return np.asarray(sids, dtype=np.int64), tuple(int(x) for x in tok.sid_level_sizes), tok.version
 
 
 # ---- model runs ------------------------------------------------------------------------------
@@ -278,11 +243,10 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     from models.training import TrainConfig, fit_generator
 
     t0 = time.perf_counter()
-    emb, how = item_embeddings(split, titles or {}, cfg.embeddings, seed)
-    item_sids, sizes, version = semantic_ids(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
+    item_sids, sizes, version = semantic_ids(split, titles or {}, cfg, seed)
     sid_s = time.perf_counter() - t0
-    say(f"  generator seed {seed}: SIDs {cfg.tokenizer} over {how} embeddings, level sizes {sizes} "
-        f"({sid_s:.1f} s)")
+    say(f"  generator seed {seed}: SIDs {cfg.tokenizer} over {cfg.embeddings} embeddings, level sizes "
+        f"{sizes} ({sid_s:.1f} s)")
     gcfg = GeneratorConfig(level_sizes=sizes, **cfg.generator)
     tkw = {"device": cfg.resolved_device(), "seed": seed, "progress": False, **cfg.train}
     if cfg.budget_s and not tkw.get("max_seconds"):
@@ -299,7 +263,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
                                on_epoch_end=on_epoch_end)
     ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
     info = {"train_s": time.perf_counter() - t0, "sid_s": sid_s, "best_epoch": rep.best_epoch,
-            "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": how,
+            "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,
             "n_params": rep.n_params}
     return ranker, info
 

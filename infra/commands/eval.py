@@ -24,8 +24,9 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", choices=("rq_kmeans", "rq_vae"), default="rq_kmeans")
     p.add_argument("--levels", type=int, default=3, help="residual SID levels (a dedup level is added)")
     p.add_argument("--codebook-size", type=int, default=0, help="codes per level (0 = sized from the catalog)")
-    p.add_argument("--embeddings", choices=("auto", "cooc", "text", "both"), default="auto",
-                   help="item embeddings the SIDs quantise (auto: text+co-occurrence when items have text)")
+    p.add_argument("--embeddings", choices=("collab", "content", "fusion"), default="fusion",
+                   help="item embeddings the SIDs quantise, as in genrec train (fusion: text + co-occurrence; "
+                        "co-occurrence alone when items have no text)")
     p.add_argument("--budget-s", type=float, default=0.0, help="wall-clock cap per training run (0 = none)")
     p.add_argument("--epochs", type=int, default=0, help="cap on training epochs of both models (0 = defaults)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: CUDA when present)")
