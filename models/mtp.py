@@ -167,7 +167,8 @@ def mtp_loss(heads: MTPHeads, hidden: Tensor, teacher_logits: Tensor, tokens: Te
     losses = []
     for j, logits in enumerate(heads.chain(hidden, tokens, start), start=1):
         target = F.softmax(teacher_logits[:, j:].float(), dim=-1)                     # [B, T-j, K]
-        logq = F.log_softmax(logits.float(), dim=-1).masked_fill(target == 0, 0.0)
+        logq = F.log_softmax(logits.float(), dim=-1)
+        logq = logq.masked_fill((target == 0) | ~torch.isfinite(logq), 0.0)        # codes absent at the level
         losses.append(-(target * logq).sum(-1).mean())
     if not losses:
         raise ValueError("sessions too short for MTP: need at least 2 decoder positions")
@@ -210,7 +211,7 @@ def fit_mtp(model, heads: MTPHeads, hist, sessions: Tensor, cfg: MTPTrainConfig 
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 count += len(idx)
             history.append(total / max(count, 1))
             if log is not None:

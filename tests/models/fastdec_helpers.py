@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -19,6 +20,16 @@ from models.generator import GenerativeRecommender, GeneratorConfig, HistoryBatc
 from models.kv_cache import KVCache
 from models.sid_trie import SidTrie
 from models.spec_constraint import CatalogConstraint
+
+
+@pytest.fixture(autouse=False, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a shared 2-core machine
+    (several times faster here). Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @dataclass

@@ -6,18 +6,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from fastdec_helpers import bigram_world, random_world  # noqa: E402
+from fastdec_helpers import bigram_world, random_world, one_thread  # noqa: E402
 from models.decoding import beam_session, default_processors  # noqa: E402
 from models.mtp import MTPConfig, MTPHeads  # noqa: E402
 from models.spec_beam import speculative_beam  # noqa: E402
 from models.speculative import SpecConfig  # noqa: E402
 
-FAST = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHEAP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _plain_beam(w, n_items, width):

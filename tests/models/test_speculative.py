@@ -12,15 +12,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from fastdec_helpers import bigram_world, random_world
+from fastdec_helpers import bigram_world, random_world, one_thread
 from models.decoding import default_processors, greedy_session
 from models.mtp import MTPConfig, MTPHeads
 from models.spec_constraint import CatalogConstraint
 from models.speculative import (AcceptAllVerifier, DraftModelProposer, GreedyVerifier, MTPProposer,
                                 SamplingVerifier, SpecConfig, speculative_session)
 
-FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])     # real generators
+FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])     # real generators
 CHEAP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])   # bigram target
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _plain_greedy(w, n_items):
