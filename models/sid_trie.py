@@ -19,6 +19,12 @@ the children of one node are a contiguous run, so
 * ``next_mask(nodes)`` = the run ``[searchsorted(nodes*K), searchsorted((nodes+1)*K))``
   scattered into a ``[B, K_max]`` boolean mask.
 
+For speed, the shallow levels (where constrained beam search spends most of
+its queries, and where the root alone may have K_max children) also get a
+dense ``[nodes, K_max]`` mask table within ``dense_budget_bytes`` (64 MiB by
+default: all levels of a 3k-item catalog, the top two of a 1M-item one), so
+their ``next_mask`` is a single gather; deeper nodes use the sorted keys.
+
 Leaves sit at depth ``D`` and carry an item index (``leaf_item``). Adds and
 removals are batched, vectorised level by level, and keep the arrays sorted
 with ``np.insert`` / ``np.delete`` (an O(E) copy, milliseconds even for
@@ -59,7 +65,10 @@ class SidTrie:
         self._code = np.full(cap, -1, dtype=np.int64)       # code on the edge into the node
         self._nchild = np.zeros(cap, dtype=np.int64)
         self._leaf_item = np.full(cap, -1, dtype=np.int64)
+        self._depth = np.zeros(cap, dtype=np.int64)
         self._n_nodes = 1                                   # the root
+        #: dense [rows, K_max] masks for the shallow levels whose nodes fit in this many bytes
+        self.dense_budget_bytes = 64 << 20
         self._item_leaf: dict[int, int] = {}                # item index -> leaf node
         self._device = torch.device("cpu")
         self._cache: dict[str, torch.Tensor] | None = None
@@ -92,7 +101,7 @@ class SidTrie:
         if need <= cap:
             return
         new = max(need, cap * 2)
-        for name, fill in (("_parent", -1), ("_code", -1), ("_nchild", 0), ("_leaf_item", -1)):
+        for name, fill in (("_parent", -1), ("_code", -1), ("_nchild", 0), ("_leaf_item", -1), ("_depth", 0)):
             old = getattr(self, name)
             arr = np.full(new, fill, dtype=np.int64)
             arr[:cap] = old
@@ -169,6 +178,7 @@ class SidTrie:
                 par = new_keys // self.k_max
                 self._parent[new_ids] = par
                 self._code[new_ids] = new_keys % self.k_max
+                self._depth[new_ids] = lvl + 1
                 np.add.at(self._nchild, par, 1)
                 pos = np.searchsorted(self._keys, new_keys)
                 self._keys = np.insert(self._keys, pos, new_keys)
@@ -245,10 +255,32 @@ class SidTrie:
     def _tensors(self) -> dict[str, torch.Tensor]:
         if self._cache is None:
             n = self._n_nodes
+            # Dense mask rows for the shallow levels (most nodes a decoder visits are shallow and
+            # the root alone has up to K_max children): next_mask is then one gather. Levels are
+            # included top-down while their nodes fit the byte budget; deeper nodes use the CSR path.
+            depth = self._depth[:n]
+            live = (self._nchild[:n] > 0) | (np.arange(n) == ROOT)
+            counts = np.bincount(depth[live], minlength=self.depth + 1)
+            max_d, rows = -1, 0
+            for d in range(self.depth):
+                if (rows + counts[d]) * self.k_max > self.dense_budget_bytes:
+                    break
+                rows += counts[d]
+                max_d = d
+            row_of = np.full(n, -1, dtype=np.int64)
+            sel = np.flatnonzero(live & (depth <= max_d))
+            row_of[sel] = np.arange(sel.size)
+            dense = np.zeros((sel.size + 1, self.k_max), dtype=bool)     # last row: all False
+            par = self._keys // self.k_max
+            has = row_of[par] >= 0 if par.size else np.zeros(0, dtype=bool)
+            dense[row_of[par[has]], self._keys[has] % self.k_max] = True
+            row_of[(row_of < 0) & (depth == self.depth)] = sel.size     # leaves: the empty row
             self._cache = {
                 "keys": torch.from_numpy(self._keys.copy()).to(self._device),
                 "vals": torch.from_numpy(self._vals.copy()).to(self._device),
                 "leaf": torch.from_numpy(self._leaf_item[:n].copy()).to(self._device),
+                "row_of": torch.from_numpy(row_of).to(self._device),
+                "dense": torch.from_numpy(dense).to(self._device),
             }
         return self._cache
 
@@ -279,11 +311,25 @@ class SidTrie:
         Rows for invalid nodes (-1) and leaves are all False.
         """
         t = self._tensors()
-        keys = t["keys"]
         nodes = nodes.to(self._device, torch.long)
         b = nodes.shape[0]
+        row_of, dense = t["row_of"], t["dense"]
+        if b == 0 or row_of.numel() == 0:
+            return torch.zeros(b, self.k_max, dtype=torch.bool, device=self._device)
+        ok = (nodes >= 0) & (nodes < row_of.numel())
+        rows = torch.where(ok, row_of[nodes.clamp(0, row_of.numel() - 1)],
+                           torch.full_like(nodes, dense.shape[0] - 1))
+        mask = dense[rows.clamp_min(0)]                     # [B, K_max] gather (a copy)
+        sparse = rows < 0                                   # deep nodes: CSR path
+        if bool(sparse.any()):
+            idx = sparse.nonzero().flatten()
+            mask[idx] = self._csr_mask(nodes[idx], t["keys"])
+        return mask
+
+    def _csr_mask(self, nodes: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        b = nodes.shape[0]
         mask = torch.zeros(b, self.k_max, dtype=torch.bool, device=self._device)
-        if keys.numel() == 0 or b == 0:
+        if keys.numel() == 0:
             return mask
         base = nodes.clamp_min(0) * self.k_max
         lo = torch.searchsorted(keys, base)
@@ -293,12 +339,10 @@ class SidTrie:
         if total == 0:
             return mask
         rows = torch.repeat_interleave(torch.arange(b, device=self._device), counts)
-        # offset of each flattened entry inside its row's run
-        starts = torch.cumsum(counts, 0) - counts
+        starts = torch.cumsum(counts, 0) - counts           # offset of each row's run in the flat list
         within = torch.arange(total, device=self._device) - starts[rows]
         pos = lo[rows] + within
-        codes = keys[pos] - base[rows]
-        mask[rows, codes] = True
+        mask[rows, keys[pos] - base[rows]] = True
         return mask
 
     def leaf_item(self, nodes: torch.Tensor) -> torch.Tensor:

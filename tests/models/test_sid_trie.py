@@ -100,6 +100,8 @@ def test_remove_prunes_empty_prefixes():
 def test_property_every_sid_decodes_to_exactly_one_live_item(data):
     sizes = tuple(data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4), label="sizes"))
     t = SidTrie(sizes)
+    # 0 = every mask through the sorted-key (CSR) path; 12 = only the top level dense; default = all dense
+    t.dense_budget_bytes = data.draw(st.sampled_from([0, 12, t.dense_budget_bytes]), label="budget")
     live: dict[int, tuple] = {}
     next_item = 0
     for _ in range(data.draw(st.integers(1, 6), label="rounds")):
@@ -125,11 +127,13 @@ def test_property_every_sid_decodes_to_exactly_one_live_item(data):
         assert np.unique(sids, axis=0).shape[0] == len(live)
 
 
-def test_batch_of_prefixes_matches_per_prefix_queries():
+@pytest.mark.parametrize("budget", [0, 4096, 64 << 20])
+def test_batch_of_prefixes_matches_per_prefix_queries(budget):
     rng = np.random.default_rng(0)
     sizes = (16, 16, 16, 8)
     sids = np.unique(rng.integers(0, 8, size=(2000, 4)) * np.array([2, 2, 2, 1]), axis=0)
     t = SidTrie(sizes)
+    t.dense_budget_bytes = budget
     t.add(sids, np.arange(len(sids)))
     pick = rng.integers(0, len(sids), 256)
     depth = rng.integers(0, 4, 256)
