@@ -224,8 +224,16 @@ class DecoderLayer(nn.Module):
         k, v = self.self_attn.project_kv(h)
         k, v = cache.append(layer, k, v)
         x = x + self.drop(self.self_attn(h, k, v, self_mask))
-        cross_mask = cache.cross_mask[:, None, None, :]  # [B, 1, 1, S]
-        x = x + self.drop(self.cross_attn(self.n2(x), cache.cross_k[layer], cache.cross_v[layer], cross_mask))
+        cross_mask = cache.cross_mask[:, None, None, :]  # [B_cross, 1, 1, S]
+        h = self.n2(x)
+        g = cache.group
+        if g > 1:  # the g beams of a request share its memory: stack their queries on it
+            n, t, d = h.shape
+            y = self.cross_attn(h.reshape(n // g, g * t, d), cache.cross_k[layer], cache.cross_v[layer], cross_mask)
+            y = y.reshape(n, t, d)
+        else:
+            y = self.cross_attn(h, cache.cross_k[layer], cache.cross_v[layer], cross_mask)
+        x = x + self.drop(y)
         y, aux = self.ff(self.n3(x))
         return x + self.drop(y), aux
 
@@ -408,7 +416,7 @@ class GenerativeRecommender(nn.Module):
         if window.sids.shape[1] > self.cfg.max_history:
             raise ValueError(f"windows of {window.sids.shape[1]} events exceed max_history={self.cfg.max_history}")
         mem = self.encode(window)                                               # [W, 1+S, d]
-        cache = self.start_cache(mem).index_select(anchor_row)                  # cross K/V [N, H, 1+S, Dh]
+        cache = self.start_cache(mem).index_select(anchor_row).ungrouped()      # cross K/V [N, H, 1+S, Dh]
         cols = torch.arange(mem.mask.shape[1], device=anchor_len.device)
         cache.cross_mask = (cols[None, :] <= anchor_len[:, None]) & mem.mask.index_select(0, anchor_row)
         flat = targets.reshape(n, k * D)

@@ -18,6 +18,12 @@ Two operations exist for the search procedures built on top:
   in one forward and discards the rejected suffix;
 * :meth:`index_select` reorders / expands the batch rows — beam search keeps
   the cache of the surviving beams (and expands one request into ``W`` beams).
+
+Cross-attention K/V are shared, not copied, when rows come in equal
+request-major groups (row ``r`` uses cross row ``r // group``): expanding a
+request into ``W`` beams and reordering beams *within* their request — all
+beam search ever does — then costs nothing for the (large) memory K/V, and
+the decoder attends with the ``W`` beams' queries stacked on one memory.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class KVCache:
     ``self_k[i]`` / ``self_v[i]``: ``[B, H, T, Dh]`` for decoder layer ``i``
     (``T`` = :attr:`length`); ``cross_k[i]`` / ``cross_v[i]``: ``[B, H, S, Dh]``;
     ``cross_mask``: ``[B, S]`` bool, True = a real memory position.
+    ``group``: rows per cross row (decoder row ``r`` reads cross row ``r // group``).
     """
 
     cross_k: list[Tensor]
@@ -42,13 +49,14 @@ class KVCache:
     cross_mask: Tensor
     self_k: list[Tensor] = field(default_factory=list)
     self_v: list[Tensor] = field(default_factory=list)
+    group: int = 1
 
     def __post_init__(self) -> None:
         if len(self.cross_k) != len(self.cross_v):
             raise ValueError(f"cross_k has {len(self.cross_k)} layers but cross_v {len(self.cross_v)}")
         if not self.self_k:
             b, h, _, dh = self.cross_k[0].shape
-            empty = self.cross_k[0].new_zeros((b, h, 0, dh))
+            empty = self.cross_k[0].new_zeros((b * self.group, h, 0, dh))
             self.self_k = [empty for _ in self.cross_k]
             self.self_v = [empty for _ in self.cross_k]
 
@@ -61,7 +69,8 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        return int(self.cross_k[0].shape[0])
+        """Decoder rows (requests x beams)."""
+        return int(self.cross_k[0].shape[0]) * self.group
 
     @property
     def num_layers(self) -> int:
@@ -95,18 +104,33 @@ class KVCache:
         """A new cache whose row ``j`` is row ``batch_idx[j]`` of this one.
 
         ``batch_idx``: LongTensor ``[B']`` — reorder beams, or expand each
-        request into several beams (``repeat_interleave``).
+        request into several beams (``repeat_interleave``). Cross K/V stay
+        shared when the new rows are request-major groups of equal size.
         """
         idx = torch.as_tensor(batch_idx, dtype=torch.long, device=self.cross_mask.device)
-        return KVCache(
-            cross_k=[k.index_select(0, idx) for k in self.cross_k],
-            cross_v=[v.index_select(0, idx) for v in self.cross_v],
-            cross_mask=self.cross_mask.index_select(0, idx),
-            self_k=[k.index_select(0, idx) for k in self.self_k],
-            self_v=[v.index_select(0, idx) for v in self.self_v],
-        )
+        n_cross = int(self.cross_mask.shape[0])
+        req = idx // self.group                                             # cross row of each new row
+        n_new = int(idx.shape[0])
+        g = n_new // n_cross if n_cross and n_new % n_cross == 0 else 0
+        if g and torch.equal(req, torch.arange(n_cross, device=idx.device).repeat_interleave(g)):
+            cross_k, cross_v, cross_mask, group = self.cross_k, self.cross_v, self.cross_mask, g
+        else:
+            cross_k = [k.index_select(0, req) for k in self.cross_k]
+            cross_v = [v.index_select(0, req) for v in self.cross_v]
+            cross_mask, group = self.cross_mask.index_select(0, req), 1
+        return KVCache(cross_k=list(cross_k), cross_v=list(cross_v), cross_mask=cross_mask,
+                       self_k=[k.index_select(0, idx) for k in self.self_k],
+                       self_v=[v.index_select(0, idx) for v in self.self_v], group=group)
+
+    def ungrouped(self) -> "KVCache":
+        """The same cache with one cross row per decoder row (materialised copy)."""
+        if self.group == 1:
+            return self
+        req = torch.arange(self.batch_size, device=self.cross_mask.device) // self.group
+        return KVCache([k.index_select(0, req) for k in self.cross_k], [v.index_select(0, req) for v in self.cross_v],
+                       self.cross_mask.index_select(0, req), list(self.self_k), list(self.self_v), 1)
 
     def clone(self) -> "KVCache":
         """An independent copy (tensors are shared until one side appends; append never mutates)."""
         return KVCache(list(self.cross_k), list(self.cross_v), self.cross_mask,
-                       list(self.self_k), list(self.self_v))
+                       list(self.self_k), list(self.self_v), self.group)

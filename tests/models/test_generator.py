@@ -198,3 +198,29 @@ def test_config_errors_name_the_value(bad, match):
 def test_config_roundtrip():
     c = _cfg(moe_experts=4)
     assert GeneratorConfig.from_dict(c.to_dict()) == c
+
+
+def test_grouped_cross_cache_equals_materialised(model):
+    """Beam expansion shares the memory K/V (group > 1) and gives the same logits as copies."""
+    h = _hist(3, 5)
+    mem = model.encode(h)
+    base = model.start_cache(mem)
+    rows = torch.arange(3).repeat_interleave(4)                    # 3 requests x 4 beams
+    grouped = base.index_select(rows)
+    assert grouped.group == 4 and grouped.cross_k[0].shape[0] == 3 and grouped.batch_size == 12
+    flat = grouped.ungrouped()
+    assert flat.group == 1 and flat.cross_k[0].shape[0] == 12
+    tok = torch.randint(0, 5, (12, 1))
+    a = model.decode(tok, None, grouped, 0)
+    b = model.decode(tok, None, flat, 0)
+    assert torch.allclose(a.logits[torch.isfinite(a.logits)], b.logits[torch.isfinite(b.logits)], atol=1e-5)
+    # reordering beams within their request keeps sharing; mixing requests materialises
+    within = torch.tensor([1, 1, 0, 3, 4, 4, 5, 7, 11, 8, 8, 9])
+    assert a.cache.index_select(within).group == 4
+    across = torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11])
+    mixed = a.cache.index_select(across)
+    assert mixed.group == 1 and mixed.cross_k[0].shape[0] == 12
+    c = model.decode(tok[across], None, mixed, 1)
+    d = model.decode(tok, None, b.cache, 1)
+    fin = torch.isfinite(c.logits)
+    assert torch.allclose(c.logits[fin], d.logits[across][fin], atol=1e-5)
