@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import msgspec
+
 from ingest.codec import ContractError, dead_letter, decode
 from ingest.contract import DEAD_LETTERS, MAX_MESSAGE_BYTES, Record
 from ingest.kafka_client import KafkaConfig, as_config, connect
@@ -48,9 +50,13 @@ class ConsumerConfig:
             raise ValueError(f"ConsumerConfig.poll_timeout_ms={self.poll_timeout_ms} must be >= 0")
 
 
-@dataclass(slots=True)
-class Message:
-    """A valid record with where it came from."""
+class Message(msgspec.Struct, gc=False):
+    """A valid record with where it came from.
+
+    A msgspec Struct rather than a dataclass: built in C and never tracked by
+    the garbage collector, it costs a fraction of a dataclass on the hot path
+    (one per message). ``gc=False`` is safe: it only refers to a record and bytes.
+    """
 
     partition: int
     offset: int
