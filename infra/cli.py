@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "infra.commands.sequences",
     "infra.commands.train",
     "infra.commands.serve",
+    "infra.commands.tokenize",
 ]
 
 EPILOG = """\
