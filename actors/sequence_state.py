@@ -370,23 +370,45 @@ class SequenceState:
 
     def to_bytes(self) -> bytes:
         """Compact snapshot: only the stored events (ragged), the id tables and the de-dup windows."""
+        return self.encode_snapshot(self.snapshot_parts())
+
+    def snapshot_parts(self) -> dict:
+        """A consistent, cheap copy of everything a checkpoint holds (arrays gathered, lists copied).
+
+        Taking it costs a few milliseconds; :meth:`encode_snapshot` (the slow
+        part) can then run on another thread while this state keeps changing.
+        """
         n = self.num_users
-        rows = np.arange(n)
-        lengths, t, r, c, valid = self._slots(rows, None)
+        return {
+            "head": self.head[:n].copy(), "last_ts": self.last_ts[:n].copy(),
+            **{name: getattr(self, name)[:n].copy() for name in self._COLS},   # [n, W] memcpy
+            "item_sid": self.item_sid[: len(self.item_ids)].copy(),
+            "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
+            "lanes": {str(k): list(v.fifo) for k, v in self.lanes.items()},
+            "events_applied": self.events_applied, "duplicates": self.duplicates,
+            "capacity": self.config.capacity,
+        }
+
+    @staticmethod
+    def encode_snapshot(parts: dict) -> bytes:
+        """The checkpoint bytes of :meth:`snapshot_parts` (msgpack; arrays as an ``.npz``)."""
+        head = parts["head"]                                           # [n]
+        n, w = parts["item"].shape
+        lengths = np.minimum(head, w)                                  # [n]
+        rows = np.repeat(np.arange(n), lengths)                        # [stored events]
+        k = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = (head[rows] - lengths[rows] + k) % max(w, 1)            # oldest → newest per user
         buf = io.BytesIO()
-        np.savez(buf,
-                 head=self.head[:n], last_ts=self.last_ts[:n], lengths=lengths,
-                 item=self.item[r, c][valid], etype=self.etype[r, c][valid], ts=self.ts[r, c][valid],
-                 watch=self.watch[r, c][valid], sid=self.sid[r, c][valid],
-                 item_sid=self.item_sid[: len(self.item_ids)])
+        np.savez(buf, head=head, last_ts=parts["last_ts"], lengths=lengths.astype(np.int32),
+                 item_sid=parts["item_sid"], **{c: parts[c][rows, cols] for c in SequenceState._COLS})
         meta = {
             "version": STATE_VERSION,
-            "capacity": self.config.capacity,
-            "user_ids": self.user_ids,
-            "item_ids": self.item_ids,
-            "lanes": {str(k): list(v.fifo) for k, v in self.lanes.items()},
-            "events_applied": self.events_applied,
-            "duplicates": self.duplicates,
+            "capacity": parts["capacity"],
+            "user_ids": parts["user_ids"],
+            "item_ids": parts["item_ids"],
+            "lanes": parts["lanes"],
+            "events_applied": parts["events_applied"],
+            "duplicates": parts["duplicates"],
             "arrays": buf.getvalue(),
         }
         return msgspec.msgpack.encode(meta)

@@ -55,6 +55,7 @@ class SupervisorConfig:
     monitor_s: float = 2.0
     freshness_window_s: float = 10.0
     fetch_max_wait_ms: int | None = 50
+    niceness: int | None = 0
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -107,7 +108,8 @@ class SequenceSupervisor:
             ShardConfig(shard_id=i, num_shards=n, partitions=partitions_of_shard(i, self.num_partitions, n),
                         kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
                         consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id,
-                        freshness_window_s=cfg.freshness_window_s, fetch_max_wait_ms=cfg.fetch_max_wait_ms)
+                        freshness_window_s=cfg.freshness_window_s, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+                        niceness=cfg.niceness)
             for i in range(n)]
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}

@@ -64,6 +64,7 @@ def run(args) -> int:
         if address:
             ray.init(address=address, namespace="genrec")
         else:
+            os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="genrec",
                      log_to_driver=False, configure_logging=False)
     users = [u for u in args.users.split(",") if u]

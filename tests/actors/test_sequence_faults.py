@@ -35,6 +35,7 @@ N_PARTITIONS = 4
 def local_ray():
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
         ray.init(num_cpus=2, include_dashboard=False, namespace=f"seq-{uuid.uuid4().hex[:6]}",
                  log_to_driver=False, configure_logging=False)
     yield ray
