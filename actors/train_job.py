@@ -71,6 +71,7 @@ class TrainJobConfig:
     generator: dict = field(default_factory=dict)
     train: TrainConfig = TrainConfig()
     eval_beam: int = 20
+    eval_max_users: int = 0      # test users evaluated after training (0 = all)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -375,7 +376,7 @@ def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, toke
     model, report = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts,
                                   validate=True, on_epoch_end=checkpoint)
     model.to("cpu")
-    test = evaluate_test(model, data, item_sids, beam=cfg.eval_beam)
+    test = evaluate_test(model, data, item_sids, beam=cfg.eval_beam, max_users=cfg.eval_max_users)
     metrics = {"data": data.name, "train": report.as_dict(), "test": test,
                "tokenizer": cfg.tokenizer, "embeddings": cfg.embeddings, "level_sizes": list(level_sizes)}
     path = save_generator(cfg.out, model, data.split.item_ids, item_sids, tokenizer.version, metrics,
