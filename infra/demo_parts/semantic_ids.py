@@ -4,8 +4,9 @@
 2. Fits RQ-KMeans (OneRec) on the items that exist at the start and prints
    codebook utilisation per level, collision rate before de-duplication and
    the unique-SID fraction after.
-3. Starts the item indexer on ``item-events``: the items already replayed
-   there are indexed (re-sends of known content are idempotent no-ops).
+3. Starts the item indexer on ``item-events`` and sends it the initial
+   catalog (items the ingest part already replayed there are re-sends of
+   known content: idempotent no-ops).
 4. Produces a dozen *new* items (late arrivals of the world plus two written
    here) one by one and prints, for each, its SID, the produce→indexed
    latency and its nearest neighbours in the faiss index.
@@ -97,6 +98,9 @@ def run(ctx) -> None:
                               encoder=_KnownEmbeddings(enc, known_texts, emb))
         replica = Catalog.from_bytes(indexer.snapshot())   # a serving replica, fed by deltas below
         t0 = time.time()
+        with EventProducer(ctx.kafka) as prod:             # the initial catalog (re-sends are no-ops)
+            for e in initial:
+                prod.send(e)
         indexer.run_until_caught_up(timeout_s=600)
         st = indexer.status()
         ctx.say(f"indexer caught up with {st['events']:,} item-events in {time.time() - t0:.1f} s: "
@@ -107,8 +111,16 @@ def run(ctx) -> None:
                            tags=["space", "science"], text="A crewed rocket lifts off towards Mars."),
                  ItemEvent(item_id="new-demo-2", ts=0, title="Slow-cooked lentil soup",
                            tags=["cooking"], text="A hearty winter recipe with lentils and vegetables.")]
+        names = world.topic_names
+
+        def label(item_id: str) -> str:
+            title = next((e.title for e in extra if e.item_id == item_id), None)
+            if title is not None:
+                return f"'{title[:40]}'"
+            k = world.item_index(item_id)
+            return f"'{title_of[item_id][:40]}' [{names[int(world.item_primary[k])]}]"
+
         title_of = {e.item_id: e.title for e in catalog_events}
-        title_of.update({e.item_id: e.title for e in extra})
         ctx.say("\nnew items arriving (produced to item-events one by one, indexed live):")
         with EventProducer(ctx.kafka, ProducerConfig(linger_ms=0)) as prod:
             for ev in live_new + extra:
@@ -120,11 +132,10 @@ def run(ctx) -> None:
                 lat = (time.time() - sent) * 1000
                 sid = indexer.catalog.sid_of(ev.item_id)
                 nn = indexer.catalog.neighbours(ev.item_id, 3)
-                ctx.say(f"  {ev.item_id:<11} SID {str(sid.tolist()):<18} in {lat:6.0f} ms  '{ev.title[:38]}'")
+                ctx.say(f"  {ev.item_id:<11} SID {str(sid.tolist()):<18} in {lat:6.0f} ms  {label(ev.item_id)}")
                 for nid, score in nn:
                     same = os.path.commonprefix([list(sid), list(indexer.catalog.sid_of(nid))])
-                    ctx.say(f"      ~ {nid:<9} cos {score:.2f}  shares {len(same)} code(s)  "
-                            f"'{(title_of.get(nid) or '')[:44]}'")
+                    ctx.say(f"      ~ {nid:<9} cos {score:.2f}  shares {len(same)} SID code(s)  {label(nid)}")
 
             # --- retire and come back; the replica follows through deltas -------------------------
             victim = live_new[0]
