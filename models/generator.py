@@ -65,14 +65,14 @@ class GeneratorConfig:
     """
 
     level_sizes: tuple[int, ...]
-    d_model: int = 128
-    heads: int = 4
+    d_model: int = 64
+    heads: int = 2
     enc_layers: int = 2
     dec_layers: int = 2
     ff_mult: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.2
     max_history: int = 50
-    session_len: int = 5
+    session_len: int = 3
     n_event_types: int = 16
     n_time_buckets: int = 16
     moe_experts: int = 0
