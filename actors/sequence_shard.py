@@ -81,7 +81,7 @@ class ShardConfig:
     exit_on_error: bool = False
     stats_window: int = 20_000
     freshness_window_s: float = 10.0
-    fetch_max_wait_ms: int | None = 50
+    fetch_max_wait_ms: int | None = 20
     niceness: int | None = 0
 
     def __post_init__(self) -> None:
@@ -219,11 +219,14 @@ class ShardRuntime:
     def _log_ends(self) -> dict[int, int]:
         """Log-end offset per partition, for lag.
 
-        tansu 0.6 answers ListOffsets(latest) with the *last batch's base
-        offset + 1*, which trails the true end by up to a batch; the high
-        watermark of the last fetch response is exact, so take the larger.
+        The high watermark that every fetch response carries is exact and
+        costs nothing; a ListOffsets round trip (which blocks the loop) is
+        only made for partitions not fetched yet. (tansu 0.6 answers
+        ListOffsets(latest) with the *last batch's base offset + 1*, trailing
+        the true end by up to a batch — one more reason to prefer the
+        watermark.)
         """
-        ends = self.consumer.end_offsets()
+        ends: dict[int, int] = {}
         kc = getattr(self.consumer, "_consumer", None)  # kafka-python consumer inside ContractConsumer
         if kc is not None:
             from kafka import TopicPartition
@@ -231,7 +234,10 @@ class ShardRuntime:
             for p in self.config.partitions:
                 hw = kc.highwater(TopicPartition(self.consumer.physical_topic, p))
                 if hw is not None:
-                    ends[p] = max(ends.get(p, 0), hw)
+                    ends[p] = hw
+        if len(ends) < len(self.config.partitions):
+            for p, o in self.consumer.end_offsets().items():
+                ends[p] = max(ends.get(p, 0), o)
         return ends
 
     def checkpoint(self, wait: bool = True) -> None:

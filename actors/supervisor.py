@@ -54,7 +54,7 @@ class SupervisorConfig:
     max_concurrency: int = 4
     monitor_s: float = 2.0
     freshness_window_s: float = 10.0
-    fetch_max_wait_ms: int | None = 50
+    fetch_max_wait_ms: int | None = 20
     niceness: int | None = 0
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
