@@ -26,7 +26,7 @@ def run(ctx) -> None:
     ctx.say("topics (partitions): " + ", ".join(f"{ctx.kafka.topic(t)}={n}" for t, n in counts.items()))
 
     ds = ctx.world.dataset()
-    n = min(len(ds.user_events) // 2, 8_000 if ctx.quick else 40_000)
+    n = min(len(ds.user_events) // 2, 8_000 if ctx.quick else 30_000)
     head = ds.head(n)
     ctx.say(f"replaying {len(head.user_events):,} user events and {len(head.item_events):,} catalog upserts "
             f"of {ds.name} in event-time order (as fast as possible)")
