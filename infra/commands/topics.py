@@ -21,19 +21,19 @@ def add_kafka_args(p) -> None:
 
 def kafka_from_args(args):
     """A :class:`ingest.kafka_client.KafkaConfig` from the command line, config file and environment."""
-    from infra.config import load
-    from ingest.kafka_client import KafkaConfig
+    from infra.config import build, load_raw
 
-    cfg = load().get("kafka")
-    bootstrap = args.bootstrap or (cfg.bootstrap if cfg else None)
-    if not bootstrap:
+    raw = dict(load_raw().get("kafka", {}))
+    if args.bootstrap:
+        raw["bootstrap"] = args.bootstrap
+    if not raw.get("bootstrap"):
         raise ValueError("no Kafka broker given: pass --bootstrap host:port or set KAFKA_BOOTSTRAP "
                          "(run `genrec broker` for an embedded one)")
-    namespace = args.namespace
-    if namespace is None:
-        namespace = (cfg.namespace if cfg and cfg.namespace else os.environ.get("GENREC_TOPIC_NAMESPACE", ""))
-    base = {k: getattr(cfg, k) for k in ("client_id", "connect_timeout_s")} if cfg else {}
-    return KafkaConfig(bootstrap=bootstrap, namespace=namespace, **base)
+    if args.namespace is not None:
+        raw["namespace"] = args.namespace
+    elif not raw.get("namespace"):
+        raw["namespace"] = os.environ.get("GENREC_TOPIC_NAMESPACE", "")
+    return build("kafka", raw)
 
 
 def parse_partitions(spec: str | None) -> dict[str, int]:

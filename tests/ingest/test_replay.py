@@ -93,5 +93,5 @@ def test_genrec_replay_and_topics_commands(broker, topic_name):
     assert out.returncode == 0, out.stderr
     assert f"{topic_name}.user-events" in out.stdout and "4 partitions" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "infra.cli", "topics", "--bootstrap", "127.0.0.1:1"],
-                         cwd=REPO, env={**env, "KAFKA_BOOTSTRAP": ""}, capture_output=True, text=True, timeout=60)
+                         cwd=REPO, env={**env, "KAFKA_BOOTSTRAP": "", "GENREC_KAFKA__CONNECT_TIMEOUT_S": "2"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "127.0.0.1:1" in bad.stderr
