@@ -137,6 +137,22 @@ def constraint_for(trie, device=None) -> CatalogConstraint:
     return c
 
 
+_INDEXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _range_index_for(trie, n_items: int, device) -> decoding.SidRangeIndex:
+    """The SidRangeIndex that models.decoding's ban constraint needs, rebuilt only when the trie changed
+    (building it walks every item, which would otherwise dominate a small request)."""
+    key = (len(trie), trie.num_nodes, trie.num_edges, n_items, str(device))
+    hit = _INDEXES.get(trie)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    sids, items = trie.entries()
+    idx = decoding.SidRangeIndex(trie.level_sizes, sids, items, n_items, device)
+    _INDEXES[trie] = (key, idx)
+    return idx
+
+
 def _seen_mask(seen, b: int, n_items: int, device) -> Tensor | None:
     if seen is None:
         return None
@@ -183,7 +199,8 @@ def generate(model, memory_or_hist, trie, settings: DecodeSettings = DecodeSetti
         n_items = int(items_all.max()) + 1 if len(items_all) else 1
         if isinstance(seen, Tensor):
             n_items = max(n_items, int(seen.shape[1]))
-        procs = decoding.default_processors(trie, seen=_seen_mask(seen, B, n_items, dev), n_items=n_items)
+        procs = decoding.default_processors(trie, seen=_seen_mask(seen, B, n_items, dev), n_items=n_items,
+                                            index=_range_index_for(trie, n_items, dev))
         if s.mode == "greedy":
             out = decoding.greedy_session(model, memory, trie, session_len=K, processors=procs)
         else:
