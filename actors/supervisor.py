@@ -263,7 +263,7 @@ def format_status(status: dict) -> str:
     for r in status["shards"]:
         parts = ",".join(map(str, r.get("partitions", [])))
         if r.get("state") != "running":
-            lines.append(f"{r['shard']:>5} {parts:<9} {r['state'][:10]:<10}")
+            lines.append(f"{r['shard']:>5} {parts:<9} {r['state']}")
             continue
         lines.append(
             f"{r['shard']:>5} {parts:<9} {'running':<10} {r['users']:>7,} {r['events_applied']:>10,} "
@@ -295,3 +295,30 @@ def router_from_names(config: SupervisorConfig, num_partitions: int, num_shards:
 def with_checkpoint_dir(config: SupervisorConfig, uri: str) -> SupervisorConfig:
     """A copy of ``config`` checkpointing to ``uri``."""
     return replace(config, checkpoint=replace(config.checkpoint, uri=uri))
+
+
+#: Per-shard status fields exported as metrics (name suffix, status key).
+_METRIC_FIELDS = (
+    ("lag_messages", "lag"), ("events_applied_total", "events_applied"), ("events_per_second", "events_per_s"),
+    ("duplicates_dropped_total", "duplicates_dropped"), ("users", "users"),
+    ("freshness_p50_ms", "freshness_p50_ms"), ("freshness_p99_ms", "freshness_p99_ms"),
+    ("checkpoint_age_seconds", "checkpoint_age_s"), ("restarts_seen_total", "restarts_seen"),
+)
+
+
+def metric_samples(status: dict, prefix: str = "genrec_sequences_") -> list[tuple[str, dict, float]]:
+    """``(name, labels, value)`` samples of a :meth:`SequenceSupervisor.status` (for ``/metrics``).
+
+    One sample per shard and field, labelled ``shard`` and ``partitions``,
+    plus ``{prefix}shard_up`` (1 running, 0 restarting or dead).
+    """
+    out = []
+    for r in status["shards"]:
+        labels = {"shard": str(r["shard"]), "partitions": ",".join(map(str, r.get("partitions", [])))}
+        up = r.get("state") == "running"
+        out.append((f"{prefix}shard_up", labels, 1.0 if up else 0.0))
+        if not up:
+            continue
+        for name, key in _METRIC_FIELDS:
+            out.append((prefix + name, labels, float(r.get(key, 0) or 0)))
+    return out
