@@ -7,8 +7,10 @@ One object answers everything the recommender needs to know about items:
 * **trie** (models/sid_trie.py) over the SIDs of *live* items, for
   constrained decoding;
 * **faiss index** over the live items' (L2-normalised) embeddings, inner
-  product = cosine, for dense retrieval and nearest neighbours (GPU when
-  ``CatalogConfig.use_gpu`` and faiss sees one);
+  product = cosine, for dense retrieval and nearest neighbours; with
+  ``CatalogConfig.use_gpu`` and a GPU faiss build, searches run on a GPU copy
+  refreshed lazily after changes (the CPU index stays the source of truth,
+  since GPU flat indexes cannot remove ids);
 * **stable SID assignment** — an item keeps its SID for as long as the
   catalog lives (a retired item that comes back gets the same one); a new
   item takes the first of its candidate prefixes (tokenizer's
@@ -108,11 +110,20 @@ class Catalog:
 
     # ---------------------------------------------------------------- basics
     def _new_index(self):
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        if self.config.use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-        return index
+        """CPU index (supports remove/reconstruct); a GPU copy serves searches when configured."""
+        self._gpu_index = None
+        self._gpu_dirty = True
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _search_index(self):
+        if not self.config.use_gpu or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+            return self._faiss
+        if self._gpu_index is None or self._gpu_dirty:     # rebuilt lazily after changes
+            if not hasattr(self, "_gpu_res"):
+                self._gpu_res = faiss.StandardGpuResources()
+            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._faiss)
+            self._gpu_dirty = False
+        return self._gpu_index
 
     def __len__(self) -> int:
         """Number of live items."""
@@ -244,6 +255,7 @@ class Catalog:
         return res
 
     def _apply_index(self, add_idx: list[int], upd_idx: list[int]) -> None:
+        self._gpu_dirty = True
         upd_idx = sorted(set(upd_idx) - set(add_idx))   # an item added in this batch is indexed once, below
         if upd_idx:
             ids = np.asarray(upd_idx, dtype=np.int64)
@@ -269,6 +281,7 @@ class Catalog:
         return [self._ids[i] for i in gone]
 
     def _remove_index(self, idx: list[int]) -> None:
+        self._gpu_dirty = True
         if idx:
             ids = np.asarray(idx, dtype=np.int64)
             self.trie.remove(ids)
@@ -334,7 +347,7 @@ class Catalog:
         q = np.asarray(queries, dtype=np.float32)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         k = max(1, min(int(k), max(len(self), 1)))
-        scores, idx = self._faiss.search(q, k)
+        scores, idx = self._search_index().search(q, k)
         return scores, idx.astype(np.int64)
 
     def neighbours(self, item_id: str, k: int = 5) -> list[tuple[str, float]]:
