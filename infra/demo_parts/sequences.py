@@ -114,6 +114,7 @@ def run(ctx) -> None:
     ctx.say(f"backlog folded into per-user ring buffers in {time.time() - t0:.1f} s "
             f"(checkpoints: {ckpt})")
     ctx.say(format_status(sup.status()))
+    time.sleep(3.0)  # let the 3 s freshness window forget the backlog (old event times)
 
     # -- live phase: the world's next events, stamped now -------------------------------------
     rate = 1_000.0 if ctx.quick else 2_000.0
