@@ -45,11 +45,11 @@ def venv_python(venv: Path = VENV) -> Path:
 def setup(venv: Path = VENV, force: bool = False) -> Path:
     """Create the PyTriton venv (idempotent); returns its python."""
     py = venv_python(venv)
-    if py.exists() and not force:
-        return py
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", *PYTRITON_SPEC], check=True)
+    if force or not py.exists():
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
+    if force or subprocess.run([str(py), "-c", "import pytriton"], capture_output=True).returncode != 0:
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *PYTRITON_SPEC], check=True)
     # The main venv's packages (torch, sentence-transformers, the bundled MiniLM) after its own.
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
