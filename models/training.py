@@ -58,7 +58,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     max_steps: int = 0         # hard cap on optimizer steps (0 = none), for quick runs
-    max_seconds: float = 0.0   # wall-clock budget (0 = none): stop after the epoch that passes it
+    max_seconds: float = 0.0   # wall-clock training budget (0 = none), checked every step
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -237,8 +237,12 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                                      cfg.batch_size, rng):
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
+                if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                    break                      # out of time: validate what we have and stop
+                # with a time budget the schedule follows whichever runs out first: steps or seconds
+                eff = step if not cfg.max_seconds else max(step, int(total * (time.time() - t0) / cfg.max_seconds))
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_frac)
+                    g["lr"] = cfg.lr * lr_factor(eff, total, warmup, cfg.min_lr_frac)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     out = model.forward_anchors(wb.window.to(dev), wb.anchor_row.to(dev), wb.anchor_len.to(dev),
                                                 wb.targets.to(dev))
