@@ -30,6 +30,9 @@ def _catalog_sids(ctx, item_ids):
     sids = np.stack(rows).astype(np.int64)
     if len(np.unique(sids, axis=0)) != len(sids):
         return None
+    sizes = np.asarray(tok.sid_level_sizes)
+    if sids.shape[1] != len(sizes) or (sids >= sizes[None, :]).any() or (sids < 0).any():
+        return None
     return tok, sids
 
 
