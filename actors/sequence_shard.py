@@ -128,21 +128,7 @@ class ShardRuntime:
         self.config = config
         self.store = CheckpointStore(config.checkpoint.uri)
         self.stats = _Stats()
-        loaded = self.store.load(config.checkpoint_name)
-        if loaded is None:
-            self.state = SequenceState(config.sequence)
-            offsets: dict[int, int] = {}
-        else:
-            payload, offsets = loaded
-            extra = set(offsets) - set(config.partitions)
-            if extra:
-                raise ValueError(f"checkpoint {config.checkpoint_name!r} holds partitions {sorted(offsets)} but this "
-                                 f"shard owns {list(config.partitions)}; the partition count changed — use a new "
-                                 "checkpoint directory (or group_id) to rebuild from the topic")
-            self.state = SequenceState.from_bytes(payload, config.sequence)
-            self.stats.restored_from = dict(offsets)
-        # Offsets of what the state reflects: the checkpoint's, else the beginning of the log.
-        self.offsets = {p: int(offsets.get(p, 0)) for p in config.partitions}
+        self.state, self.offsets = self._load()
         self._ckpt_offsets = dict(self.offsets)
         self.stats.last_checkpoint = time.time()
         self.consumer = ContractConsumer(config.kafka, config.topic, partitions=config.partitions,
@@ -167,6 +153,37 @@ class ShardRuntime:
         self._fresh = deque(maxlen=w)
         self._rate = deque(maxlen=64)          # (wall s, applied total)
 
+    def _load(self) -> tuple[SequenceState, dict[int, int]]:
+        """The last checkpoint's state and the offsets it reflects (empty state at offset 0 if none)."""
+        config = self.config
+        loaded = self.store.load(config.checkpoint_name)
+        if loaded is None:
+            return SequenceState(config.sequence), {p: 0 for p in config.partitions}
+        payload, offsets = loaded
+        extra = set(offsets) - set(config.partitions)
+        if extra:
+            raise ValueError(f"checkpoint {config.checkpoint_name!r} holds partitions {sorted(offsets)} but this "
+                             f"shard owns {list(config.partitions)}; the partition count changed — use a new "
+                             "checkpoint directory (or group_id) to rebuild from the topic")
+        self.stats.restored_from = dict(offsets)
+        return (SequenceState.from_bytes(payload, config.sequence),
+                {p: int(offsets.get(p, 0)) for p in config.partitions})
+
+    def _recover(self) -> None:
+        """In-process recovery after a loop error: back to the last checkpoint, seek to its offsets.
+
+        (Inside Ray the process exits instead and the restarted actor does the same.)
+        """
+        try:
+            self._finish_write(block=True)
+        except Exception:  # noqa: BLE001 - a failed write just means an older checkpoint
+            self._writer = None
+        state, offsets = self._load()
+        with self._lock:
+            self.state, self.offsets = state, offsets
+        self._since_ckpt = 0
+        self.consumer.seek(offsets)
+
     # -- loop ------------------------------------------------------------------------------
 
     def start(self) -> "ShardRuntime":
@@ -183,7 +200,12 @@ class ShardRuntime:
                 log.exception("sequence shard %d loop failed", self.config.shard_id)
                 if self.config.exit_on_error:
                     os._exit(17)
-                self._stop.wait(1.0)
+                if self._stop.wait(1.0):
+                    break
+                try:
+                    self._recover()
+                except Exception:  # noqa: BLE001 - try again after the next pause
+                    log.exception("sequence shard %d could not recover from its checkpoint", self.config.shard_id)
 
     def step(self) -> int:
         """One poll → apply → maybe checkpoint. Returns messages consumed (for in-process drivers)."""

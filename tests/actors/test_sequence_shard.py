@@ -114,3 +114,24 @@ def test_histories_status_and_partition_mismatch(kafka, tmp_path):
     with pytest.raises(ValueError, match="partitions is empty"):
         ShardConfig(shard_id=0, num_shards=1, partitions=(), kafka=kafka,
                     checkpoint=CheckpointConfig(uri=str(tmp_path)))
+
+
+def test_in_process_recovery_rolls_back_to_the_checkpoint_and_replays(kafka, tmp_path):
+    ends = _produce(kafka, n=3000, seed=4)
+    clean = ShardRuntime(_config(kafka, str(tmp_path / "clean"), batch=5000))
+    _run_to(clean, ends)
+    want = clean.snapshot()
+    clean.stop()
+    rt = ShardRuntime(_config(kafka, str(tmp_path / "r"), every=10**9))
+    for _ in range(2):
+        rt.step()
+    rt.checkpoint()
+    at_ckpt = rt.snapshot()
+    for _ in range(2):
+        rt.step()
+    assert rt.snapshot() != at_ckpt
+    rt._recover()  # what the loop does after an error when it cannot restart the process
+    assert rt.snapshot() == at_ckpt
+    _run_to(rt, ends)
+    assert rt.snapshot() == want
+    rt.stop()
