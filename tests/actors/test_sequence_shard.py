@@ -123,12 +123,10 @@ def test_in_process_recovery_rolls_back_to_the_checkpoint_and_replays(kafka, tmp
     want = clean.snapshot()
     clean.stop()
     rt = ShardRuntime(_config(kafka, str(tmp_path / "r"), every=10**9))
-    for _ in range(2):
-        rt.step()
+    _run_to(rt, {p: e // 3 for p, e in ends.items()})
     rt.checkpoint()
     at_ckpt = rt.snapshot()
-    for _ in range(2):
-        rt.step()
+    _run_to(rt, {p: 2 * e // 3 for p, e in ends.items()})
     assert rt.snapshot() != at_ckpt
     rt._recover()  # what the loop does after an error when it cannot restart the process
     assert rt.snapshot() == at_ckpt
