@@ -264,8 +264,7 @@ class TargetScorer:
 
 def _masked(scores: Scores, proposal: Proposal, constraint: CatalogConstraint) -> Tensor:
     """Target log-probs (float32, constrained, as plain decoding computes them): [B, G+1, K]."""
-    return torch.stack([constraint.logprobs(scores.logits[:, j], proposal.states[j])
-                        for j in range(proposal.length + 1)], 1)
+    return constraint.logprobs_along(scores.logits, proposal.states)
 
 
 class GreedyVerifier:
