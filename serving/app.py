@@ -23,10 +23,11 @@ record never exists for a request the recommender did not answer. (A record
 server can close; the reward joiner treats such a session as one without
 feedback.)
 
-Overload: the ingress admits at most ``max_inflight`` recommend requests;
-beyond that it answers ``503`` with ``Retry-After`` at once (admitted requests
-keep their latency instead of everybody queueing), and the recommender's
-``max_queued_requests`` back-pressure maps to the same answer.
+Overload: the ingress admits at most ``max_inflight`` recommend requests
+(optionally an adaptive AIMD limit that keeps admitted latency near
+``latency_target_ms``); beyond that it answers ``503`` with ``Retry-After`` at
+once (admitted requests keep their latency instead of everybody queueing), and
+the recommender's ``max_queued_requests`` back-pressure maps to the same answer.
 """
 
 
@@ -61,12 +62,15 @@ class AppSettings:
     ``experiments``: YAML text or a path to the experiments file.
     ``admin_token``: bearer token of the admin routes; ``None`` disables them.
     ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
+    ``latency_target_ms``: when set, the admission limit adapts (AIMD) so that
+    admitted requests stay near this latency; ``None`` keeps ``max_inflight`` fixed.
     """
 
     kafka: object                      # ingest.kafka_client.KafkaConfig
     experiments: str = ""
     admin_token: str | None = None
     max_inflight: int = 64
+    latency_target_ms: float | None = None
     retry_after_s: int = 1
     produce_timeout_s: float = 10.0
     recommend_timeout_s: float = 30.0
@@ -77,6 +81,8 @@ class AppSettings:
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
             raise ValueError(f"AppSettings.max_inflight={self.max_inflight} must be >= 1")
+        if self.latency_target_ms is not None and self.latency_target_ms <= 0:
+            raise ValueError(f"AppSettings.latency_target_ms={self.latency_target_ms} must be > 0 (or None: off)")
         if self.retry_after_s < 1:
             raise ValueError(f"AppSettings.retry_after_s={self.retry_after_s} must be >= 1 second")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -163,6 +169,15 @@ class PromoteRequest(BaseModel):
     model_version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
 
 
+class AdmissionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"max_inflight": 32, "latency_target_ms": 500}]})
+    max_inflight: Optional[int] = Field(None, ge=1, le=100_000)
+    latency_target_ms: Optional[float] = Field(None, gt=0, le=600_000,
+                                               description="adaptive limit target; 0 or omitted keeps it as is")
+    adaptive: Optional[bool] = Field(None, description="false: switch the adaptive limit off")
+
+
 class LoadModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model_version": "v3", "path": "/models/v3.pt"}]})
@@ -214,6 +229,9 @@ class Ingress:
             else ExperimentRegistry()
         self.metrics = ServingMetrics()
         self.inflight = 0
+        self.max_inflight = settings.max_inflight
+        self.latency_target_ms = settings.latency_target_ms
+        self.limit = float(settings.max_inflight)
         self._report_cache: dict[str, tuple[float, dict]] = {}
 
     def reconfigure(self, user_config: dict) -> None:
@@ -223,6 +241,19 @@ class Ingress:
             self.registry.reload(text)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _adapt(self, ms: float) -> None:
+        """AIMD admission limit (as in TCP congestion control / Netflix's concurrency limits).
+
+        Over the target: shrink the limit by 10 %; under it: grow by 1/limit
+        (≈ +1 per window of answers). Off without a target.
+        """
+        if not self.latency_target_ms:
+            return
+        if ms > self.latency_target_ms:
+            self.limit = max(1.0, self.limit * 0.9)
+        else:
+            self.limit = min(float(self.max_inflight), self.limit + 1.0 / max(self.limit, 1.0))
 
     def _admin(self, authorization: str | None) -> None:
         if not self.s.admin_token:
@@ -268,11 +299,12 @@ class Ingress:
         t0 = time.perf_counter()
         if body.k > self.s.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
-        if self.inflight >= self.s.max_inflight:
+        if self.inflight >= max(1, int(self.limit)):
             self.metrics.rejected.labels(route="recommend").inc()
             raise _unavailable(f"overloaded: {self.inflight} requests in flight; retry later", self.s.retry_after_s)
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
+        self.metrics.admission_limit.set(self.limit)
         try:
             return await self._recommend(body, t0)
         finally:
@@ -315,6 +347,7 @@ class Ingress:
         if "batch_size" in st:
             self.metrics.batch_size.observe(st["batch_size"])
         self.metrics.latency.labels(route="recommend", arm=res.arm, status="200").observe(t3 - t0)
+        self._adapt((t3 - t0) * 1e3)
         timings = {"total_ms": (t3 - t0) * 1e3, "recommender_ms": (t2 - t1) * 1e3, "log_ms": (t3 - t2) * 1e3}
         for k in ("history_ms", "decode_ms", "batch_size"):
             if k in st:
@@ -343,11 +376,13 @@ class Ingress:
     async def item_status(self, item_id: str = PathParam(..., min_length=1, max_length=128)) -> dict:
         """Whether the recommender's live catalog can recommend ``item_id`` now."""
         try:
-            ok = await asyncio.wait_for(self.rec.is_recommendable.remote(item_id), 5)
+            state, reason = await asyncio.wait_for(self.rec.item_state.remote(item_id), 5)
         except Exception as e:  # noqa: BLE001
             raise _unavailable(f"recommender unavailable ({type(e).__name__})", self.s.retry_after_s) from None
-        if not ok:
-            raise HTTPException(404, f"item {item_id!r} is not in the live catalog (not indexed yet, or retired)")
+        if state != "live":
+            why = {"retired": "it was retired", "rejected": f"the indexer rejected it: {reason}",
+                   "unknown": "not indexed yet (or never posted)"}[state]
+            raise HTTPException(404, f"item {item_id!r} is not in the live catalog: {why}")
         return {"item_id": item_id, "recommendable": True}
 
     # -- experiments -------------------------------------------------------------------------
@@ -449,6 +484,20 @@ class Ingress:
         except ValueError as e:
             raise HTTPException(409, str(e)) from None
         return {"default_model_version": restored}
+
+    @api.post("/v1/admin/admission", tags=["admin"], responses={401: {}, 403: {}})
+    async def admission(self, body: AdmissionRequest, authorization: Optional[str] = Header(None)) -> dict:
+        """Change the admission limit and/or the latency target of the adaptive limit, live."""
+        self._admin(authorization)
+        if body.max_inflight is not None:
+            self.max_inflight = body.max_inflight
+            self.limit = float(body.max_inflight)
+        if body.latency_target_ms:
+            self.latency_target_ms = body.latency_target_ms
+        if body.adaptive is False:
+            self.latency_target_ms = None
+            self.limit = float(self.max_inflight)
+        return {"max_inflight": self.max_inflight, "limit": self.limit, "latency_target_ms": self.latency_target_ms}
 
     @api.post("/v1/admin/models/load", tags=["admin"], responses={400: {"description": "cannot load"}})
     async def load_model(self, body: LoadModelRequest, authorization: str | None = Header(None)) -> dict:

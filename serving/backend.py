@@ -140,6 +140,9 @@ class GeneratorBackend:
     def is_recommendable(self, item_id: str) -> bool:
         return self.catalog.is_live(item_id)
 
+    def item_state(self, item_id: str) -> tuple[str, str | None]:
+        return self.catalog.state_of(item_id)
+
     def status(self) -> dict:
         return {"catalog_items": len(self.catalog), "catalog_version": self.catalog.version,
                 "models": self.model_versions(), "device": self.device, "history": self.history.status()}

@@ -85,6 +85,7 @@ class LiveCatalog:
         self._range_index = None
         self._range_version = -1
         self.rejected = 0
+        self.rejections: dict[str, str] = {}   # item_id -> reason (bounded)
 
     def __len__(self) -> int:
         return int(self.live.sum())
@@ -154,6 +155,8 @@ class LiveCatalog:
                     rejected[iid] = (f"SID prefix {p} already holds {self.level_sizes[-1]} items "
                                      "(dedup level full); widen the last level")
                     self.rejected += 1
+                    if len(self.rejections) < 100_000:
+                        self.rejections[iid] = rejected[iid]
                     continue
                 self._next_dedup[p] = d + 1
                 ids.append(iid)
@@ -185,6 +188,15 @@ class LiveCatalog:
                 self.add_with_sids([delta.item_ids[i] for i in keep], np.asarray(delta.sids)[keep])
             if retire:
                 self.retire(retire)
+
+    def state_of(self, item_id: str) -> tuple[str, str | None]:
+        """``("live" | "retired" | "rejected" | "unknown", reason)`` of an item."""
+        idx = self.index.get(item_id)
+        if idx is not None:
+            return ("live" if self.live[idx] else "retired"), None
+        if item_id in self.rejections:
+            return "rejected", self.rejections[item_id]
+        return "unknown", None
 
     def is_live(self, item_id: str) -> bool:
         idx = self.index.get(item_id)

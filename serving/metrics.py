@@ -47,6 +47,8 @@ class ServingMetrics:
                                registry=r)
         self.lag = Gauge("genrec_consumer_lag", "consumer lag (messages) per component", ["component"], registry=r)
         self.catalog_items = Gauge("genrec_catalog_items", "live items in the recommender's catalog", registry=r)
+        self.admission_limit = Gauge("genrec_admission_limit", "current admission limit of /recommend",
+                                     registry=r)
         self.inflight = Gauge("genrec_inflight_requests", "recommend requests admitted and not yet answered",
                               registry=r)
 

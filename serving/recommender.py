@@ -165,6 +165,12 @@ class Recommender:
     def is_recommendable(self, item_id: str) -> bool:
         return self.backend.is_recommendable(item_id)
 
+    def item_state(self, item_id: str) -> tuple:
+        fn = getattr(self.backend, "item_state", None)
+        if fn is None:
+            return ("live" if self.backend.is_recommendable(item_id) else "unknown"), None
+        return fn(item_id)
+
     def model_versions(self) -> list[str]:
         return self.backend.model_versions()
 

@@ -34,7 +34,7 @@ def configs_from_args(args: dict):
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
-             "device", "max_k"}
+             "device", "max_k", "latency_target_ms"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -70,7 +70,9 @@ def configs_from_args(args: dict):
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
                            max_inflight=int(args.get("max_inflight") or 2 * rec.max_batch_size * rec.num_replicas),
-                           num_replicas=int(args.get("ingress_replicas", 1)), max_k=int(args.get("max_k", 100)))
+                           num_replicas=int(args.get("ingress_replicas", 1)),
+                           latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
+                                              else None), max_k=int(args.get("max_k", 100)))
     return settings, rec
 
 

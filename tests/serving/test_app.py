@@ -162,6 +162,11 @@ def test_admin_routes_need_the_token(serve_app, client):
     assert client.post("/v1/recommend", json={"user_id": "adm", "k": 2}).json()["experiment"] == "decode-ab"
     r = client.post("/v1/admin/experiments/reload", json={"yaml": EXPERIMENTS}, headers=AUTH)
     assert r.status_code == 200
+    assert client.post("/v1/admin/admission", json={"max_inflight": 8}).status_code == 401
+    r = client.post("/v1/admin/admission", json={"latency_target_ms": 5000}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["latency_target_ms"] == 5000
+    r = client.post("/v1/admin/admission", json={"adaptive": False}, headers=AUTH)
+    assert r.json()["latency_target_ms"] is None and r.json()["limit"] == 16
 
 
 def test_probes_and_metrics(client):
