@@ -91,6 +91,19 @@ class SequenceRouter:
     def num_shards(self) -> int:
         return len(self.shards)
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> "SequenceRouter":
+        """A router over running shards found by name — e.g. inside a Ray Serve replica.
+
+        ``spec`` is :meth:`actors.supervisor.SequenceSupervisor.router_spec`:
+        ``{"names": [...], "namespace": str | None, "num_partitions": int}``
+        (plain data, so it travels in a deployment's init args or a YAML file).
+        """
+        import ray
+
+        shards = [ray.get_actor(n, namespace=spec.get("namespace")) for n in spec["names"]]
+        return cls(shards, int(spec["num_partitions"]))
+
     def shard_of(self, user_id: str) -> int:
         s = self._cache.get(user_id)
         if s is None:

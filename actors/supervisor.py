@@ -202,6 +202,13 @@ class SequenceSupervisor:
     def router(self) -> SequenceRouter:
         return SequenceRouter(self.shards, self.num_partitions)
 
+    def router_spec(self) -> dict:
+        """Plain data another process needs to read histories: :meth:`SequenceRouter.from_spec`."""
+        import ray
+
+        return {"names": [self.config.shard_name(i) for i in range(len(self.shards))],
+                "namespace": ray.get_runtime_context().namespace, "num_partitions": self.num_partitions}
+
     def histories(self, user_ids, max_len: int | None = None) -> dict:
         return self.router().histories(user_ids, max_len)
 

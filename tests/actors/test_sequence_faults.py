@@ -198,6 +198,14 @@ def test_supervisor_recreates_a_shard_ray_gave_up_on(kafka, local_ray, tmp_path)
         assert sup.recreated == 1
         sup.wait_ready()
         _wait_caught_up(sup, ends, 60)
+        # a reader in another process finds the shards by name (what a Serve replica does)
+        from actors.router import SequenceRouter
+
+        spec = sup.router_spec()
+        remote_read = ray.remote(lambda spec, users: SequenceRouter.from_spec(spec).histories(users)["lengths"])
+        lengths = ray.get(remote_read.remote(spec, ["u1", "u2", "nobody"]), timeout=120)
+        assert lengths.tolist() == sup.histories(["u1", "u2", "nobody"])["lengths"].tolist()
+        assert lengths[2] == 0 and lengths[0] > 0
         st = sup.status()
         assert st["shards"][1]["restored"] and st["total"]["events_applied"] == 3000
         want = _expected(stream, SequenceConfig()).snapshot()
