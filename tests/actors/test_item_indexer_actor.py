@@ -34,7 +34,12 @@ def local_ray():
         ray.shutdown()
 
 
-def _wait(fn, timeout_s=90):
+def _status_when(actor, live: int):
+    s = ray.get(actor.status.remote())
+    return s if s["live_items"] == live else None
+
+
+def _wait(fn, timeout_s=120):
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -63,14 +68,14 @@ def test_actor_indexes_live_and_recovers_after_kill(local_ray, broker, topic_nam
                 p.send(ItemEvent(item_id=f"a{i}", ts=i, embedding=emb[i].tolist()))
 
     send(0, 150)
-    st = _wait(lambda: (s := ray.get(actor.status.remote())) if s["live_items"] == 150 else None)
+    st = _wait(lambda: _status_when(actor, 150))
     assert st["tokenizer"] == tok.version
     replica = Catalog.from_bytes(ray.get(actor.snapshot.remote()))
     sids = {f"a{i}": replica.sid_of(f"a{i}").tolist() for i in range(150)}
     time.sleep(0.5)                                 # let a checkpoint land
     ray.kill(actor, no_restart=False)               # crash; Ray restarts it from its checkpoint
     send(150, 300)
-    st = _wait(lambda: (s := ray.get(actor.status.remote())) if s["live_items"] == 300 else None)
+    st = _wait(lambda: _status_when(actor, 300))
     assert st["restored_version"] >= 150           # it resumed from the checkpoint, not from scratch
     replica.apply(ray.get(actor.delta_since.remote(replica.version)))
     assert {f"a{i}": replica.sid_of(f"a{i}").tolist() for i in range(150)} == sids   # SIDs stable
