@@ -182,13 +182,36 @@ def split_log(log_: InteractionLog, max_users: int = 0):
 
 # ---- semantic IDs ----------------------------------------------------------------------------
 
+class CachedEncoder:
+    """The sentence encoder with a memo: item text is embedded once per process, not once per
+    seed / tokenizer setting (text embeddings do not depend on either)."""
+
+    def __init__(self) -> None:
+        self._enc = None
+        self._memo: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if todo:
+            if self._enc is None:
+                from actors.text_encoder import shared_encoder
+
+                self._enc = shared_encoder()
+            for t, v in zip(todo, np.asarray(self._enc.encode(todo), dtype=np.float32)):
+                self._memo[t] = v
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+
+ENCODER = CachedEncoder()
+
+
 def semantic_ids(split, titles: dict[str, str], cfg: "EvalConfig", seed: int):
     """(item_sids [N, D], level sizes incl. the dedup level, tokenizer version) — the same
     embeddings → tokenizer → de-duplication pipeline as ``genrec train`` (:mod:`actors.train_job`)."""
     from actors.train_job import Interactions, fit_tokenizer, item_embeddings
 
     data = Interactions(split, [titles.get(str(i), "") for i in split.item_ids], "eval")
-    emb = item_embeddings(data, cfg.embeddings, seed=seed)
+    emb = item_embeddings(data, cfg.embeddings, seed=seed, encoder=ENCODER)
     tok, sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
     return np.asarray(sids, dtype=np.int64), tuple(int(x) for x in tok.sid_level_sizes), tok.version
 
@@ -262,7 +285,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     model, rep = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts, validate=True,
                                on_epoch_end=on_epoch_end)
     ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
-    info = {"train_s": time.perf_counter() - t0, "sid_s": sid_s, "best_epoch": rep.best_epoch,
+    info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch,
             "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,
             "n_params": rep.n_params}
     return ranker, info
