@@ -308,12 +308,10 @@ class ShardHistory:
 
     def _get_router(self):
         if self._router is None:
-            import ray
-
             from actors.router import SequenceRouter
 
-            handles = [ray.get_actor(n, namespace=self.namespace) for n in self.shard_names]
-            self._router = SequenceRouter(handles, self.num_partitions)
+            self._router = SequenceRouter.from_spec({"names": self.shard_names, "namespace": self.namespace,
+                                                     "num_partitions": self.num_partitions})
         return self._router
 
     def histories(self, user_ids: Sequence[str]) -> list[UserHistory]:

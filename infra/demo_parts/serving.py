@@ -51,8 +51,6 @@ def _free_port() -> int:
 
 def _app_args(ctx) -> tuple[dict, list[str]]:
     """Serve arguments from ctx.state (or stand-ins), and notes on what was used."""
-    import ray
-
     from serving.backend import save_model
 
     notes = []
@@ -73,8 +71,9 @@ def _app_args(ctx) -> tuple[dict, list[str]]:
         notes.append("model: an UNTRAINED stand-in (the generator part did not run) — the A/B shows plumbing only")
     sup = ctx.state.get("sequences")
     if sup is not None and getattr(sup, "shards", None):
-        args.update(history="shards", shard_names=[sup.config.shard_name(i) for i in range(len(sup.shards))],
-                    shard_namespace=ray.get_runtime_context().namespace, num_partitions=sup.num_partitions)
+        spec = sup.router_spec()  # plain data: the replica finds the shard actors by name
+        args.update(history="shards", shard_names=spec["names"], shard_namespace=spec["namespace"],
+                    num_partitions=spec["num_partitions"])
         notes.append(f"histories: the {len(sup.shards)} sequence shard actors of the sequences part")
     else:
         notes.append("histories: folded from user-events inside the replica (the sequences part did not run)")
