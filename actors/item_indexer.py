@@ -21,6 +21,12 @@ The streaming half of the semantic-ID pipeline (DESIGN.md §4):
 6. publish changes as versioned deltas: readers call ``delta_since(version)``
    (or take ``snapshot()``) and ``Catalog.apply`` them.
 
+Determinism needs one total order of catalog events: de-duplication slots
+and item indices are handed out in consumption order, so ``item-events``
+keeps one partition (the default topic config; thousands of catalog changes
+per second fit in one). With several partitions a replay could interleave
+them differently and give colliding items other de-duplication codes.
+
 An unchanged re-send (same content hash) is skipped before encoding, so
 re-delivery is idempotent and cheap. ``python -m actors.item_indexer`` runs
 one as a process; :func:`item_indexer_actor` wraps it as a Ray actor.
