@@ -175,7 +175,6 @@ class GeneratorBackend:
     def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool) -> list[RecResult]:
         import torch
 
-        from models import decoding as dec
         from models.history_features import history_batch
 
         cat = self.catalog
@@ -194,11 +193,13 @@ class GeneratorBackend:
                 if m.any():
                     seen[b, torch.as_tensor(it[m])] = True
             seen = seen.to(self.device)
-        procs = dec.default_processors(cat.trie, seen=seen, no_repeat=True, index=cat.range_index(), n_items=n)
         mode = decode.get("mode", "beam")
-        with torch.no_grad():
-            memory = model.encode(hb)
-            session = self._decode(model, memory, k, mode, decode, procs)
+        try:
+            with torch.no_grad():
+                memory = model.encode(hb)
+                session = self._decode(model, memory, k, mode, decode, seen, exclude_seen)
+        except ValueError as e:  # e.g. a mode that needs MTP heads this version does not have
+            return [RecResult(error=f"decode mode {mode!r} failed: {e}") for _ in hists]
         it = session.items.cpu().numpy()
         sids = session.sids.cpu().numpy()
         scores = session.scores.float().cpu().numpy()
@@ -213,23 +214,22 @@ class GeneratorBackend:
                                      stats=dict(stats)))
         return results
 
-    def _decode(self, model, memory, k: int, mode: str, decode: dict, procs):
-        """Run the decode mode; ``models.decode_modes.generate`` when it is there, else models.decoding."""
+    def _decode(self, model, memory, k: int, mode: str, decode: dict, seen, exclude_seen: bool):
+        """Run the arm's decode mode through ``models.decode_modes.generate`` (the one switch every
+        caller shares); plain ``models.decoding`` searches where that module is not there."""
         from models import decoding as dec
 
         try:
-            from models import decode_modes as dm  # the fast-decoding helper's single switch
+            from models import decode_modes as dm
         except ImportError:
             dm = None
-        if dm is not None and hasattr(dm, "DecodeSettings") and hasattr(dm, "generate"):
-            fields = getattr(dm.DecodeSettings, "__dataclass_fields__", {})
-            kw = {k2: v for k2, v in decode.items() if k2 in fields}
-            if "session_len" in fields:
-                kw["session_len"] = k
-            try:
-                return dm.generate(model, memory, self.catalog.trie, dm.DecodeSettings(**kw), processors=procs)
-            except TypeError:
-                pass  # an older generate() signature: fall back to the plain searches below
+        if dm is not None:
+            known = set(getattr(dm.DecodeSettings, "__dataclass_fields__", {}))
+            kw = {key: v for key, v in decode.items() if key in known}
+            kw.update(session_len=k, exclude_seen=exclude_seen)
+            return dm.generate(model, memory, self.catalog.trie, dm.DecodeSettings(**kw), seen=seen)
+        procs = dec.default_processors(self.catalog.trie, seen=seen, no_repeat=True,
+                                       index=self.catalog.range_index(), n_items=self.catalog.n_items)
         if mode == "greedy":
             return dec.greedy_session(model, memory, self.catalog.trie, session_len=k, processors=procs)
         return dec.beam_session(model, memory, self.catalog.trie, session_len=k,
