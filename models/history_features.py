@@ -34,6 +34,13 @@ from models.generator import HistoryBatch
 PAD_TYPE = 0
 
 
+def _click_type() -> int:
+    """EVENT_TYPES index of 'click': the type assumed when a history carries no types."""
+    from ingest.contract import EVENT_TYPES  # constants only
+
+    return EVENT_TYPES.index("click")
+
+
 def event_type_codes(type_idx: np.ndarray) -> np.ndarray:
     """EVENT_TYPES indices -> encoder event-type codes (shifted by one; 0 = padding)."""
     return np.asarray(type_idx, dtype=np.int64) + 1
@@ -66,8 +73,13 @@ class FlatEvents:
     @classmethod
     def from_sequences(cls, items: Sequence[np.ndarray], types: Sequence[np.ndarray] | None = None,
                        ts: Sequence[np.ndarray] | None = None, n_items: int | None = None,
-                       default_type: int = 0) -> "FlatEvents":
-        """Concatenate per-user sequences (oldest first). Unknown items (≥ ``n_items``) become -1."""
+                       default_type: int | None = None) -> "FlatEvents":
+        """Concatenate per-user sequences (oldest first). Unknown items (≥ ``n_items``) become -1.
+
+        Without ``types`` every event is a 'click' (training and serving must agree on this).
+        """
+        if default_type is None:
+            default_type = _click_type()
         lens = np.array([len(x) for x in items], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         cat = lambda xs: (np.concatenate([np.asarray(x, dtype=np.int64).reshape(-1) for x in xs])  # noqa: E731

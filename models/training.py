@@ -259,7 +259,9 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{run_loss / run_n:.3f}")
-            report.train_loss.append(run_loss / max(run_n, 1))
+            if run_n == 0:                 # the time budget ran out before this epoch took a step
+                break
+            report.train_loss.append(run_loss / run_n)
             report.epochs_run = epoch + 1
             report.steps = step
             stop = bool(cfg.max_steps and step >= cfg.max_steps)

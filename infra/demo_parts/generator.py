@@ -92,7 +92,9 @@ def run(ctx) -> None:
 
         users = cases.users[:3]
         hist = [data.split.items[u][:-1] for u in users]
-        hb = history_batch(hist, sids, model.cfg.max_history, model.cfg.n_time_buckets)
+        hb = history_batch(hist, sids, model.cfg.max_history, model.cfg.n_time_buckets,
+                           types=[data.split.types[u][:-1] for u in users],
+                           ts=[data.split.ts[u][:-1] for u in users])
         seen = torch.zeros(len(users), data.n_items, dtype=torch.bool)
         for b, h in enumerate(hist):
             seen[b, torch.as_tensor(h)] = True
