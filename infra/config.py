@@ -26,6 +26,15 @@ SECTIONS: dict[str, str] = {
     "topics": "ingest.topics:TopicsConfig",
     "producer": "ingest.producer:ProducerConfig",
     "consumer": "ingest.consumer_loop:ConsumerConfig",
+    "archive": "ingest.archive:ArchiveConfig",
+    "replay": "ingest.replay:ReplayConfig",
+    "world": "ingest.synthetic:WorldConfig",
+    "sequence": "actors.sequence_state:SequenceConfig",
+    "checkpoint": "actors.checkpoint:CheckpointConfig",
+    "item_indexer": "actors.item_indexer:ItemIndexerConfig",
+    "text_encoder": "actors.text_encoder:TextEncoderConfig",
+    "triton_encoder": "actors.triton_encoder:TritonEncoderConfig",
+    "eval": "actors.eval_job:EvalConfig",
 }
 
 ENV_PREFIX = "GENREC_"

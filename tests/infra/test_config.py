@@ -52,3 +52,11 @@ def test_invalid_value_is_rejected_by_the_dataclass(tmp_path):
 def test_missing_explicit_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         config.load(tmp_path / "nope.yaml", environ={})
+
+
+def test_every_section_names_a_frozen_dataclass():
+    import dataclasses
+
+    for section in config.SECTIONS:
+        cls = config._config_class(section)
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, section
