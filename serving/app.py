@@ -93,7 +93,11 @@ class AppSettings:
 
 # ---- request / response schemas --------------------------------------------------------------
 
-UserId = Field(min_length=1, max_length=128, pattern=r"^\S+$", description="the user to recommend for")
+#: The contract's id rule (ingest.contract: no character for which Python's str.isspace() is true).
+#: pydantic's regex engine has Unicode White_Space for \s, which lacks \x1c-\x1f; add them so an id
+#: accepted here is never rejected by the contract (and dead-lettered) downstream.
+ID_PATTERN = r"^[^\s\x1c-\x1f]+$"
+UserId = Field(min_length=1, max_length=128, pattern=ID_PATTERN, description="the user to recommend for")
 
 
 class RecommendRequest(BaseModel):
@@ -166,7 +170,7 @@ class ReloadRequest(BaseModel):
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model_version": "v2"}]})
-    model_version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+    model_version: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
 
 
 class AdmissionRequest(BaseModel):
@@ -181,7 +185,7 @@ class AdmissionRequest(BaseModel):
 class LoadModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model_version": "v3", "path": "/models/v3.pt"}]})
-    model_version: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+    model_version: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
     path: str = Field(min_length=1, max_length=4096)
 
 
