@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -43,6 +44,16 @@ def _produce(kafka, events, bad_every: int = 0):
             p.send(e)
             if bad_every and n % bad_every == 0:
                 p.send_raw(USER_EVENTS, b"u1", b'{"event_id": "broken"')
+
+
+def _produce_paced(kafka, events, chunk: int = 100, pause_s: float = 0.02):
+    """Produce in acknowledged chunks with pauses, so a stream is still flowing when the archiver dies."""
+    with EventProducer(kafka) as p:
+        for i in range(0, len(events), chunk):
+            for e in events[i:i + chunk]:
+                p.send(e)
+            p.flush()
+            time.sleep(pause_s)
 
 
 def _ids(root) -> list[str]:
@@ -123,10 +134,11 @@ def test_kill_9_the_archiver_mid_stream_then_restart_exactly_once(kafka, tmp_pat
     total, kills, mid_stream = 0, 0, 0
     for round_ in range(3):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The stream keeps flowing while the archiver is killed, so every kill lands mid-stream.
+        producer = threading.Thread(target=_produce_paced, args=(kafka, _events(total, total + 3000)))
         try:
             before = len(scan(root, USER_EVENTS))
-            _produce(kafka, _events(total, total + 3000))
-            total += 3000
+            producer.start()
             deadline = time.monotonic() + 60
             while len(scan(root, USER_EVENTS)) <= before + 2 and time.monotonic() < deadline:
                 time.sleep(0.05)  # wait until it is writing, then kill at a random instant
@@ -134,6 +146,8 @@ def test_kill_9_the_archiver_mid_stream_then_restart_exactly_once(kafka, tmp_pat
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            producer.join()
+        total += 3000
         kills += 1
         if len(_ids(root)) < total:
             mid_stream += 1  # it died with events still to archive
