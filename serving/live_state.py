@@ -224,6 +224,35 @@ class LiveCatalog:
 
 # ---- following item-events -------------------------------------------------------------------
 
+def _follow_topic(feed, topic: str, what: str) -> None:
+    """The loop of a feed thread: consume ``topic`` into ``feed.apply`` until ``feed._stop`` is set.
+
+    ``feed._ready`` is set once the feed has caught up with the log end seen at start; ``feed.lag``
+    is refreshed every second. A broker hiccup must not kill serving: errors are logged in
+    ``feed.last_error`` and the consumer is rebuilt after a second.
+    """
+    from ingest.consumer_loop import ConsumerConfig, ContractConsumer
+
+    while not feed._stop.is_set():
+        try:
+            with ContractConsumer(feed.kafka, topic,
+                                  config=ConsumerConfig(max_batch=5000, poll_timeout_ms=feed.poll_timeout_ms)) as c:
+                ends, last_lag = c.end_offsets(), 0.0
+                while not feed._stop.is_set():
+                    b = c.poll()
+                    if b.messages:
+                        feed.apply(b.records())
+                    pos = c.positions()
+                    if not feed._ready.is_set() and all(pos.get(p, 0) >= e for p, e in ends.items()):
+                        feed._ready.set()
+                    if time.monotonic() - last_lag > 1.0:
+                        feed.lag, last_lag = sum(c.lag(pos).values()), time.monotonic()
+        except Exception as e:  # noqa: BLE001 - retry after broker hiccups
+            feed.last_error = f"{type(e).__name__}: {e}"
+            log.warning("%s: %s; retrying", what, feed.last_error)
+            feed._stop.wait(1.0)
+
+
 class ItemFeed:
     """Thread that applies ``item-events`` to a :class:`LiveCatalog` (from the beginning)."""
 
@@ -254,26 +283,7 @@ class ItemFeed:
         self.applied += len(events)
 
     def _run(self) -> None:
-        from ingest.consumer_loop import ConsumerConfig, ContractConsumer
-
-        while not self._stop.is_set():
-            try:
-                with ContractConsumer(self.kafka, ITEM_EVENTS,
-                                      config=ConsumerConfig(max_batch=5000, poll_timeout_ms=self.poll_timeout_ms)) as c:
-                    ends, last_lag = c.end_offsets(), 0.0
-                    while not self._stop.is_set():
-                        b = c.poll()
-                        if b.messages:
-                            self.apply(b.records())
-                        pos = c.positions()
-                        if not self._ready.is_set() and all(pos.get(p, 0) >= e for p, e in ends.items()):
-                            self._ready.set()
-                        if time.monotonic() - last_lag > 1.0:
-                            self.lag, last_lag = sum(c.lag(pos).values()), time.monotonic()
-            except Exception as e:  # noqa: BLE001 - a broker hiccup must not kill serving; retry
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("item feed: %s; retrying", self.last_error)
-                self._stop.wait(1.0)
+        _follow_topic(self, ITEM_EVENTS, "item feed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -381,26 +391,7 @@ class KafkaHistory:
         return out
 
     def _run(self) -> None:
-        from ingest.consumer_loop import ConsumerConfig, ContractConsumer
-
-        while not self._stop.is_set():
-            try:
-                with ContractConsumer(self.kafka, USER_EVENTS,
-                                      config=ConsumerConfig(max_batch=5000, poll_timeout_ms=self.poll_timeout_ms)) as c:
-                    ends, last_lag = c.end_offsets(), 0.0
-                    while not self._stop.is_set():
-                        b = c.poll()
-                        if b.messages:
-                            self.apply(b.records())
-                        pos = c.positions()
-                        if not self._ready.is_set() and all(pos.get(p, 0) >= e for p, e in ends.items()):
-                            self._ready.set()
-                        if time.monotonic() - last_lag > 1.0:
-                            self.lag, last_lag = sum(c.lag(pos).values()), time.monotonic()
-            except Exception as e:  # noqa: BLE001 - retry after broker hiccups
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("history feed: %s; retrying", self.last_error)
-                self._stop.wait(1.0)
+        _follow_topic(self, USER_EVENTS, "history feed")
 
     def status(self) -> dict:
         return {"source": "kafka", "lag": int(self.lag), "users": len(self._users), "applied": self.applied,
