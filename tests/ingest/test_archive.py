@@ -46,14 +46,21 @@ def _produce(kafka, events, bad_every: int = 0):
                 p.send_raw(USER_EVENTS, b"u1", b'{"event_id": "broken"')
 
 
-def _produce_paced(kafka, events, chunk: int = 100, pause_s: float = 0.02):
-    """Produce in acknowledged chunks with pauses, so a stream is still flowing when the archiver dies."""
+def _produce_until(kafka, start: int, stop: threading.Event, acked: list, chunk: int = 100):
+    """Produce events ``start, start+1, …`` in acknowledged chunks until ``stop`` is set.
+
+    ``acked[0]`` is always the id after the last acknowledged event, so a test knows how much
+    of the stream existed at the instant it killed a consumer.
+    """
+    n = start
     with EventProducer(kafka) as p:
-        for i in range(0, len(events), chunk):
-            for e in events[i:i + chunk]:
+        while not stop.is_set():
+            for e in _events(n, n + chunk):
                 p.send(e)
             p.flush()
-            time.sleep(pause_s)
+            n += chunk
+            acked[0] = n
+            time.sleep(0.02)
 
 
 def _ids(root) -> list[str]:
@@ -134,8 +141,9 @@ def test_kill_9_the_archiver_mid_stream_then_restart_exactly_once(kafka, tmp_pat
     total, kills, mid_stream = 0, 0, 0
     for round_ in range(3):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # The stream keeps flowing while the archiver is killed, so every kill lands mid-stream.
-        producer = threading.Thread(target=_produce_paced, args=(kafka, _events(total, total + 3000)))
+        # The stream keeps flowing while the archiver is killed, so each kill lands mid-stream.
+        stop, acked = threading.Event(), [total]
+        producer = threading.Thread(target=_produce_until, args=(kafka, total, stop, acked))
         try:
             before = len(scan(root, USER_EVENTS))
             producer.start()
@@ -144,13 +152,15 @@ def test_kill_9_the_archiver_mid_stream_then_restart_exactly_once(kafka, tmp_pat
                 time.sleep(0.05)  # wait until it is writing, then kill at a random instant
             time.sleep(rng.uniform(0.0, 0.3))
         finally:
+            produced_at_kill = acked[0]
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            stop.set()
             producer.join()
-        total += 3000
+        total = acked[0]
+        if len(_ids(root)) < produced_at_kill:
+            mid_stream += 1  # it died with acknowledged events still to archive
         kills += 1
-        if len(_ids(root)) < total:
-            mid_stream += 1  # it died with events still to archive
     done = subprocess.run(cmd + ["--until-idle"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     ids = _ids(root)
