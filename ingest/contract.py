@@ -99,7 +99,11 @@ class UserEvent(Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=
     context: dict[Annotated[str, Meta(max_length=64)], ContextValue] | None = None
 
     def __post_init__(self) -> None:
-        _check_ids(self, "event_id", "user_id", "item_id", "request_id")
+        # Hot path (every consumed event): one split over the joined ids; a field-by-field check
+        # only to name the culprit. Ids are non-empty, so the join has whitespace iff one of them has.
+        ids = self.event_id + self.user_id + self.item_id + (self.request_id or "")
+        if ids.split() != [ids]:
+            _check_ids(self, "event_id", "user_id", "item_id", "request_id")
         if self.value is not None and not math.isfinite(self.value):
             raise ValueError(f"value must be finite, got {self.value!r}")
         if self.context is not None and len(self.context) > 32:
