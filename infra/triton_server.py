@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from infra.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".genrec" / "triton-venv"
@@ -70,19 +71,13 @@ def unavailable_reason(venv: Path = VENV) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalTritonServer:
     """Start ``serve`` in the PyTriton venv on free ports; ``url``/``grpc_url`` once ready."""
 
     def __init__(self, model: str = "minilm", venv: Path = VENV, start_timeout_s: float = 180.0,
                  log_path: Path | None = None):
         self.model, self.venv, self.start_timeout_s = model, venv, start_timeout_s
-        self.http_port, self.grpc_port, self.metrics_port = _free_port(), _free_port(), _free_port()
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path or (REPO / ".genrec" / f"triton-{self.http_port}.log")

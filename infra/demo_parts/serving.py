@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from infra.broker import free_port
+
 TITLE = "Serving: Ray Serve HTTP API, closed-loop traffic, first A/B report (greedy vs beam-4)"
 
 EXPERIMENTS = """
@@ -37,16 +39,6 @@ layers:
           - {name: greedy, weight: 1, decode: {mode: greedy}}
           - {name: beam4, weight: 1, decode: {mode: beam, beam_width: 4}}
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def _app_args(ctx) -> tuple[dict, list[str]]:
@@ -135,7 +127,7 @@ def run(ctx) -> None:
         rec = replace(rec, seed_catalog=seed)
     for n in notes:
         ctx.say(n)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         t0 = time.time()

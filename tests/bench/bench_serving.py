@@ -29,25 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import uuid
 
 import numpy as np
+
+from infra.broker import free_port
 
 SUITE = "serving"
 ADMIN = "bench-admin-token-0123456789"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def _pct(xs, q) -> float:
@@ -165,7 +158,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 "max_queued_requests": 256, "admin_token": ADMIN}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            port = _free_port()
+            port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(app_from_args(args), name="genrec", route_prefix="/", blocking=False)
             url = f"http://127.0.0.1:{port}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 
 import pytest
+
+from infra.broker import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 LEVEL_SIZES = (8, 8, 8)
@@ -32,14 +33,6 @@ layers:
           - {name: small, weight: 1, model_version: v1}
           - {name: other, weight: 1, model_version: v2}
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_ray():
