@@ -53,7 +53,8 @@ class EvalConfig:
     embeddings: what the SIDs quantise, as in ``genrec train``: ``collab`` (PPMI-SVD of
         in-sequence co-occurrence), ``content`` (MiniLM on item text) or ``fusion`` (both;
         collab alone when the data set has no text).
-    budget_s: wall-clock cap per model training run (0 = none).
+    budget_s: training cap per model run in seconds (0 = none), on ``budget_clock``: ``wall``, or
+        ``cpu`` (this process's CPU time — equal compute for every model on a shared machine).
     device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
@@ -72,6 +73,7 @@ class EvalConfig:
     embeddings: str = "fusion"
     beam_width: int = 50
     budget_s: float = 0.0
+    budget_clock: str = "wall"
     device: str = "auto"
     dataset_kw: dict = field(default_factory=dict)
 
@@ -93,6 +95,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.levels={self.levels} must be in [1, 8]")
         if self.codebook_size < 0 or self.budget_s < 0:
             raise ValueError("EvalConfig.codebook_size and budget_s must be >= 0 (0 = auto / no cap)")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"EvalConfig.budget_clock={self.budget_clock!r}: use 'wall' or 'cpu'")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"EvalConfig.device={self.device!r}: use auto, cpu or cuda[:N]")
 
@@ -247,7 +251,7 @@ def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
 
     kw = {**cfg.sasrec, "seed": seed}
     if cfg.budget_s and not kw.get("max_seconds"):
-        kw["max_seconds"] = cfg.budget_s
+        kw.update(max_seconds=cfg.budget_s, budget_clock=cfg.budget_clock)
     model = SASRec(split.n_items, SASRecConfig(**kw), device=cfg.resolved_device())
     t0 = time.perf_counter()
 
@@ -273,7 +277,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     gcfg = GeneratorConfig(level_sizes=sizes, **cfg.generator)
     tkw = {"device": cfg.resolved_device(), "seed": seed, "progress": False, **cfg.train}
     if cfg.budget_s and not tkw.get("max_seconds"):
-        tkw["max_seconds"] = cfg.budget_s
+        tkw.update(max_seconds=cfg.budget_s, budget_clock=cfg.budget_clock)
     tcfg = TrainConfig(**tkw)
     tv = split.train_valid()  # fit_generator holds out each user's last item (= our validation item)
 

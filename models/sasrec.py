@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.budget import CLOCKS, Budget
 from models.metrics import ndcg, target_ranks
 from models.ranker import Histories, as_histories, left_pad, topn_from_scores
 
@@ -57,7 +58,8 @@ class SASRecConfig:
     eval_every: int = 5         # epochs between validation passes
     patience: int = 5           # validation passes without improvement before stopping
     random_crop: bool = True    # sequences longer than max_len+1: random window each epoch (else: the last)
-    max_seconds: float = 0.0    # wall-clock training budget (0 = none): validate and stop after the epoch past it
+    max_seconds: float = 0.0    # training budget (0 = none): validate and stop after the epoch past it
+    budget_clock: str = "wall"  # what max_seconds counts: "wall" or "cpu" (this process's CPU time)
     seed: int = 0
     exclude_seen: bool = True
 
@@ -76,6 +78,7 @@ class SASRecConfig:
             (self.eval_every >= 1, "eval_every must be >= 1"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.max_seconds >= 0, "max_seconds must be >= 0 (0 = no budget)"),
+            (self.budget_clock in CLOCKS, f"budget_clock must be one of {CLOCKS}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -188,6 +191,7 @@ class SASRec:
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best, best_state, bad = -1.0, None, 0
         t0 = time.perf_counter()
+        budget = Budget(cfg.max_seconds, cfg.budget_clock)
         for epoch in range(1, cfg.epochs + 1):
             self.net.train()
             windows = self._windows(seqs, rng)
@@ -215,7 +219,7 @@ class SASRec:
                 total += float(loss.detach()) * len(tv)
                 count += len(tv)
             rec = {"epoch": epoch, "loss": total / max(count, 1), "elapsed_s": time.perf_counter() - t0}
-            over = bool(cfg.max_seconds and rec["elapsed_s"] > cfg.max_seconds)
+            over = budget.exceeded()
             if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs or over):
                 score = ndcg(target_ranks(self.rank(valid.histories, 10), valid.targets), 10)
                 rec["valid_ndcg10"] = score

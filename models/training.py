@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.budget import CLOCKS, Budget
 from models.generator import GenerativeRecommender, GeneratorConfig
 from models.history_features import FlatEvents
 from models.sessions import SessionConfig, SessionExamples, build_sessions, split_last, window_batches
@@ -58,7 +59,8 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     max_steps: int = 0         # hard cap on optimizer steps (0 = none), for quick runs
-    max_seconds: float = 0.0   # wall-clock training budget (0 = none), checked every step
+    max_seconds: float = 0.0   # training budget in seconds (0 = none), checked every step
+    budget_clock: str = "wall"  # what max_seconds counts: "wall" or "cpu" (this process's CPU time)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +74,8 @@ class TrainConfig:
                              f"{self.min_lr_frac} in [0,1]")
         if self.val_metric not in ("ndcg10", "loss"):
             raise ValueError(f"val_metric={self.val_metric!r}: use 'ndcg10' or 'loss'")
+        if self.budget_clock not in CLOCKS:
+            raise ValueError(f"budget_clock={self.budget_clock!r}: use one of {CLOCKS}")
         if self.patience < 0 or self.eval_every < 1 or self.max_steps < 0:
             raise ValueError("patience and max_steps must be >= 0 and eval_every >= 1")
 
@@ -224,6 +228,7 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                          n_val_examples=len(valid) if valid is not None else 0, n_params=model.num_parameters())
     best_state, best, bad = None, None, 0
     t0 = time.time()
+    budget = Budget(cfg.max_seconds, cfg.budget_clock)
     step = 0
     bar = None
     if cfg.progress:
@@ -237,10 +242,10 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                                      cfg.batch_size, rng):
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
-                if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                if budget.exceeded():
                     break                      # out of time: validate what we have and stop
                 # with a time budget the schedule follows whichever runs out first: steps or seconds
-                eff = step if not cfg.max_seconds else max(step, int(total * (time.time() - t0) / cfg.max_seconds))
+                eff = step if not cfg.max_seconds else max(step, int(total * budget.fraction()))
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(eff, total, warmup, cfg.min_lr_frac)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -265,7 +270,7 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
             report.epochs_run = epoch + 1
             report.steps = step
             stop = bool(cfg.max_steps and step >= cfg.max_steps)
-            if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            if budget.exceeded():
                 stop = True
             if valid is not None and len(valid) and ((epoch + 1) % cfg.eval_every == 0 or stop
                                                      or epoch + 1 == cfg.epochs):

@@ -27,7 +27,10 @@ def register(sub) -> None:
     p.add_argument("--embeddings", choices=("collab", "content", "fusion"), default="fusion",
                    help="item embeddings the SIDs quantise, as in genrec train (fusion: text + co-occurrence; "
                         "co-occurrence alone when items have no text)")
-    p.add_argument("--budget-s", type=float, default=0.0, help="wall-clock cap per training run (0 = none)")
+    p.add_argument("--budget-s", type=float, default=0.0, help="time cap per training run in seconds (0 = none)")
+    p.add_argument("--budget-clock", choices=("wall", "cpu"), default="wall",
+                   help="what --budget-s counts: wall time, or this process's CPU time (equal compute for "
+                        "every model on a shared machine)")
     p.add_argument("--epochs", type=int, default=0, help="cap on training epochs of both models (0 = defaults)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: CUDA when present)")
     p.add_argument("--out", default=None, help="write the full result (config, per-seed metrics, summary) as JSON")
@@ -48,7 +51,7 @@ def run(args) -> int:
     cfg = EvalConfig(dataset=args.data, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
                      seeds=seeds, max_users=args.max_users, engaged_only=not args.all_events,
                      tokenizer=args.tokenizer, levels=args.levels, codebook_size=args.codebook_size,
-                     embeddings=args.embeddings, budget_s=args.budget_s, device=args.device, **extra)
+                     embeddings=args.embeddings, budget_s=args.budget_s, budget_clock=args.budget_clock, device=args.device, **extra)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     result = run_eval(cfg, say=say)
     if args.json:
