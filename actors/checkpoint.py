@@ -105,9 +105,14 @@ class CheckpointStore:
     @staticmethod
     def encode(payload: bytes, offsets: dict[int, int]) -> bytes:
         """The file bytes of one checkpoint (header + offsets JSON + payload)."""
+        return b"".join(CheckpointStore._pieces(payload, offsets))
+
+    @staticmethod
+    def _pieces(payload: bytes, offsets: dict[int, int]) -> tuple[bytes, bytes, bytes]:
+        """``(header, offsets JSON, payload)`` — the file without joining it (no copy of the payload)."""
         off = json.dumps({str(int(p)): int(o) for p, o in sorted(offsets.items())}).encode("utf-8")
-        body = off + bytes(payload)
-        return _HEADER.pack(MAGIC, FORMAT_VERSION, zlib.crc32(body), len(off), len(payload)) + body
+        crc = zlib.crc32(payload, zlib.crc32(off))  # == crc32(off + payload); releases the GIL
+        return _HEADER.pack(MAGIC, FORMAT_VERSION, crc, len(off), len(payload)), off, payload
 
     @staticmethod
     def decode(blob: bytes, where: str = "checkpoint") -> tuple[bytes, dict[int, int]]:
@@ -132,15 +137,17 @@ class CheckpointStore:
     def save(self, name: str, payload: bytes, offsets: dict[int, int]) -> int:
         """Atomically replace checkpoint ``name`` with ``payload`` + ``offsets``; returns bytes written."""
         self._check_name(name)
-        blob = self.encode(payload, offsets)
+        pieces = self._pieces(payload, offsets)
+        size = sum(len(p) for p in pieces)
         final = self._path(name)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
         if self._local:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                view = memoryview(blob)
-                while view:
-                    view = view[os.write(fd, view):]
+                for piece in pieces:  # written in place: the payload is never copied into one blob
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -152,7 +159,8 @@ class CheckpointStore:
         else:
             try:
                 with self._fs.open_output_stream(tmp) as out:
-                    out.write(blob)
+                    for piece in pieces:
+                        out.write(piece)
                 self._fs.move(tmp, final)
             except BaseException:
                 try:
@@ -160,7 +168,7 @@ class CheckpointStore:
                 except Exception:
                     pass
                 raise
-        return len(blob)
+        return size
 
     def load(self, name: str) -> tuple[bytes, dict[int, int]] | None:
         """``(payload, offsets)`` of checkpoint ``name``, or None when there is none yet."""

@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -117,7 +117,9 @@ class _Stats:
     restored_from: dict | None = None
     first_poll_at: float | None = None   # wall time the first non-empty poll returned
     first_poll_n: int = 0                # messages in that poll
+    first_poll_cpu: float | None = None  # process CPU seconds at that moment
     last_apply_at: float | None = None   # wall time the latest batch was applied
+    last_apply_cpu: float = 0.0          # process CPU seconds when the latest batch was applied
     last_error: str | None = None
 
 
@@ -131,14 +133,12 @@ class ShardRuntime:
         self.state, self.offsets = self._load()
         self._ckpt_offsets = dict(self.offsets)
         self.stats.last_checkpoint = time.time()
+        consumer_cfg = config.consumer
+        if config.fetch_max_wait_ms is not None and consumer_cfg.fetch_max_wait_ms is None:
+            consumer_cfg = replace(consumer_cfg, fetch_max_wait_ms=config.fetch_max_wait_ms)
         self.consumer = ContractConsumer(config.kafka, config.topic, partitions=config.partitions,
-                                         group_id=config.group_id, config=config.consumer,
+                                         group_id=config.group_id, config=consumer_cfg,
                                          start_offsets=self.offsets)
-        if config.fetch_max_wait_ms is not None:
-            # ConsumerConfig has no knob for this yet; kafka-python's fetcher reads it per request.
-            fetcher = getattr(getattr(self.consumer, "_consumer", None), "_fetcher", None)
-            if fetcher is not None and "fetch_max_wait_ms" in fetcher.config:
-                fetcher.config["fetch_max_wait_ms"] = config.fetch_max_wait_ms
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._written = None
@@ -148,9 +148,10 @@ class ShardRuntime:
         self._since_ckpt = 0
         self._ends: dict[int, int] = {}
         self._ends_at = 0.0
-        w = config.stats_window
-        # (applied wall s, applied wall ms − event ts, applied wall ms − Kafka message timestamp)
-        self._fresh = deque(maxlen=w)
+        # Freshness samples in a preallocated ring: columns = applied wall s, applied wall ms − event ts,
+        # applied wall ms − Kafka message timestamp, poll return → applied ms.  [stats_window, 4]
+        self._fresh = np.zeros((config.stats_window, 4), np.float64)
+        self._fresh_n = 0
         self._rate = deque(maxlen=64)          # (wall s, applied total)
 
     def _load(self) -> tuple[SequenceState, dict[int, int]]:
@@ -209,25 +210,26 @@ class ShardRuntime:
 
     def step(self) -> int:
         """One poll → apply → maybe checkpoint. Returns messages consumed (for in-process drivers)."""
-        batch = self.consumer.poll()
+        batch = self.consumer.poll_records()
         if batch.consumed:
-            if self.stats.first_poll_at is None:
-                self.stats.first_poll_at, self.stats.first_poll_n = time.time(), batch.consumed
-            msgs = batch.messages
+            polled_at = time.time()
+            st = self.stats
+            if st.first_poll_at is None:
+                st.first_poll_at, st.first_poll_n = polled_at, batch.consumed
+                st.first_poll_cpu = time.process_time()
+            runs = batch.runs
             with self._lock:
-                res = self.state.apply([m.record for m in msgs], [m.partition for m in msgs])
+                res = self.state.apply_runs([(r.partition, r.records) for r in runs])
                 self.offsets.update(batch.next_offsets)
-            now_ms = time.time() * 1000.0  # visible to histories() from here on
-            self.stats.applied += res.applied
-            self.stats.consumed += batch.consumed
-            self.stats.dead_lettered += batch.dead_lettered
+            now = time.time()  # visible to histories() from here on
+            st.applied += res.applied
+            st.consumed += batch.consumed
+            st.dead_lettered += batch.dead_lettered
             self._since_ckpt += batch.consumed
-            if msgs:
-                sample = msgs[::max(1, len(msgs) // 256)]  # keep sampling cheap for big batches
-                now_s = now_ms / 1000.0
-                self._fresh.extend((now_s, now_ms - m.record.ts, now_ms - m.timestamp_ms) for m in sample)
-            self.stats.last_apply_at = time.time()
-            self._rate.append((self.stats.last_apply_at, self.stats.applied))
+            self._sample_freshness(runs, polled_at, now)
+            st.last_apply_at = now
+            st.last_apply_cpu = time.process_time()
+            self._rate.append((now, st.applied))
         self._finish_write(block=False)
         now = time.time()
         if self._since_ckpt and (self._since_ckpt >= self.config.checkpoint.every_events
@@ -237,6 +239,26 @@ class ShardRuntime:
             self._ends = self._log_ends()
             self._ends_at = now
         return batch.consumed
+
+    def _sample_freshness(self, runs, polled_at: float, now: float) -> None:
+        """Record up to ~256 (event time → applied, message time → applied) samples of a batch."""
+        valid = sum(len(r.records) for r in runs)
+        if not valid:
+            return
+        step = max(1, valid // 256)  # keep sampling cheap for big batches
+        ts, stamps = [], []
+        for r in runs:
+            ts += [e.ts for e in r.records[::step]]
+            stamps += r.timestamps[::step]
+        k = len(ts)
+        ring, w = self._fresh, len(self._fresh)
+        now_ms = now * 1000.0
+        idx = np.arange(self._fresh_n, self._fresh_n + k) % w
+        ring[idx, 0] = now
+        ring[idx, 1] = now_ms - np.asarray(ts, np.float64)
+        ring[idx, 2] = now_ms - np.asarray(stamps, np.float64)
+        ring[idx, 3] = (now - polled_at) * 1000.0
+        self._fresh_n += k
 
     def _log_ends(self) -> dict[int, int]:
         """Log-end offset per partition, for lag.
@@ -352,9 +374,16 @@ class ShardRuntime:
         recent = [r for r in list(self._rate) if r[0] >= now - 5.0]  # list(): atomic copy under the GIL
         if len(recent) >= 2:
             rate = (recent[-1][1] - recent[0][1]) / max(recent[-1][0] - recent[0][0], 1e-3)
-        recent_fresh = [x for x in list(self._fresh) if x[0] >= now - self.config.freshness_window_s]
-        fr = np.asarray(recent_fresh or [(0.0, 0.0, 0.0)], np.float64)
-        fe, fp = fr[:, 1], fr[:, 2]
+        ring = self._fresh[: min(self._fresh_n, len(self._fresh))]
+        fr = ring[ring[:, 0] >= now - self.config.freshness_window_s]
+        n_fresh = len(fr)
+        if not n_fresh:
+            fr = np.zeros((1, 4))
+        fe, fp, fa = fr[:, 1], fr[:, 2], fr[:, 3]
+        st = self.stats
+        timed = st.consumed - st.first_poll_n
+        cpu_us = ((st.last_apply_cpu - st.first_poll_cpu) / timed * 1e6
+                  if timed > 0 and st.first_poll_cpu is not None else 0.0)
         return {
             "shard": self.config.shard_id,
             "partitions": list(self.config.partitions),
@@ -368,11 +397,14 @@ class ShardRuntime:
             "lag": int(sum(lag.values())),
             "lag_by_partition": lag,
             "events_per_s": round(rate, 1),
-            "freshness_samples": len(recent_fresh),
+            "freshness_samples": n_fresh,
             "freshness_p50_ms": round(float(np.percentile(fe, 50)), 1),
             "freshness_p99_ms": round(float(np.percentile(fe, 99)), 1),
             "ingest_p50_ms": round(float(np.percentile(fp, 50)), 1),
             "ingest_p99_ms": round(float(np.percentile(fp, 99)), 1),
+            "apply_p50_ms": round(float(np.percentile(fa, 50)), 2),
+            "apply_p99_ms": round(float(np.percentile(fa, 99)), 2),
+            "cpu_us_per_event": round(cpu_us, 3),
             "checkpoint_age_s": round(now - self.stats.last_checkpoint, 2),
             "checkpoints": self.stats.checkpoints,
             "checkpoint_bytes": self.stats.checkpoint_bytes,
@@ -400,8 +432,6 @@ class SequenceShard:
     """
 
     def __init__(self, config: ShardConfig):
-        from dataclasses import replace
-
         if config.niceness is not None:
             _set_niceness(config.niceness)
         self.runtime = ShardRuntime(replace(config, exit_on_error=True)).start()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from ingest.contract import EVENT_TYPES, UserEvent
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: .npz arrays + msgpack id chunks (still readable)
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 
@@ -83,13 +84,13 @@ class ApplyResult:
 
 
 class _Lane:
-    """Bounded FIFO of recently seen event ids for one partition."""
+    """Bounded FIFO of recently seen event ids for one partition (``ids`` == set(``fifo``))."""
 
     __slots__ = ("ids", "fifo", "window")
 
     def __init__(self, window: int, ids: Iterable[str] = ()):
         self.window = window
-        self.fifo: deque[str] = deque(ids)
+        self.fifo: deque[str] = deque(ids, maxlen=max(window, 1))
         self.ids = set(self.fifo)
 
     def seen_or_add(self, event_id: str) -> bool:
@@ -103,23 +104,28 @@ class _Lane:
             self.ids.add(event_id)
         return False
 
+    def add_new(self, ids: list[str], fresh: set[str]) -> None:
+        """Remember ``ids`` (none in the window, no repeats; ``fresh`` = set(ids)) — all in C loops."""
+        drop = len(self.fifo) + len(ids) - self.window
+        if drop > 0:  # the oldest ids leave the window (the bounded deque drops them on extend)
+            self.ids.difference_update(islice(self.fifo, min(drop, len(self.fifo))))
+        self.fifo.extend(ids)
+        if drop > 0 and len(ids) > self.window:  # the run alone overfills the window
+            fresh = set(self.fifo)
+        self.ids |= fresh
 
-_CHUNK = 4096
+
+def _join_ids(ids: list[str]) -> bytes:
+    """Ids as one UTF-8 blob, newline-separated (contract ids hold no whitespace)."""
+    return "\n".join(ids).encode("utf-8")
 
 
-def _encode_chunks(strings: list[str]) -> list[bytes]:
-    """msgpack a long list of strings in short chunks.
-
-    One ``msgspec`` call holds the GIL for its whole duration; encoding a
-    200k-id de-dup window in one call would stall the shard's consume loop
-    (and so freshness) for ~100 ms while a checkpoint is written. Chunks keep
-    each stall to well under a millisecond.
-    """
-    enc = msgspec.msgpack.encode
-    return [enc(strings[i:i + _CHUNK]) for i in range(0, len(strings), _CHUNK)]
+def _split_ids(blob: bytes) -> list[str]:
+    return blob.decode("utf-8").split("\n") if blob else []
 
 
 def _decode_chunks(chunks: list[bytes]) -> list[str]:
+    """Id lists of version-1 checkpoints (msgpack in chunks)."""
     dec = msgspec.msgpack.decode
     out: list[str] = []
     for c in chunks:
@@ -232,57 +238,85 @@ class SequenceState:
         """Apply a micro-batch in order; ``lanes`` = the partition of each event (or one for all).
 
         Duplicates (an event_id already in its lane's window) are dropped.
+        Consecutive events of one lane form a run for :meth:`apply_runs`.
+        """
+        n = len(events)
+        if isinstance(lanes, int):
+            return self.apply_runs([(lanes, events)])
+        runs, start = [], 0
+        for j in range(1, n + 1):
+            if j == n or lanes[j] != lanes[start]:
+                runs.append((lanes[start], events[start:j]))
+                start = j
+        return self.apply_runs(runs)
+
+    def apply_runs(self, runs: Iterable[tuple[int, Sequence[UserEvent]]]) -> ApplyResult:
+        """Apply ``(lane, events)`` runs in order — the shard's hot path, vectorised per batch.
+
+        Per event only C-level loops run (attribute list comprehensions and
+        ``map`` over dict lookups); de-duplication takes one set operation per
+        run when nothing in it is a duplicate (the common case) and falls back
+        to the exact event-by-event window otherwise, so the result is always
+        that of applying the events one at a time.
         """
         res = ApplyResult()
-        n = len(events)
+        kept: list[UserEvent] = []
+        for lane, events in runs:
+            if len(events):
+                kept.extend(self._dedup(lane, events, res))
+        self.duplicates += res.duplicates
+        n = len(kept)
         if n == 0:
             return res
-        if isinstance(lanes, int):
-            lanes = [lanes] * n
-        rows: list[int] = []
-        items: list[int] = []
-        types: list[int] = []
-        tss: list[int] = []
-        watches: list[int] = []
-        user_row, window = self.user_row, self.config.dedup_window
-        item_index, type_code = self.item_index, _TYPE_CODE
-        lane_objs = self.lanes
-        lane, lo = None, None
-        for ev, ln in zip(events, lanes):
-            if ln != lane:
-                lane, lo = ln, lane_objs.get(ln)
-                if lo is None:
-                    lo = lane_objs[ln] = _Lane(window)
-            # de-dup (inlined _Lane.seen_or_add: this loop is the shard's hot path)
-            eid = ev.event_id
-            if eid in lo.ids:
-                res.duplicates += 1
-                continue
-            if window:
-                if len(lo.fifo) >= window:
-                    lo.ids.discard(lo.fifo.popleft())
-                lo.fifo.append(eid)
-                lo.ids.add(eid)
-            r = user_row.get(ev.user_id)
-            if r is None:
-                r = user_row[ev.user_id] = len(self.user_ids)
-                self.user_ids.append(ev.user_id)
+        uids = [e.user_id for e in kept]
+        rows = list(map(self.user_row.get, uids))
+        if None in rows:  # new users, numbered in order of first appearance
+            for u in dict.fromkeys([u for u, r in zip(uids, rows) if r is None]):
+                self.user_row[u] = len(self.user_ids)
+                self.user_ids.append(u)
                 res.new_users += 1
-            rows.append(r)
-            i = item_index.get(ev.item_id)
-            items.append(self._item_of(ev.item_id) if i is None else i)
-            types.append(type_code[ev.type])
-            tss.append(ev.ts)
-            w = ev.watch_ms
-            watches.append(-1 if w is None else w)
-        keep = len(rows)
-        self.duplicates += res.duplicates
-        if keep:
-            self._scatter(np.array(rows, np.int64), np.array(items, np.int32), np.array(types, np.int8),
-                          np.array(tss, np.int64), np.array(watches, np.int32))
-        res.applied = keep
-        self.events_applied += keep
+            rows = list(map(self.user_row.__getitem__, uids))
+        iids = [e.item_id for e in kept]
+        items = list(map(self.item_index.get, iids))
+        if None in items:
+            for it in dict.fromkeys([it for it, i in zip(iids, items) if i is None]):
+                self._item_of(it)
+            items = list(map(self.item_index.__getitem__, iids))
+        types = list(map(_TYPE_CODE.__getitem__, [e.type for e in kept]))
+        watches = [-1 if w is None else w for w in [e.watch_ms for e in kept]]
+        self._scatter(np.fromiter(rows, np.int64, n), np.fromiter(items, np.int32, n),
+                      np.fromiter(types, np.int8, n), np.fromiter([e.ts for e in kept], np.int64, n),
+                      np.fromiter(watches, np.int32, n))
+        res.applied = n
+        self.events_applied += n
         return res
+
+    def _dedup(self, lane: int, events: Sequence[UserEvent], res: ApplyResult) -> Sequence[UserEvent]:
+        """The events of one lane's run that are not duplicates; updates the lane's window.
+
+        Fast path: no id of the run is in the window and none repeats within
+        the run, so every event is kept and the window becomes (old ids + the
+        run's ids)[-window:] — exactly what one-at-a-time insertion gives.
+        Otherwise the exact event-by-event path decides.
+        """
+        lo = self.lanes.get(lane)
+        window = self.config.dedup_window
+        if lo is None:
+            lo = self.lanes[lane] = _Lane(window)
+        if not window:
+            return events
+        ids = [e.event_id for e in events]
+        fresh = set(ids)
+        if len(fresh) == len(ids) and lo.ids.isdisjoint(fresh):
+            lo.add_new(ids, fresh)
+            return events
+        out = []
+        for ev, eid in zip(events, ids):
+            if lo.seen_or_add(eid):
+                res.duplicates += 1
+            else:
+                out.append(ev)
+        return out
 
     def _scatter(self, rows, items, types, tss, watches) -> None:
         """Write events (already in order) into their users' rings — vectorised."""
@@ -304,15 +338,18 @@ class SequenceState:
         w = self.width
         # Only the newest `cap` events of a user in this batch survive; skip the rest so that
         # no two writes of the batch hit the same slot.
-        live = k >= cnt - cap
-        ev = order[live]
-        r = srows[live]
-        pos = (self.head[r] + k[live]) % w
-        self.item[r, pos] = items[ev]
-        self.etype[r, pos] = types[ev]
-        self.ts[r, pos] = tss[ev]
-        self.watch[r, pos] = watches[ev]
-        self.sid[r, pos] = self.item_sid[items[ev]]
+        if n > cap and (counts > cap).any():
+            live = k >= cnt - cap
+            ev, r, k = order[live], srows[live], k[live]
+        else:
+            ev, r = order, srows
+        flat = r * w + (self.head[r] + k) % w                # [m] slot index into the [U*W] arrays
+        it = items[ev]
+        self.item.reshape(-1)[flat] = it
+        self.etype.reshape(-1)[flat] = types[ev]
+        self.ts.reshape(-1)[flat] = tss[ev]
+        self.watch.reshape(-1)[flat] = watches[ev]
+        self.sid.reshape(-1)[flat] = self.item_sid[it]
         self.head[uniq] += counts
         last = starts + counts - 1
         self.last_ts[uniq] = tss[order[last]]
@@ -414,25 +451,33 @@ class SequenceState:
 
     @staticmethod
     def encode_snapshot(parts: dict) -> bytes:
-        """The checkpoint bytes of :meth:`snapshot_parts` (msgpack; arrays as an ``.npz``)."""
+        """The checkpoint bytes of :meth:`snapshot_parts`: a msgpack map of raw little-endian arrays.
+
+        Only stored events are kept (ragged, oldest → newest per user). Arrays
+        go in as raw buffers with dtype and shape — no zip container or extra
+        CRC (the checkpoint file has its own), so encoding is a few gathers and
+        memcpys. Id lists are newline-joined: contract ids never contain
+        whitespace, so ``"\\n"`` cannot occur inside one.
+        """
         head = parts["head"]                                           # [n]
         n, w = parts["item"].shape
         lengths = np.minimum(head, w)                                  # [n]
         rows = np.repeat(np.arange(n), lengths)                        # [stored events]
         k = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        cols = (head[rows] - lengths[rows] + k) % max(w, 1)            # oldest → newest per user
-        buf = io.BytesIO()
-        np.savez(buf, head=head, last_ts=parts["last_ts"], lengths=lengths.astype(np.int32),
-                 item_sid=parts["item_sid"], **{c: parts[c][rows, cols] for c in SequenceState._COLS})
+        flat = rows * w + (head[rows] - lengths[rows] + k) % max(w, 1)  # oldest → newest per user
+        arrays = {"head": head, "last_ts": parts["last_ts"], "lengths": lengths.astype(np.int32),
+                  "item_sid": parts["item_sid"],
+                  **{c: parts[c].reshape(-1)[flat] for c in SequenceState._COLS}}
         meta = {
             "version": STATE_VERSION,
             "capacity": parts["capacity"],
-            "user_ids": _encode_chunks(parts["user_ids"]),
-            "item_ids": _encode_chunks(parts["item_ids"]),
-            "lanes": {k: _encode_chunks(v) for k, v in parts["lanes"].items()},
+            "user_ids": _join_ids(parts["user_ids"]),
+            "item_ids": _join_ids(parts["item_ids"]),
+            "lanes": {k: _join_ids(v) for k, v in parts["lanes"].items()},
             "events_applied": parts["events_applied"],
             "duplicates": parts["duplicates"],
-            "arrays": buf.getvalue(),
+            "arrays": {name: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).data]
+                       for name, a in arrays.items()},
         }
         return msgspec.msgpack.encode(meta)
 
@@ -440,22 +485,29 @@ class SequenceState:
     def from_bytes(cls, blob: bytes, config: SequenceConfig = SequenceConfig()) -> "SequenceState":
         """Rebuild a state from :meth:`to_bytes` (the config may raise capacity, never silently lower it)."""
         meta = msgspec.msgpack.decode(blob)
-        if meta.get("version") != STATE_VERSION:
-            raise ValueError(f"sequence state version {meta.get('version')!r} is not {STATE_VERSION}; "
+        version = meta.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"sequence state version {version!r} is not {STATE_VERSION}; "
                              "delete the checkpoint directory to rebuild from the topic")
         if config.capacity < meta["capacity"]:
             raise ValueError(f"SequenceConfig.capacity={config.capacity} is below the checkpoint's "
                              f"{meta['capacity']}; use capacity >= {meta['capacity']} or delete the checkpoints")
         st = cls(config)
-        arr = np.load(io.BytesIO(meta["arrays"]))
-        st.user_ids = _decode_chunks(meta["user_ids"])
+        if version == 1:  # .npz arrays and msgpack-chunked id lists (checkpoints written before v2)
+            arr = np.load(io.BytesIO(meta["arrays"]))
+            ids = _decode_chunks
+        else:
+            arr = {name: np.frombuffer(buf, np.dtype(dt)).reshape(shape)
+                   for name, (dt, shape, buf) in meta["arrays"].items()}
+            ids = _split_ids
+        st.user_ids = ids(meta["user_ids"])
         st.user_row = {u: i for i, u in enumerate(st.user_ids)}
-        st.item_ids = _decode_chunks(meta["item_ids"])
+        st.item_ids = ids(meta["item_ids"])
         st.item_index = {it: i for i, it in enumerate(st.item_ids)}
         st.item_sid = np.full(max(256, len(st.item_ids)), -1, np.int32)
         st.item_sid[: len(st.item_ids)] = arr["item_sid"]
         st.lanes = {int(k): _Lane(config.dedup_window, ids[-config.dedup_window:] if config.dedup_window else [])
-                    for k, ids in ((k, _decode_chunks(v)) for k, v in meta["lanes"].items())}
+                    for k, ids in ((k, ids(v)) for k, v in meta["lanes"].items())}
         st.events_applied = int(meta["events_applied"])
         st.duplicates = int(meta["duplicates"])
         n = len(st.user_ids)

@@ -2,18 +2,29 @@
 
 All on one embedded tansu broker and a local Ray, in one run:
 
-* **throughput** — the same topic of N pre-produced events is read, in turns,
-  by a bare kafka-python ``KafkaConsumer`` in a Ray worker (poll only:
-  ``raw_consume_eps``) and by one sequence shard actor (poll, decode + validate, de-dup, apply to
-  the ring buffers, checkpoint: ``applied_eps``). Both rates are counted from
-  the return of the first non-empty poll to the last message, so start-up
-  costs are excluded equally; ``applied_over_raw`` is the ratio (target ≥ 0.8).
+* **throughput** — the same topic of N pre-produced events is read, in
+  alternating rounds, by a bare kafka-python ``KafkaConsumer`` in a Ray worker
+  (poll only: ``raw_consume_eps``) and by one sequence shard actor (poll,
+  decode + validate, de-dup, apply to the ring buffers, checkpoint:
+  ``applied_eps``). Both consumers are built from the same ``ConsumerConfig``
+  (``client_kwargs()``: batch size, fetch sizes, ``fetch_max_wait_ms``) and
+  the same ``KafkaConfig.common()``. Both rates are counted from the return of
+  the first non-empty poll to the last message, so start-up costs are
+  excluded equally. A round is one raw run next to one shard run;
+  ``applied_over_raw`` is the median of the per-round ratios (target ≥ 0.8),
+  the eps figures are medians. Because the machine is shared, the suite
+  also reports process CPU time per event of both (``cpu_us_per_event_*``)
+  and their ratio ``applied_over_raw_cpu`` (raw CPU / shard CPU per event):
+  the throughput the shard would reach relative to raw on an idle core.
 * **freshness** — a separate producer process sends a steady 5,000 events/s
-  with ``ts`` = its wall clock at send time; the driver polls
-  ``histories()`` of 64 probe users through the Ray actor every ~5 ms and
-  records ``now − ts`` when a probe user's newest event changes: produce
-  time → visible to a reader (an upper bound: probe interval and RPC
-  included). ``applied_freshness_*`` is the shard's own event-time → applied.
+  (``linger_ms=1``, ``acks=all``) with ``ts`` = its wall clock at send time;
+  the driver polls ``histories()`` of 64 probe users through the Ray actor
+  every ~5 ms and records ``now − ts`` when a probe user's newest event
+  changes: produce time → visible to a reader (an upper bound: probe
+  interval and RPC included). ``producer_ack_*`` is send → broker ack of a
+  sample of those sends (what the broker alone costs); ``probe_rpc_*`` the
+  probe's own call time; ``applied_freshness_*`` the shard's event time →
+  applied and ``apply_*`` its poll return → applied.
 * **reads** — ``histories()`` of 64 random users through a Ray actor call.
 * **memory** — bytes per allocated event slot of the ring arrays.
 
@@ -22,6 +33,7 @@ All on one embedded tansu broker and a local Ray, in one run:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -34,7 +46,7 @@ import numpy as np
 
 SUITE = "sequences"
 N_PARTITIONS = 4
-REPEATS = int(os.environ.get("GENREC_BENCH_ROUNDS", "3"))
+ROUNDS = os.environ.get("GENREC_BENCH_ROUNDS")
 FETCH_MAX_WAIT_MS = int(os.environ.get("GENREC_BENCH_FETCH_MAX_WAIT_MS", "20"))
 
 
@@ -67,6 +79,11 @@ def _produce_main(argv: list[str]) -> None:
     users = [f"u{i}" for i in range(n_users)]
     keys = [u.encode() for u in users]
     sent = 0
+    acks: list[float] = []
+
+    def acked(t_send: float):
+        return lambda _md: acks.append((time.perf_counter() - t_send) * 1000)
+
     with EventProducer(kafka, ProducerConfig(linger_ms=1)) as prod:
         t0 = time.monotonic()
         end = t0 + seconds
@@ -79,39 +96,48 @@ def _produce_main(argv: list[str]) -> None:
                 j = rng.randrange(n_users)
                 ev = UserEvent(event_id=f"live{sent}", user_id=users[j], item_id=f"i{rng.randrange(20_000)}",
                                type="click", ts=int(time.time() * 1000))
-                prod.send_raw(USER_EVENTS, keys[j], encode(ev))
+                fut = prod.send_raw(USER_EVENTS, keys[j], encode(ev))
+                if sent % 10 == 0:  # a sample of send → ack times (callbacks run on the sender thread)
+                    fut.add_callback(acked(time.perf_counter()))
                 sent += 1
             time.sleep(0.002)
-    print(sent, flush=True)
+    a = np.asarray(acks or [float("nan")])
+    print(json.dumps({"sent": sent, "ack_p50_ms": float(np.percentile(a, 50)),
+                      "ack_p99_ms": float(np.percentile(a, 99)), "acks": len(acks)}), flush=True)
 
 
-def _raw_consume(kafka, n: int, fetch_max_wait_ms: int) -> tuple[float, float]:
-    """kafka-python alone over the whole topic: (events/s excluding the first poll, total seconds)."""
+def _consumer_config():
+    """The one ConsumerConfig both the raw consumer and the shard use."""
+    from ingest.consumer_loop import ConsumerConfig
+
+    return ConsumerConfig(max_batch=5000, poll_timeout_ms=20, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+
+
+def _raw_consume(kafka, n: int) -> tuple[float, float]:
+    """kafka-python alone over the whole topic: (events/s, process CPU µs per event), both after the first poll."""
     from kafka import KafkaConsumer, TopicPartition
 
     from ingest.contract import USER_EVENTS
+    from ingest.kafka_client import connect
 
-    c = KafkaConsumer(bootstrap_servers=kafka.bootstrap.split(","), enable_auto_commit=False,
-                      max_poll_records=5000, fetch_max_bytes=64 * 1024 * 1024,
-                      max_partition_fetch_bytes=8 * 1024 * 1024, receive_message_max_bytes=256 * 1024 * 1024,
-                      fetch_max_wait_ms=fetch_max_wait_ms)
+    cfg = _consumer_config()
+    c = connect(KafkaConsumer, kafka, enable_auto_commit=False, **cfg.client_kwargs())
     tps = [TopicPartition(kafka.topic(USER_EVENTS), p) for p in range(N_PARTITIONS)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    got, first_n, t_first = 0, 0, None
-    t0 = time.perf_counter()
+    got, first_n, t_first, cpu_first = 0, 0, None, 0.0
     while got < n:
-        polled = c.poll(timeout_ms=200, max_records=5000)
+        polled = c.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
         k = sum(len(v) for v in polled.values())
         if k and t_first is None:
-            t_first, first_n = time.perf_counter(), k
+            t_first, first_n, cpu_first = time.perf_counter(), k, time.process_time()
         got += k
-    t_end = time.perf_counter()
+    t_end, cpu_end = time.perf_counter(), time.process_time()
     c.close()
-    return (got - first_n) / max(t_end - t_first, 1e-9), t_end - t0
+    return (got - first_n) / max(t_end - t_first, 1e-9), (cpu_end - cpu_first) / max(got - first_n, 1) * 1e6
 
 
-def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int, fetch_max_wait_ms: int) -> float:
+def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float]:
     """:func:`_raw_consume` inside a Ray worker at the shard's CPU priority (same process kind)."""
     from ingest.kafka_client import KafkaConfig
 
@@ -119,7 +145,7 @@ def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int, fetch_max_wai
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:
         pass
-    return _raw_consume(KafkaConfig(bootstrap=bootstrap, namespace=namespace), n, fetch_max_wait_ms)[0]
+    return _raw_consume(KafkaConfig(bootstrap=bootstrap, namespace=namespace), n)
 
 
 def _wait_offsets(sup, n: int, timeout_s: float) -> dict:
@@ -150,14 +176,21 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     from ingest.producer import EventProducer, ProducerConfig
     from ingest.topics import TopicsConfig, ensure_topics
 
+    load_at_start = os.getloadavg()
+    rounds = int(ROUNDS) if ROUNDS else (3 if quick else 5)
     n_events = 60_000 if quick else 200_000
     n_users = 3_000
     fresh_s = 8.0 if quick else 20.0
     fresh_rate = 5_000.0
     n_reads = 150 if quick else 500
-    config = {"rounds": REPEATS, "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "events": n_events, "users": n_users, "partitions": N_PARTITIONS, "shards": 1,
-              "capacity": 256, "freshness_rate_target": fresh_rate, "freshness_seconds": fresh_s,
-              "probe_users": 64, "reads": n_reads}
+    consumer = _consumer_config()
+    config = {"rounds": rounds, "events": n_events, "users": n_users, "partitions": N_PARTITIONS, "shards": 1,
+              "max_batch": consumer.max_batch, "poll_timeout_ms": consumer.poll_timeout_ms,
+              "fetch_max_wait_ms": consumer.fetch_max_wait_ms, "checkpoint_every_events": 50_000,
+              "checkpoint_every_s": 5.0, "capacity": 256, "freshness_rate_target": fresh_rate,
+              "freshness_seconds": fresh_s, "producer_linger_ms": 1, "producer_acks": "all",
+              "probe_users": 64, "probe_interval_ms": 5, "reads": n_reads,
+              "loadavg_at_start": [round(x, 2) for x in load_at_start]}
     metrics: dict[str, float] = {}
     # this file is loaded by path and is not in sys.modules, so cloudpickle ships its functions by value
     raw_task = ray.remote(num_cpus=0.25)(_raw_consume_in_worker)
@@ -179,28 +212,39 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     prod.send_raw(USER_EVENTS, key, value)
             metrics["produce_eps"] = n_events / (time.perf_counter() - t)
             del msgs
-            # Raw and pipeline take turns (REPEATS rounds) and each keeps its best round: the
-            # machine is shared, and this compares both at their least-disturbed moment.
+            # Raw and pipeline alternate (one of each per round, the order flipping every round so
+            # neither always runs first); medians over rounds, and CPU time per event beside the rates
+            # because the machine is shared.
             raws, applied = [], []
             sup = None
-            for rep in range(REPEATS):
+            for rep in range(rounds):
                 if sup is not None:
                     sup.shutdown(checkpoint=False)
-                raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events, FETCH_MAX_WAIT_MS)))
+                if rep % 2 == 0:
+                    raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
                 sup = SequenceSupervisor(SupervisorConfig(
-                    kafka=kafka, checkpoint=CheckpointConfig(uri=os.path.join(tmp, str(rep))), num_shards=1,
-                    sequence=SequenceConfig(capacity=256), monitor_s=0, freshness_window_s=5.0,
-                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS, group_id=f"bench-{rep}", name_prefix=f"bench{rep}-"))
+                    kafka=kafka, checkpoint=CheckpointConfig(uri=os.path.join(tmp, str(rep)), every_events=50_000,
+                                                             every_s=5.0),
+                    num_shards=1, sequence=SequenceConfig(capacity=256), consumer=consumer, monitor_s=0,
+                    freshness_window_s=5.0, fetch_max_wait_ms=FETCH_MAX_WAIT_MS, group_id=f"bench-{rep}",
+                    name_prefix=f"bench{rep}-"))
                 sup.start()
                 st = _wait_offsets(sup, n_events, 600)["shards"][0]
-                applied.append((st["consumed"] - st["first_poll_n"]) / max(
-                    st["last_apply_at"] - st["first_poll_at"], 1e-9))
+                applied.append(((st["consumed"] - st["first_poll_n"]) / max(
+                    st["last_apply_at"] - st["first_poll_at"], 1e-9), st["cpu_us_per_event"]))
+                if rep % 2 == 1:
+                    raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
             try:
-                metrics["applied_eps"] = max(applied)
-                metrics["raw_consume_eps"] = max(raws)
-                metrics["applied_over_raw"] = metrics["applied_eps"] / metrics["raw_consume_eps"]
-                metrics["applied_eps_rounds_min"] = min(applied)
-                metrics["raw_consume_eps_rounds_min"] = min(raws)
+                a_eps, a_cpu = np.array([a[0] for a in applied]), np.array([a[1] for a in applied])
+                r_eps, r_cpu = np.array([r[0] for r in raws]), np.array([r[1] for r in raws])
+                metrics["applied_eps"] = float(np.median(a_eps))
+                metrics["raw_consume_eps"] = float(np.median(r_eps))
+                metrics["applied_over_raw"] = float(np.median(a_eps / r_eps))
+                metrics["applied_over_raw_rounds_min"] = float(np.min(a_eps / r_eps))
+                metrics["applied_over_raw_rounds_max"] = float(np.max(a_eps / r_eps))
+                metrics["cpu_us_per_event_applied"] = float(np.median(a_cpu))
+                metrics["cpu_us_per_event_raw"] = float(np.median(r_cpu))
+                metrics["applied_over_raw_cpu"] = float(np.median(r_cpu / a_cpu))
                 metrics["bytes_per_slot"] = st["bytes_per_slot"]
                 shard = sup.shards[0]
                 ray.get(shard.ping.remote())
@@ -222,10 +266,12 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--produce", kafka.bootstrap,
                                          kafka.namespace, str(fresh_rate), str(fresh_s), str(n_users)],
                                         stdout=subprocess.PIPE, text=True)
-                samples = []
+                samples, rpc = [], []
                 t_end = time.monotonic() + fresh_s + 30
                 while time.monotonic() < t_end:
+                    t = time.perf_counter()
                     h = ray.get(shard.histories.remote(probe, 1))
+                    rpc.append((time.perf_counter() - t) * 1000)
                     now = time.time() * 1000
                     changed = h["last_ts"] > last
                     samples += (now - h["last_ts"][changed]).tolist()
@@ -233,14 +279,20 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     if proc.poll() is not None and not changed.any() and len(samples) > 10:
                         break
                     time.sleep(0.005)
-                sent = int(proc.communicate(timeout=60)[0].strip() or 0)
-                metrics["freshness_rate_eps"] = sent / fresh_s
+                out = json.loads(proc.communicate(timeout=60)[0].strip().splitlines()[-1])
+                metrics["freshness_rate_eps"] = out["sent"] / fresh_s
                 metrics["freshness_p50_ms"] = _pct(samples, 50)
                 metrics["freshness_p99_ms"] = _pct(samples, 99)
                 metrics["freshness_samples"] = len(samples)
+                metrics["producer_ack_p50_ms"] = out["ack_p50_ms"]
+                metrics["producer_ack_p99_ms"] = out["ack_p99_ms"]
+                metrics["probe_rpc_p50_ms"] = _pct(rpc, 50)
+                metrics["probe_rpc_p99_ms"] = _pct(rpc, 99)
                 st = sup.status()["shards"][0]
                 metrics["applied_freshness_p50_ms"] = st["freshness_p50_ms"]
                 metrics["applied_freshness_p99_ms"] = st["freshness_p99_ms"]
+                metrics["apply_p50_ms"] = st["apply_p50_ms"]
+                metrics["apply_p99_ms"] = st["apply_p99_ms"]
                 metrics["checkpoint_ms"] = st["checkpoint_ms"]
                 metrics["checkpoint_pause_ms"] = st["checkpoint_pause_ms"]
                 metrics["checkpoint_bytes_per_user"] = st["checkpoint_bytes"] / max(st["users"], 1)
@@ -249,12 +301,13 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     finally:
         if started_ray:
             ray.shutdown()
-    table = ("| stage | events/s |\n|---|---|\n"
-             f"| kafka-python raw poll (1 consumer, 4 partitions; best of {REPEATS}) | "
-             f"{metrics['raw_consume_eps']:,.0f} |\n"
-             f"| sequence shard: poll + validate + de-dup + apply + checkpoint (1 actor; best of {REPEATS}) | "
-             f"{metrics['applied_eps']:,.0f} |\n"
-             f"| ratio | {metrics['applied_over_raw']:.2f} |")
+    table = ("| stage (median of " f"{rounds} alternating rounds) | events/s | CPU µs/event |\n|---|---|---|\n"
+             f"| kafka-python raw poll (1 consumer, 4 partitions) | "
+             f"{metrics['raw_consume_eps']:,.0f} | {metrics['cpu_us_per_event_raw']:.2f} |\n"
+             f"| sequence shard: poll + validate + de-dup + apply + checkpoint (1 actor) | "
+             f"{metrics['applied_eps']:,.0f} | {metrics['cpu_us_per_event_applied']:.2f} |\n"
+             f"| shard / raw | {metrics['applied_over_raw']:.2f} (rounds {metrics['applied_over_raw_rounds_min']:.2f}"
+             f"–{metrics['applied_over_raw_rounds_max']:.2f}) | {metrics['applied_over_raw_cpu']:.2f} |")
     return {"config": config, "metrics": metrics, "tables": [table]}
 
 
