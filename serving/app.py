@@ -35,7 +35,6 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -45,10 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from ingest.codec import ContractError, decode_dict
-from ingest.contract import ITEM_EVENTS, USER_EVENTS, Served
-from serving.backend import ModelSpec, RecRequest
+from ingest.contract import ITEM_EVENTS, USER_EVENTS
+from serving.admission import AdaptiveRetryAfter, RetryAfterConfig
+from serving.backend import ModelSpec, RecRequest, RecResult
 from serving.experiments import ExperimentRegistry
 from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.recommend_path import RecommendPath, ServedLog, Unavailable, await_kafka
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class AppSettings:
     ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
     ``latency_target_ms``: when set, the admission limit adapts (AIMD) so that
     admitted requests stay near this latency; ``None`` keeps ``max_inflight`` fixed.
+    ``ingress_slack`` / ``ingress_queue``: the ingress deployment takes ``max_inflight + ingress_slack``
+    concurrent requests (other routes, fast 503s) and the Serve proxy queues ``ingress_queue`` more;
+    beyond that the proxy itself answers 503 + ``Retry-After: shed_retry_after_s``. The ingress's own 503s carry an adaptive,
+    jittered Retry-After in ``[retry_after_s, max_retry_after_s]`` (:mod:`serving.admission`).
     """
 
     kafka: object                      # ingest.kafka_client.KafkaConfig
@@ -77,6 +82,10 @@ class AppSettings:
     report_cache_s: float = 5.0
     max_k: int = 100
     num_replicas: int = 1
+    ingress_slack: int = 1024
+    shed_retry_after_s: int = 5
+    ingress_queue: int = 64
+    max_retry_after_s: int = 30
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
@@ -87,6 +96,12 @@ class AppSettings:
             raise ValueError(f"AppSettings.retry_after_s={self.retry_after_s} must be >= 1 second")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("AppSettings.admin_token must be at least 16 characters (or None to disable admin)")
+        if self.shed_retry_after_s < 1 or self.max_retry_after_s < self.retry_after_s:
+            raise ValueError(f"AppSettings: shed_retry_after_s={self.shed_retry_after_s} must be >= 1 and "
+                             f"max_retry_after_s={self.max_retry_after_s} >= retry_after_s={self.retry_after_s}")
+        if self.ingress_slack < 1 or self.ingress_queue < 1:
+            raise ValueError(f"AppSettings.ingress_slack={self.ingress_slack} and ingress_queue={self.ingress_queue} "
+                             "must be >= 1 (extra ingress concurrency / proxy queue beyond max_inflight)")
         if not 1 <= self.max_k <= 1000:
             raise ValueError(f"AppSettings.max_k={self.max_k} must be in 1..1000")
 
@@ -199,23 +214,6 @@ def _unavailable(detail: str, retry_after: int) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": str(retry_after)})
 
 
-async def _await_kafka(fut, timeout_s: float):
-    """Await a kafka-python send future from asyncio (its callbacks fire on the I/O thread)."""
-    loop = asyncio.get_running_loop()
-    af = loop.create_future()
-
-    def ok(md):
-        loop.call_soon_threadsafe(lambda: af.done() or af.set_result(md))
-
-    def err(e):
-        loop.call_soon_threadsafe(lambda: af.done() or af.set_exception(e if isinstance(e, BaseException)
-                                                                          else RuntimeError(str(e))))
-
-    fut.add_callback(ok)
-    fut.add_errback(err)
-    return await asyncio.wait_for(af, timeout_s)
-
-
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -232,6 +230,9 @@ class Ingress:
         self.registry = ExperimentRegistry(source=settings.experiments or None) if settings.experiments \
             else ExperimentRegistry()
         self.metrics = ServingMetrics()
+        self.path = RecommendPath(self.registry, ServedLog(settings.kafka, settings.produce_timeout_s), self.metrics)
+        self.retry = AdaptiveRetryAfter(RetryAfterConfig(min_s=settings.retry_after_s,
+                                                         max_s=max(settings.retry_after_s, settings.max_retry_after_s)))
         self.inflight = 0
         self.max_inflight = settings.max_inflight
         self.latency_target_ms = settings.latency_target_ms
@@ -283,7 +284,7 @@ class Ingress:
                 errors.append({"index": i, "reason": f"invalid record: {e}"})
         futs = [self.producer.send(r) for r in valid]
         try:
-            await asyncio.gather(*(_await_kafka(f, self.s.produce_timeout_s) for f in futs))
+            await asyncio.gather(*(await_kafka(f, self.s.produce_timeout_s) for f in futs))
         except Exception as e:  # noqa: BLE001 - broker down or slow: the client retries
             self.metrics.errors.labels(route=topic, reason="kafka").inc()
             raise _unavailable(f"could not write to Kafka ({type(e).__name__}); retry", self.s.retry_after_s)
@@ -298,67 +299,42 @@ class Ingress:
     @api.post("/v1/recommend", response_model=RecommendResponse, tags=["recommend"],
               responses={503: {"description": "overloaded or recommender unavailable; see Retry-After"},
                          422: {"description": "invalid request"}})
-    async def recommend(self, body: RecommendRequest) -> dict:
+    async def recommend(self, body: RecommendRequest) -> Response:
         """Generate a session of ``k`` items for ``user_id`` from their fresh history."""
         t0 = time.perf_counter()
         if body.k > self.s.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
         if self.inflight >= max(1, int(self.limit)):
             self.metrics.rejected.labels(route="recommend").inc()
-            raise _unavailable(f"overloaded: {self.inflight} requests in flight; retry later", self.s.retry_after_s)
+            raise _unavailable(f"overloaded: {self.inflight} requests in flight; retry later", self.retry.rejected())
+        self.retry.admitted()
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
         self.metrics.admission_limit.set(self.limit)
         try:
-            return await self._recommend(body, t0)
+            out, timings = await self.path.run(body.user_id, body.k, body.exclude_seen, self._call, t0)
+        except Unavailable as e:
+            if e.reason == "backpressure":
+                self.metrics.rejected.labels(route="recommend").inc()
+                raise _unavailable(e.detail, self.retry.rejected()) from None
+            self.metrics.errors.labels(route="recommend", reason=e.reason).inc()
+            raise _unavailable(e.detail, self.s.retry_after_s) from None
         finally:
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
+        self._adapt(timings["total_ms"])
+        return Response(out, media_type="application/json")
 
-    async def _recommend(self, body: RecommendRequest, t0: float) -> dict:
+    async def _call(self, req: RecRequest) -> RecResult:
+        """The recommender through its deployment handle; failures become :class:`Unavailable` (→ 503)."""
         from ray.serve.exceptions import BackPressureError
 
-        res = self.registry.resolve(body.user_id)
-        rid = uuid.uuid4().hex
-        req = RecRequest(body.user_id, body.k, res.model_version, res.decode, body.exclude_seen)
-        t1 = time.perf_counter()
         try:
-            out = await asyncio.wait_for(self.rec.recommend.remote(req), self.s.recommend_timeout_s)
+            return await asyncio.wait_for(self.rec.recommend.remote(req), self.s.recommend_timeout_s)
         except BackPressureError:
-            self.metrics.rejected.labels(route="recommend").inc()
-            raise _unavailable("recommender queue full; retry later", self.s.retry_after_s) from None
+            raise Unavailable("recommender queue full; retry later", "backpressure") from None
         except Exception as e:  # noqa: BLE001 - replica died / restarting / timed out: unanswered, no record
-            self.metrics.errors.labels(route="recommend", reason=type(e).__name__).inc()
-            raise _unavailable(f"recommender unavailable ({type(e).__name__}); retry", self.s.retry_after_s) from None
-        t2 = time.perf_counter()
-        if out.error:
-            self.metrics.errors.labels(route="recommend", reason="backend").inc()
-            raise _unavailable(out.error, self.s.retry_after_s)
-        served = Served(request_id=rid, user_id=body.user_id, ts=int(time.time() * 1000),
-                        model_version=res.model_version, experiment=res.experiment, arm=res.arm,
-                        items=out.items, sids=out.sids, scores=out.scores,
-                        decode={k: v for k, v in res.decode.items() if isinstance(v, (str, int, float, bool))})
-        try:
-            await _await_kafka(self.producer.send(served), self.s.produce_timeout_s)
-        except Exception as e:  # noqa: BLE001 - no exposure log, no answer
-            self.metrics.errors.labels(route="recommend", reason="served_log").inc()
-            raise _unavailable(f"could not log the served record ({type(e).__name__}); retry",
-                               self.s.retry_after_s) from None
-        t3 = time.perf_counter()
-        st = out.stats
-        self.metrics.served.labels(experiment=res.experiment, arm=res.arm, model_version=res.model_version).inc()
-        self.metrics.decode_mode.labels(mode=str(st.get("mode", res.decode.get("mode", "")))).inc()
-        if "batch_size" in st:
-            self.metrics.batch_size.observe(st["batch_size"])
-        self.metrics.latency.labels(route="recommend", arm=res.arm, status="200").observe(t3 - t0)
-        self._adapt((t3 - t0) * 1e3)
-        timings = {"total_ms": (t3 - t0) * 1e3, "recommender_ms": (t2 - t1) * 1e3, "log_ms": (t3 - t2) * 1e3}
-        for k in ("history_ms", "decode_ms", "batch_size"):
-            if k in st:
-                timings[k] = float(st[k])
-        return {"request_id": rid, "model_version": res.model_version, "experiment": res.experiment,
-                "arm": res.arm, "timings": timings,
-                "items": [{"item_id": i, "sid": s, "score": sc} for i, s, sc in zip(out.items, out.sids, out.scores)]}
+            raise Unavailable(f"recommender unavailable ({type(e).__name__}); retry", type(e).__name__) from None
 
     # -- events and items --------------------------------------------------------------------
 
@@ -541,14 +517,26 @@ class Ingress:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
+#: Serve replicas run user code on a second event loop in a second thread, and a handle's router on
+#: a third; every request then crosses threads (call_soon_threadsafe + GIL hand-offs) at each hop.
+#: Our replicas do only async work or one blocking batch at a time, so both run on the replica's main
+#: loop (measured at concurrency 1 on the shared 2-core machine: see BENCHMARKS.md, serving).
+ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
 def build_app(settings: AppSettings, rec_cfg):
     """The bound Serve application: ingress → recommender."""
     from serving.recommender import recommender_deployment
 
     dep, rec_cfg = recommender_deployment(rec_cfg)
+    # The proxy sheds load before the ingress replica: beyond max_ongoing (the admitted /recommend
+    # plus room for the other routes and for fast 503s) and a short queue, Serve's router answers
+    # 503 + Retry-After itself, without a replica call (a rejected request then costs the proxy only).
     ingress = Ingress.options(num_replicas=settings.num_replicas,
-                              max_ongoing_requests=max(1000, 4 * settings.max_inflight),
-                              ray_actor_options={"num_cpus": 0.25})
+                              max_ongoing_requests=settings.max_inflight + settings.ingress_slack,
+                              max_queued_requests=settings.ingress_queue,
+                              backpressure_config={"status_code": 503, "retry_after_s": settings.shed_retry_after_s},
+                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}})
     return ingress.bind(dep.bind(rec_cfg), settings)
 
 

@@ -53,7 +53,7 @@ class RecommenderConfig:
     sid_assigner: object | None = field(default=None, hash=False, compare=False)  # callable; hash by default
     item_feed: bool = True
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.002
+    batch_wait_timeout_s: float = 0.0
     max_queued_requests: int = 256
     num_replicas: int = 1
     torch_threads: int = 1
@@ -130,15 +130,19 @@ class Recommender:
         self.batched_requests = 0
         self.started = time.time()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, reqs: list[RecRequest]) -> list[RecResult]:
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _batched(self, items: list[tuple[RecRequest, float]]) -> list[RecResult]:
+        t = time.perf_counter()
         self.batches += 1
-        self.batched_requests += len(reqs)
-        return self.backend.recommend(reqs)
+        self.batched_requests += len(items)
+        out = self.backend.recommend([r for r, _ in items])
+        for res, (_, arrived) in zip(out, items):
+            res.stats["batch_wait_ms"] = (t - arrived) * 1e3  # queued in the replica until its batch ran
+        return out
 
     async def recommend(self, req: RecRequest) -> RecResult:
         """One request, batched with whatever else is in flight on this replica."""
-        return await self._batched(req)
+        return await self._batched((req, time.perf_counter()))
 
     async def recommend_unbatched(self, req: RecRequest) -> RecResult:
         """One request alone (batch size 1): the baseline of the batching benchmark."""
@@ -203,6 +207,8 @@ def recommender_deployment(cfg: RecommenderConfig):
         num_replicas=cfg.num_replicas,
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus,
+                           "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                                                        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}},
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=2,
     ), cfg

@@ -13,7 +13,7 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
       - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
     history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
     max_batch_size: 16
-    batch_wait_timeout_s: 0.002
+    batch_wait_timeout_s: 0.0
     max_inflight: null               # default 2 x max_batch_size x recommender_replicas
     recommender_replicas: 1
 """
@@ -63,7 +63,7 @@ def configs_from_args(args: dict):
         shard_names=tuple(args.get("shard_names") or ()), shard_namespace=args.get("shard_namespace"),
         num_partitions=int(args.get("num_partitions", 0)), max_history=int(args.get("max_history", 50)),
         max_batch_size=int(args.get("max_batch_size", 16)),
-        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.002)),
+        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.0)),
         max_queued_requests=int(args.get("max_queued_requests", 256)),
         num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"))
     exp = _resolve_path(args.get("experiments") or "")

@@ -1,23 +1,27 @@
-"""Benchmark suite ``serving``: HTTP latency/throughput of the Ray Serve app vs the same backend in-process.
+"""Benchmark suite ``serving``: HTTP latency/throughput of the Ray Serve app vs the same work in-process.
 
 One run, one machine: an embedded broker, a local Ray (2 CPUs), the genrec
-app on a loopback port, and an httpx load generator in this process.
+app on a loopback port. Concurrent load comes from a separate load-generator
+process (this file run as a script: asyncio + aiohttp), so the clients do not
+share a GIL with anything they measure; its CPU use is reported
+(``loadgen_cpu_*``: CPU seconds per wall second, 1.0 = one core).
 
-* ``http_p50_ms_c1`` / ``http_p99_ms_c1`` — sequential ``POST /v1/recommend``;
-  ``inproc_p50_ms`` — the same backend (same config, same Kafka state) called
-  in this process, each call right after its HTTP twin; ``overhead_p50_ms`` =
-  median of the paired differences (HTTP + proxy + ingress + handle + batch
-  wait + the served-record ack); ``overhead_p50_diff_ms`` = difference of the p50s.
+* c1, like for like: request *i* goes over HTTP, then the *same work* runs in
+  this process — the very :class:`serving.recommend_path.RecommendPath` the
+  ingress runs (arm resolution, history read + generation in one backend
+  call, the ``served`` record written and acked, metrics, JSON encoding), with
+  a direct backend call instead of the Serve handle. So the difference is
+  HTTP + proxy + ingress routing/validation + handle hop + batch wait.
+  ``overhead_p50_ms`` = median of the paired differences;
+  ``overhead_p50_diff_ms`` = difference of the p50s. A stage table splits both.
 * c16 / c64: p50/p99 and requests/s; ``batching_gain_c64`` = rps with dynamic
   batching / rps with batch size 1 (``configure_batching(1)`` on the same replica).
-* Overload: the ingress switches to its adaptive (AIMD) admission limit with
-  the unloaded server-side p99 as latency target; then 500 concurrent
-  clients for 40 s (15 s quick), each waiting
-  ``Retry-After`` after a 503; ``overload_non_503_errors`` counts answers
-  that are neither 200 nor 503 (+ connection errors); ``overload_p99_ratio`` =
-  p99 of admitted requests / unloaded p99 (c1), as the clients see it (500
-  Python clients on the same 2 cores inflate it), and ``overload_server_p99_ratio``
-  the same ratio of the ingress-measured time (admission to answer).
+* Overload: 500 concurrent clients for 40 s (15 s quick), each waiting
+  ``Retry-After`` after a 503. ``overload_non_503_errors`` counts answers that
+  are neither 200 nor 503, 503s without Retry-After and connection errors;
+  ``overload_p99_ratio`` = client-side p99 of admitted requests / unloaded
+  client-side p99 (c1, same run); ``overload_server_p99_ratio`` the same for
+  the ingress-measured time.
 * Freshness through the API: ``event_to_rec_p99_ms`` — from posting click
   events on a user's recommended items until a recommend no longer returns
   them (exclude-seen: the events are in the history); ``item_to_rec_p99_ms`` —
@@ -28,16 +32,21 @@ app on a loopback port, and an httpx load generator in this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
-from infra.broker import free_port
-
 SUITE = "serving"
 ADMIN = "bench-admin-token-0123456789"
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",
+          "batch_size")
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -47,50 +56,79 @@ def _pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs, float), q)) if len(xs) else float("nan")
 
 
-async def _load(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: int,
-                duration_s: float | None = None) -> dict:
+# ---- the load generator (its own process) ---------------------------------------------------
+
+async def _load_async(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: int,
+                      duration_s: float | None) -> dict:
     """``n_clients`` concurrent loops sharing ``n_requests`` recommend calls (or running ``duration_s``).
 
-    Clients behave like well-mannered ones: after a 503 they wait ``Retry-After`` seconds.
-    Latencies are of the admitted (200) requests.
+    Well-mannered clients: after a 503 they wait ``Retry-After`` seconds. Latencies are of 200s.
     """
-    import httpx
+    import aiohttp
 
     lat, codes, errors, parts = [], {}, 0, []
     counter = iter(range(n_requests)) if duration_s is None else iter(range(10**9))
+    t0 = time.perf_counter()
 
-    async def client(c):
+    async def client(s):
         nonlocal errors
         for i in counter:
             if duration_s is not None and time.perf_counter() - t0 > duration_s:
                 return
             t = time.perf_counter()
             try:
-                r = await c.post("/v1/recommend", json={"user_id": f"{user_prefix}{i % n_users}", "k": 5})
-            except httpx.HTTPError:
+                async with s.post(url + "/v1/recommend", json={"user_id": f"{user_prefix}{i % n_users}", "k": 5}) as r:
+                    body = await r.read()
+                    code, ra = r.status, r.headers.get("retry-after")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
+                await asyncio.sleep(0.1)
                 continue
-            codes[r.status_code] = codes.get(r.status_code, 0) + 1
-            if r.status_code == 200:
+            codes[code] = codes.get(code, 0) + 1
+            if code == 200:
                 lat.append((time.perf_counter() - t) * 1000)
-                parts.append(r.json()["timings"])
-            elif r.status_code == 503:
-                ra = r.headers.get("retry-after")
+                parts.append(json.loads(body)["timings"])
+            elif code == 503:
                 if ra is None:
                     errors += 1
                 await asyncio.sleep(float(ra or 1))
 
-    limits = httpx.Limits(max_connections=n_clients + 8, max_keepalive_connections=n_clients + 8)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(c) for _ in range(n_clients)))
-        wall = time.perf_counter() - t0
-    mean = {k: float(np.mean([p.get(k, np.nan) for p in parts])) if parts else float("nan")
-            for k in ("total_ms", "recommender_ms", "decode_ms", "log_ms", "batch_size")}
-    srv = [p["total_ms"] for p in parts]
-    return {"lat": lat, "codes": codes, "errors": errors, "rps": len(lat) / wall, "wall_s": wall, "parts": mean,
-            "srv": srv}
+    conn = aiohttp.TCPConnector(limit=n_clients + 8)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as s:
+        await asyncio.gather(*(client(s) for _ in range(n_clients)))
+    wall = time.perf_counter() - t0
+    return {"lat": lat, "codes": codes, "errors": errors, "wall_s": wall, "parts": parts}
 
+
+def _load(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: int,
+          duration_s: float | None = None) -> dict:
+    """Run :func:`_load_async` in a child process (this file as a script); summarize its answers."""
+    args = json.dumps([url, n_clients, n_requests, user_prefix, n_users, duration_s])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, __file__, args], capture_output=True, text=True, env=env, timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"load generator failed: {p.stderr[-2000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["codes"] = {int(k): v for k, v in r["codes"].items()}
+    parts = r.pop("parts")
+    r["parts"] = {k: _pct([x.get(k, np.nan) for x in parts], 50) if parts else float("nan") for k in STAGES}
+    r["srv"] = [x["total_ms"] for x in parts]
+    r["rps"] = len(r["lat"]) / r["wall_s"]
+    return r
+
+
+def _child_main(argv: list[str]) -> None:
+    import resource
+
+    url, n_clients, n_requests, prefix, n_users, duration_s = json.loads(argv[0])
+    out = asyncio.run(_load_async(url, n_clients, n_requests, prefix, n_users, duration_s))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_s"] = ru.ru_utime + ru.ru_stime
+    out["codes"] = {str(k): v for k, v in out["codes"].items()}
+    print(json.dumps(out))
+
+
+# ---- freshness ------------------------------------------------------------------------------
 
 def _freshness(url: str, n: int) -> tuple[list[float], list[float]]:
     import httpx
@@ -119,26 +157,97 @@ def _freshness(url: str, n: int) -> tuple[list[float], list[float]]:
     return ev_ms, item_ms
 
 
+# ---- c1: HTTP and the same work in-process, alternating -------------------------------------
+
+def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> dict:
+    import httpx
+
+    from ingest.kafka_client import KafkaConfig
+    from serving.experiments import ExperimentRegistry
+    from serving.metrics import ServingMetrics
+    from serving.recommend_path import RecommendPath, ServedLog
+    from serving.recommender import build_backend
+    from serving.serve_args import configs_from_args
+
+    _, rec_cfg = configs_from_args(args)
+    backend = build_backend(rec_cfg)
+    log = ServedLog(KafkaConfig(bootstrap=args["bootstrap"], namespace=args["namespace"]))
+    path = RecommendPath(ExperimentRegistry(source=experiments), log, ServingMetrics())
+
+    async def direct(req):
+        return backend.recommend([req])[0]
+
+    loop = asyncio.new_event_loop()
+    http_ms, inproc, pairs, http_parts, inproc_parts = [], [], [], [], []
+    try:
+        with httpx.Client(base_url=url, timeout=60) as hc:
+            for i in range(10):  # warm both paths
+                hc.post("/v1/recommend", json={"user_id": f"u{i}", "k": 5})
+                loop.run_until_complete(path.run(f"u{i}", 5, True, direct))
+            t_c1 = time.perf_counter()
+            for i in range(n):
+                user = f"u{i % n_users}"
+                t = time.perf_counter()
+                r = hc.post("/v1/recommend", json={"user_id": user, "k": 5})
+                h = (time.perf_counter() - t) * 1000
+                t = time.perf_counter()
+                _, tim = loop.run_until_complete(path.run(user, 5, True, direct))
+                p_ms = (time.perf_counter() - t) * 1000
+                if r.status_code == 200:
+                    http_ms.append(h)
+                    http_parts.append({**r.json()["timings"], "client_ms": h})
+                    inproc.append(p_ms)
+                    inproc_parts.append({**tim, "client_ms": p_ms})
+                    pairs.append(h - p_ms)
+            wall = time.perf_counter() - t_c1
+    finally:
+        loop.close()
+        log.close()
+        for f in getattr(backend, "feeds", []):
+            f.stop()
+    med = lambda rows: {k: _pct([x.get(k, np.nan) for x in rows], 50) for k in STAGES + ("client_ms",)}  # noqa: E731
+    return {"lat": http_ms, "srv": [x["total_ms"] for x in http_parts], "inproc": inproc, "pairs": pairs,
+            "codes": {200: len(http_ms)}, "errors": n - len(http_ms), "rps": len(http_ms) / wall / 2,
+            "parts": med(http_parts), "inproc_parts": med(inproc_parts), "cpu_s": float("nan"), "wall_s": wall}
+
+
+def _stage_table(c1: dict) -> str:
+    h, p = c1["parts"], c1["inproc_parts"]
+    hop = lambda d: d["recommender_ms"] - np.nan_to_num(d["batch_wait_ms"]) - d["history_ms"] - d["decode_ms"]  # noqa: E731
+    hb = h.get("batch_wait_ms", float("nan"))
+    rows = [("client-side total", h["client_ms"], p["client_ms"]),
+            ("HTTP + proxy + ingress routing/validation (client − ingress total)", h["client_ms"] - h["total_ms"], 0.0),
+            ("arm resolution", h["resolve_ms"], p["resolve_ms"]),
+            ("ingress → recommender handle hop (recommender − wait − history − decode)", hop(h), hop(p)),
+            ("@serve.batch wait", hb, 0.0),
+            ("history read", h["history_ms"], p["history_ms"]),
+            ("generation (encode + constrained decode)", h["decode_ms"], p["decode_ms"]),
+            ("served-log write, acked", h["log_ms"], p["log_ms"])]
+    out = ["| c1 stage (median ms) | HTTP | in-process |", "|---|---|---|"]
+    out += [f"| {name} | {a:.2f} | {b:.2f} |" for name, a, b in rows]
+    return "\n".join(out)
+
+
 def run(quick: bool = False, dataset: str | None = None) -> dict:
     import httpx
     import ray
     from ray import serve
 
-    from infra.broker import EmbeddedBroker
+    from infra.broker import EmbeddedBroker, free_port
     from ingest.contract import ItemEvent, UserEvent
     from ingest.kafka_client import KafkaConfig
     from ingest.producer import EventProducer
     from ingest.topics import ensure_topics
-    from serving.backend import RecRequest
-    from serving.recommender import build_backend
-    from serving.serve_args import app_from_args, configs_from_args
+    from serving.serve_args import app_from_args
 
+    load_at_start = os.getloadavg()
     n_items, n_users = (300, 100) if quick else (2000, 500)
     n_c1 = 40 if quick else 200
     n_conc = 150 if quick else 600
     n_fresh = 10 if quick else 40
     level_sizes = [32, 32, 8]  # 8192 SIDs: hashed codes of ~2k items leave every dedup level room
     decode = {"mode": "greedy"}
+    max_batch, max_inflight = 16, 16
     experiments = f"default: {{model_version: v1, decode: {{mode: {decode['mode']}}}}}\nlayers: []\n"
     model_cfg = {"d_model": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "max_history": 30}
     rng = np.random.default_rng(0)
@@ -154,7 +263,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     p.send(UserEvent(f"e{u}-{j}", f"u{u}", f"i{it}", "click", 10_000 + j))
         args = {"bootstrap": broker.bootstrap, "namespace": ns, "experiments": experiments,
                 "level_sizes": level_sizes, "models": [{"version": "v1", "seed": 1, "config": model_cfg}],
-                "max_batch_size": 16, "batch_wait_timeout_s": 0.002, "max_inflight": 32,
+                "max_batch_size": max_batch, "batch_wait_timeout_s": 0.0, "max_inflight": max_inflight,
                 "max_queued_requests": 256, "admin_token": ADMIN}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
@@ -167,45 +276,14 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 if time.monotonic() > deadline:
                     raise RuntimeError("app not ready in 300 s")
                 time.sleep(0.5)
-            # the same generation in this process (same config, same Kafka state), measured *paired*
-            # with the HTTP calls: request i over HTTP, then the same request in-process, so both see
-            # the same (shared, noisy) machine; overhead = median of the paired differences.
-            _, rec_cfg = configs_from_args(args)
-            backend = build_backend(rec_cfg)
-            asyncio.run(_load(url, 4, 40, "u", n_users))  # warm up
-            http_ms, srv_ms, inproc, pairs = [], [], [], []
-            with httpx.Client(base_url=url, timeout=60) as hc:
-                t_c1 = time.perf_counter()
-                for i in range(n_c1):
-                    user = f"u{i % n_users}"
-                    t = time.perf_counter()
-                    r = hc.post("/v1/recommend", json={"user_id": user, "k": 5})
-                    h = (time.perf_counter() - t) * 1000
-                    t = time.perf_counter()
-                    backend.recommend([RecRequest(user, 5, "v1", decode)])
-                    p_ms = (time.perf_counter() - t) * 1000
-                    if r.status_code == 200:
-                        http_ms.append(h)
-                        srv_ms.append(r.json()["timings"]["total_ms"])
-                        inproc.append(p_ms)
-                        pairs.append(h - p_ms)
-                wall_c1 = time.perf_counter() - t_c1
-            for f in getattr(backend, "feeds", []):
-                f.stop()
-            c1 = {"lat": http_ms, "srv": srv_ms, "codes": {200: len(http_ms)}, "errors": n_c1 - len(http_ms),
-                  "rps": len(http_ms) / wall_c1, "parts": {k: float("nan") for k in
-                                                           ("total_ms", "recommender_ms", "decode_ms", "log_ms",
-                                                            "batch_size")}}
-            c16 = asyncio.run(_load(url, 16, n_conc, "u", n_users))
-            c64 = asyncio.run(_load(url, 64, n_conc, "u", n_users))
+            c1 = _c1_paired(url, args, experiments, n_c1, n_users)
+            c16 = _load(url, 16, n_conc, "u", n_users)
+            c64 = _load(url, 64, n_conc, "u", n_users)
             handle = serve.get_deployment_handle("Recommender", app_name="genrec")
             handle.configure_batching.remote(1).result()
-            c64_unbatched = asyncio.run(_load(url, 64, n_conc, "u", n_users))
-            handle.configure_batching.remote(16).result()
-            target = float(_pct(c1["srv"], 99))  # adaptive admission: keep admitted requests near unloaded p99
-            httpx.post(url + "/v1/admin/admission", json={"latency_target_ms": target},
-                       headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30).raise_for_status()
-            over = asyncio.run(_load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40))
+            c64_unbatched = _load(url, 64, n_conc, "u", n_users)
+            handle.configure_batching.remote(max_batch).result()
+            over = _load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40)
             ev_ms, item_ms = _freshness(url, n_fresh)
         finally:
             serve.shutdown()
@@ -213,9 +291,11 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
 
     m = {
         "http_p50_ms_c1": _pct(c1["lat"], 50), "http_p99_ms_c1": _pct(c1["lat"], 99),
-        "inproc_p50_ms": _pct(inproc, 50),
-        "overhead_p50_ms": _pct(pairs, 50),
-        "overhead_p50_diff_ms": _pct(c1["lat"], 50) - _pct(inproc, 50),
+        "inproc_p50_ms": _pct(c1["inproc"], 50), "inproc_p99_ms": _pct(c1["inproc"], 99),
+        "overhead_p50_ms": _pct(c1["pairs"], 50),
+        "overhead_p50_diff_ms": _pct(c1["lat"], 50) - _pct(c1["inproc"], 50),
+        "c1_log_ms_p50": c1["parts"]["log_ms"], "c1_batch_wait_ms_p50": c1["parts"]["batch_wait_ms"],
+        "c1_http_proxy_ms_p50": c1["parts"]["client_ms"] - c1["parts"]["total_ms"],
         "http_p50_ms_c16": _pct(c16["lat"], 50), "http_p99_ms_c16": _pct(c16["lat"], 99), "rps_c16": c16["rps"],
         "http_p50_ms_c64": _pct(c64["lat"], 50), "http_p99_ms_c64": _pct(c64["lat"], 99),
         "rps_c1": c1["rps"],
@@ -228,19 +308,31 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "overload_p99_ratio": _pct(over["lat"], 99) / _pct(c1["lat"], 99),
         "overload_server_p99_ms": _pct(over["srv"], 99),
         "overload_server_p99_ratio": _pct(over["srv"], 99) / _pct(c1["srv"], 99),
+        "loadgen_cpu_c64": c64["cpu_s"] / c64["wall_s"], "loadgen_cpu_overload": over["cpu_s"] / over["wall_s"],
         "event_to_rec_p50_ms": _pct(ev_ms, 50), "event_to_rec_p99_ms": _pct(ev_ms, 99),
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
     }
-    rows = [("1", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched), ("500", over)]
-    table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | mean batch | ingress ms "
-             "| recommender ms | decode ms | served-log ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
+            ("500 (overload)", over)]
+    table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
+             "| ingress ms | recommender ms | batch wait ms | decode ms | served-log ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
+        pp = r["parts"]
         table.append(f"| {name} | {r['rps']:.1f} | {_pct(r['lat'], 50):.1f} | {_pct(r['lat'], 99):.1f} | "
                      f"{r['codes'].get(200, 0)} | {r['codes'].get(503, 0)} | "
                      f"{r['errors'] + sum(v for k, v in r['codes'].items() if k not in (200, 503))} | "
-                     f"{r['parts']['batch_size']:.1f} | {r['parts']['total_ms']:.1f} | "
-                     f"{r['parts']['recommender_ms']:.1f} | {r['parts']['decode_ms']:.1f} | {r['parts']['log_ms']:.1f} |")
+                     f"{r['cpu_s'] / r['wall_s']:.2f} | {pp['batch_size']:.0f} | {pp['total_ms']:.1f} | "
+                     f"{pp['recommender_ms']:.1f} | {pp['batch_wait_ms']:.1f} | {pp['decode_ms']:.1f} | "
+                     f"{pp['log_ms']:.1f} |")
     return {"config": {"items": n_items, "users": n_users, "level_sizes": level_sizes, "model": model_cfg,
-                       "decode": decode, "max_batch_size": 16, "max_inflight": 32, "batch_wait_timeout_s": 0.002, "ray_cpus": 2,
-                       "requests_c1": n_c1, "requests_concurrent": n_conc, "freshness_probes": n_fresh},
-            "metrics": m, "tables": ["\n".join(table)]}
+                       "decode": decode, "max_batch_size": max_batch, "max_inflight": max_inflight,
+                       "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
+                       "requests_concurrent": n_conc, "freshness_probes": n_fresh,
+                       "loadavg_at_start": [round(x, 2) for x in load_at_start],
+                       "load_generator": "separate process, asyncio + aiohttp"},
+            "metrics": m, "tables": ["\n".join(table), _stage_table(c1)]}
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

@@ -196,7 +196,7 @@ def test_overload_gives_503_with_retry_after(serve_app):
     codes = [r.status_code for r in rs]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) >= 1 and codes.count(200) >= 1
-    assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 503)
+    assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in rs if r.status_code == 503)
 
 
 def test_fuzz_openapi_no_5xx(serve_app):
