@@ -120,6 +120,9 @@ class _Stats:
     first_poll_cpu: float | None = None  # process CPU seconds at that moment
     last_apply_at: float | None = None   # wall time the latest batch was applied
     last_apply_cpu: float = 0.0          # process CPU seconds when the latest batch was applied
+    first_poll_loop_cpu: float = 0.0     # the loop thread's own CPU seconds, at the same two moments
+    last_apply_loop_cpu: float = 0.0
+    checkpoint_cpu_s: float = 0.0        # CPU seconds spent by checkpoint writer threads, in total
     last_error: str | None = None
 
 
@@ -216,7 +219,7 @@ class ShardRuntime:
             st = self.stats
             if st.first_poll_at is None:
                 st.first_poll_at, st.first_poll_n = polled_at, batch.consumed
-                st.first_poll_cpu = time.process_time()
+                st.first_poll_cpu, st.first_poll_loop_cpu = time.process_time(), time.thread_time()
             runs = batch.runs
             with self._lock:
                 res = self.state.apply_runs([(r.partition, r.records) for r in runs])
@@ -228,7 +231,7 @@ class ShardRuntime:
             self._since_ckpt += batch.consumed
             self._sample_freshness(runs, polled_at, now)
             st.last_apply_at = now
-            st.last_apply_cpu = time.process_time()
+            st.last_apply_cpu, st.last_apply_loop_cpu = time.process_time(), time.thread_time()
             self._rate.append((now, st.applied))
         self._finish_write(block=False)
         now = time.time()
@@ -308,6 +311,7 @@ class ShardRuntime:
                 payload = SequenceState.encode_snapshot(parts)
                 n = self.store.save(self.config.checkpoint_name, payload, offsets)
                 self._written = (offsets, n, time.perf_counter() - t0)
+                self.stats.checkpoint_cpu_s += time.thread_time()
             except BaseException as e:  # noqa: BLE001 - re-raised on the loop thread
                 self._write_error = e
 
@@ -382,8 +386,10 @@ class ShardRuntime:
         fe, fp, fa = fr[:, 1], fr[:, 2], fr[:, 3]
         st = self.stats
         timed = st.consumed - st.first_poll_n
-        cpu_us = ((st.last_apply_cpu - st.first_poll_cpu) / timed * 1e6
-                  if timed > 0 and st.first_poll_cpu is not None else 0.0)
+        cpu_us = loop_us = 0.0
+        if timed > 0 and st.first_poll_cpu is not None:
+            cpu_us = (st.last_apply_cpu - st.first_poll_cpu) / timed * 1e6
+            loop_us = (st.last_apply_loop_cpu - st.first_poll_loop_cpu) / timed * 1e6
         return {
             "shard": self.config.shard_id,
             "partitions": list(self.config.partitions),
@@ -405,6 +411,8 @@ class ShardRuntime:
             "apply_p50_ms": round(float(np.percentile(fa, 50)), 2),
             "apply_p99_ms": round(float(np.percentile(fa, 99)), 2),
             "cpu_us_per_event": round(cpu_us, 3),
+            "loop_cpu_us_per_event": round(loop_us, 3),
+            "checkpoint_cpu_ms_total": round(st.checkpoint_cpu_s * 1000, 1),
             "checkpoint_age_s": round(now - self.stats.last_checkpoint, 2),
             "checkpoints": self.stats.checkpoints,
             "checkpoint_bytes": self.stats.checkpoint_bytes,

@@ -104,15 +104,25 @@ class _Lane:
             self.ids.add(event_id)
         return False
 
-    def add_new(self, ids: list[str], fresh: set[str]) -> None:
-        """Remember ``ids`` (none in the window, no repeats; ``fresh`` = set(ids)) — all in C loops."""
+    def add_if_all_new(self, ids: list[str]) -> bool:
+        """Remember ``ids`` and return True if none is in the window and none repeats; else change nothing.
+
+        The batch form of :meth:`seen_or_add` for the common case, in C-level
+        loops: one set update tells both (the set grew by ``len(ids)`` exactly
+        when every id is new), then the oldest ids leave the window.
+        """
+        before = len(self.ids)
+        self.ids.update(ids)
+        if len(self.ids) - before != len(ids):
+            self.ids = set(self.fifo)  # undo: a duplicate is in there; the caller goes one by one
+            return False
         drop = len(self.fifo) + len(ids) - self.window
         if drop > 0:  # the oldest ids leave the window (the bounded deque drops them on extend)
             self.ids.difference_update(islice(self.fifo, min(drop, len(self.fifo))))
         self.fifo.extend(ids)
-        if drop > 0 and len(ids) > self.window:  # the run alone overfills the window
-            fresh = set(self.fifo)
-        self.ids |= fresh
+        if len(ids) > self.window:  # the run alone overfills the window: keep only its newest ids
+            self.ids = set(self.fifo)
+        return True
 
 
 def _join_ids(ids: list[str]) -> bytes:
@@ -306,9 +316,7 @@ class SequenceState:
         if not window:
             return events
         ids = [e.event_id for e in events]
-        fresh = set(ids)
-        if len(fresh) == len(ids) and lo.ids.isdisjoint(fresh):
-            lo.add_new(ids, fresh)
+        if lo.add_if_all_new(ids):
             return events
         out = []
         for ev, eid in zip(events, ids):
@@ -328,7 +336,6 @@ class SequenceState:
         counts = np.diff(np.r_[starts, n])
         uniq = srows[starts]                               # [u] users touched
         k = np.arange(n) - np.repeat(starts, counts)       # rank of each event within its user
-        cnt = np.repeat(counts, counts)
         need_rows = int(uniq.max()) + 1
         if need_rows > self.item.shape[0]:
             self._grow(need_rows, self.width)
@@ -339,7 +346,7 @@ class SequenceState:
         # Only the newest `cap` events of a user in this batch survive; skip the rest so that
         # no two writes of the batch hit the same slot.
         if n > cap and (counts > cap).any():
-            live = k >= cnt - cap
+            live = k >= np.repeat(counts, counts) - cap
             ev, r, k = order[live], srows[live], k[live]
         else:
             ev, r = order, srows

@@ -55,6 +55,37 @@ def test_matches_reference_for_any_batching(n, cap, batch, seed, window):
     assert s.snapshot() == _reference(evs, cap, window, lane_of)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 600), cap=st.integers(1, 40), batch=st.integers(1, 200), seed=st.integers(0, 10**6),
+       window=st.integers(1, 80), dup_rate=st.sampled_from([0.0, 0.0, 0.01, 0.05]), restore_at=st.integers(0, 600))
+def test_batched_lane_runs_and_restores_match_reference(n, cap, batch, seed, window, dup_rate, restore_at):
+    """Long single-lane runs (as a shard polls them) take the set-based de-dup path; a checkpoint
+    round trip at any point continues exactly (windows smaller and larger than a run)."""
+    evs = _events(n, seed=seed, dup_rate=dup_rate)
+    lane_of = lambda e: int(e.user_id[1:]) % 2  # noqa: E731
+    cfg = SequenceConfig(capacity=cap, dedup_window=window, initial_users=2, initial_width=1)
+    s = SequenceState(cfg)
+    for i in range(0, n, batch):
+        if i <= restore_at < i + batch:
+            s = SequenceState.from_bytes(s.to_bytes(), cfg)
+        chunk = evs[i:i + batch]
+        s.apply_runs([(lane, [e for e in chunk if lane_of(e) == lane]) for lane in (1, 0)])
+    assert s.snapshot() == _reference(evs, cap, window, lane_of)
+    assert s.duplicates + s.events_applied == n
+
+
+def test_window_smaller_than_one_run_keeps_only_the_newest_ids():
+    mk = lambda i: UserEvent(event_id=f"e{i}", user_id="u", item_id="i", type="click", ts=i)  # noqa: E731
+    for n in (5, 10):  # a run longer than the window, by less and by more than a whole window
+        s = SequenceState(SequenceConfig(dedup_window=3))
+        assert s.apply_runs([(0, [mk(i) for i in range(n)])]).applied == n   # one run, all new
+        assert s.lanes[0].ids == set(s.lanes[0].fifo) == {f"e{n - 3}", f"e{n - 2}", f"e{n - 1}"}
+        assert s.apply_runs([(0, [mk(n - 4)])]).applied == 1   # just out of the window: accepted again
+        assert s.apply_runs([(0, [mk(n - 1)])]).duplicates == 1  # still in it: dropped
+        assert list(s.lanes[0].fifo) == [f"e{n - 2}", f"e{n - 1}", f"e{n - 4}"]
+        assert s.lanes[0].ids == set(s.lanes[0].fifo)
+
+
 def test_duplicates_are_dropped_and_counted():
     e = UserEvent(event_id="x1", user_id="u", item_id="i", type="click", ts=5)
     s = SequenceState()

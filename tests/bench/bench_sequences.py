@@ -231,7 +231,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 sup.start()
                 st = _wait_offsets(sup, n_events, 600)["shards"][0]
                 applied.append(((st["consumed"] - st["first_poll_n"]) / max(
-                    st["last_apply_at"] - st["first_poll_at"], 1e-9), st["cpu_us_per_event"]))
+                    st["last_apply_at"] - st["first_poll_at"], 1e-9), st["cpu_us_per_event"],
+                    st["loop_cpu_us_per_event"], st["checkpoint_cpu_ms_total"] * 1000 / n_events))
                 if rep % 2 == 1:
                     raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
             try:
@@ -245,6 +246,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["cpu_us_per_event_applied"] = float(np.median(a_cpu))
                 metrics["cpu_us_per_event_raw"] = float(np.median(r_cpu))
                 metrics["applied_over_raw_cpu"] = float(np.median(r_cpu / a_cpu))
+                metrics["cpu_us_per_event_shard_loop"] = float(np.median([a[2] for a in applied]))
+                metrics["cpu_us_per_event_checkpoint"] = float(np.median([a[3] for a in applied]))
                 metrics["bytes_per_slot"] = st["bytes_per_slot"]
                 shard = sup.shards[0]
                 ray.get(shard.ping.remote())
