@@ -8,8 +8,9 @@
   beginning) and applies them to the catalog, giving new items a SID with a
   :class:`SidAssigner` (the tokenizer in production, a hash in tests). This is
   what makes an item posted to ``/v1/items`` recommendable within a second.
-  When the item indexer (issue 4) publishes catalog deltas, :meth:`LiveCatalog.apply_delta`
-  takes those instead.
+* :class:`DeltaFeed` — instead of :class:`ItemFeed` when an item indexer runs:
+  follows the indexer's versioned catalog deltas, so serving uses the
+  indexer's SIDs (the tokenizer's codes), applied with :meth:`LiveCatalog.apply_delta`.
 * History sources — :class:`ShardHistory` reads the sequence shard actors
   (batched, one Ray call per shard, DESIGN §4); :class:`KafkaHistory` folds
   ``user-events`` in-process for a stand-alone serving process.
@@ -177,17 +178,27 @@ class LiveCatalog:
         return gone
 
     def apply_delta(self, delta) -> None:
-        """Apply a :class:`models.catalog.CatalogDelta` (ops add/update/retire) from the item indexer."""
+        """Apply a :class:`models.catalog.CatalogDelta` (ops add/update/retire) from the item indexer.
+
+        Ops apply in their order (an item retired and re-added within one delta ends live), in runs
+        of adds and runs of retires. The SIDs are the indexer's: an add (or un-retire) puts the item
+        into the trie under exactly that SID; an update keeps it (SIDs are stable).
+        """
         from models.catalog import OP_RETIRE
 
         ops = np.asarray(delta.ops)
+        sids = np.asarray(delta.sids, np.int64).reshape(-1, self.D)
         with self.lock:
-            retire = [iid for iid, op in zip(delta.item_ids, ops) if op == OP_RETIRE]
-            keep = [i for i, op in enumerate(ops) if op != OP_RETIRE]
-            if keep:
-                self.add_with_sids([delta.item_ids[i] for i in keep], np.asarray(delta.sids)[keep])
-            if retire:
-                self.retire(retire)
+            start = 0
+            for j in range(1, len(ops) + 1):
+                if j < len(ops) and (ops[j] == OP_RETIRE) == (ops[start] == OP_RETIRE):
+                    continue
+                ids = list(delta.item_ids[start:j])
+                if ops[start] == OP_RETIRE:
+                    self.retire(ids)
+                else:
+                    self.add_with_sids(ids, sids[start:j])
+                start = j
 
     def state_of(self, item_id: str) -> tuple[str, str | None]:
         """``("live" | "retired" | "rejected" | "unknown", reason)`` of an item."""
@@ -284,6 +295,95 @@ class ItemFeed:
 
     def _run(self) -> None:
         _follow_topic(self, ITEM_EVENTS, "item feed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class DeltaFeed:
+    """Thread that keeps a :class:`LiveCatalog` equal to the item indexer's catalog (its SIDs, live).
+
+    The indexer (:mod:`actors.item_indexer`) publishes versioned catalog deltas;
+    this feed asks ``source.delta_since(version)`` every ``poll_s`` and applies
+    what came (:meth:`LiveCatalog.apply_delta`), so an item posted to
+    ``/v1/items`` is served under the SID the tokenizer gave it, not a hash.
+    ``source`` is the indexer itself (in-process) or its Ray actor handle; when
+    the indexer has dropped the ops since our version from its log, the feed
+    restarts from a ``snapshot()``. Same surface as :class:`ItemFeed`
+    (``start``, ``wait_caught_up``, ``lag`` in versions, ``applied``, ``last_error``, ``stop``).
+    """
+
+    def __init__(self, source, catalog: LiveCatalog, poll_s: float = 0.02):
+        self.source, self.catalog, self.poll_s = source, catalog, poll_s
+        self.version = 0          # the indexer version this catalog reflects
+        self.applied = 0
+        self.lag = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delta-feed", daemon=True)
+
+    def _call(self, method: str, *args):
+        fn = getattr(self.source, method)
+        if hasattr(fn, "remote"):            # a Ray actor handle
+            import ray
+
+            return ray.get(fn.remote(*args), timeout=30)
+        return fn(*args)
+
+    def start(self) -> "DeltaFeed":
+        self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def step(self) -> int:
+        """Fetch and apply one delta; returns how many ops it held."""
+        try:
+            delta = self._call("delta_since", self.version)
+        except ValueError as e:              # ops dropped from the indexer's log: start from a snapshot
+            if "snapshot" not in str(e):
+                raise
+            return self._load_snapshot()
+        if len(delta):
+            width = np.asarray(delta.sids).reshape(len(delta), -1).shape[1]
+            if width != self.catalog.D:
+                raise ValueError(f"the indexer's SIDs have {width} levels but this catalog has level_sizes "
+                                 f"{self.catalog.level_sizes}; serve with the indexer tokenizer's level sizes")
+            self.catalog.apply_delta(delta)
+            self.applied += len(delta)
+        self.version = int(delta.to_version)
+        self.lag = 0
+        return len(delta)
+
+    def _load_snapshot(self) -> int:
+        from models.catalog import Catalog
+
+        cat = Catalog.from_bytes(self._call("snapshot"))
+        ids = cat.item_ids(np.arange(cat.num_indexed))
+        live = [i for i in ids if cat.is_live(i)]
+        gone = [i for i in ids if not cat.is_live(i)]
+        if live:
+            self.catalog.add_with_sids(live, np.stack([cat.sid_of(i) for i in live]))
+        if gone:
+            self.catalog.retire(gone)
+        self.version = int(cat.version)
+        self.applied += len(ids)
+        return len(ids)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+                self._ready.set()
+            except Exception as e:  # noqa: BLE001 - indexer restarting / unreachable: retry, keep serving
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("delta feed: %s; retrying", self.last_error)
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.poll_s)
 
     def stop(self) -> None:
         self._stop.set()

@@ -39,6 +39,9 @@ class RecommenderConfig:
     (read the sequence shard actors named ``shard_names`` in ``shard_namespace``).
     ``seed_catalog``: optional ``(item_ids, sids [N, D])`` the catalog starts
     from (a tokenizer's catalog); new items arrive through ``item-events``.
+    ``indexer_actor``: name of a running item indexer actor (:func:`actors.item_indexer.item_indexer_actor`,
+    in ``indexer_namespace``); when set, the catalog follows its versioned deltas (:class:`serving.live_state.DeltaFeed`:
+    the indexer's SIDs) instead of hashing ``item-events`` itself, and ``level_sizes`` must be its tokenizer's.
     """
 
     kafka: object                       # ingest.kafka_client.KafkaConfig
@@ -52,6 +55,8 @@ class RecommenderConfig:
     seed_catalog: tuple | None = field(default=None, hash=False, compare=False)
     sid_assigner: object | None = field(default=None, hash=False, compare=False)  # callable; hash by default
     item_feed: bool = True
+    indexer_actor: str | None = None
+    indexer_namespace: str | None = None
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.0
     max_queued_requests: int = 256
@@ -92,7 +97,7 @@ def build_backend(cfg: RecommenderConfig):
     import torch
 
     from serving.backend import GeneratorBackend, load_model, pick_device
-    from serving.live_state import HashSidAssigner, ItemFeed, KafkaHistory, LiveCatalog, ShardHistory
+    from serving.live_state import DeltaFeed, HashSidAssigner, ItemFeed, KafkaHistory, LiveCatalog, ShardHistory
 
     torch.set_num_threads(cfg.torch_threads)
     device = pick_device(cfg.device)
@@ -101,7 +106,15 @@ def build_backend(cfg: RecommenderConfig):
         ids, sids = cfg.seed_catalog
         catalog.add_with_sids(list(ids), np.asarray(sids))
     feeds = []
-    if cfg.item_feed:
+    if cfg.indexer_actor:
+        import ray
+
+        delta_feed = DeltaFeed(ray.get_actor(cfg.indexer_actor, namespace=cfg.indexer_namespace), catalog).start()
+        if not delta_feed.wait_caught_up(60):
+            delta_feed.stop()
+            raise RuntimeError(f"could not follow item indexer {cfg.indexer_actor!r}: {delta_feed.last_error}")
+        feeds.append(delta_feed)
+    elif cfg.item_feed:
         assigner = cfg.sid_assigner or HashSidAssigner(cfg.level_sizes[:-1])
         feeds.append(ItemFeed(cfg.kafka, catalog, assigner).start())
     if cfg.history == "shards":

@@ -16,6 +16,8 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
     batch_wait_timeout_s: 0.0
     max_inflight: null               # default 2 x max_batch_size x recommender_replicas
     recommender_replicas: 1
+    indexer_actor: null              # name of a running item indexer actor: serve its SIDs (catalog deltas)
+    indexer_namespace: null
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def configs_from_args(args: dict):
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
-             "device", "max_k", "latency_target_ms"}
+             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -65,7 +67,8 @@ def configs_from_args(args: dict):
         max_batch_size=int(args.get("max_batch_size", 16)),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.0)),
         max_queued_requests=int(args.get("max_queued_requests", 256)),
-        num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"))
+        num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"),
+        indexer_actor=args.get("indexer_actor") or None, indexer_namespace=args.get("indexer_namespace"))
     exp = _resolve_path(args.get("experiments") or "")
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
