@@ -80,11 +80,36 @@ class ModelSpec:
             raise ValueError(f"ModelSpec {self.version!r}: give a checkpoint path or a generator config")
 
 
-def save_model(model, path: str) -> None:
-    """Write a generator checkpoint the backend can load (``{"config": dict, "state_dict": ...}``)."""
+def save_model(model, path: str, mtp_heads=None) -> None:
+    """Write a generator checkpoint the backend can load (``{"config": dict, "state_dict": ...}``).
+
+    ``mtp_heads`` (a trained :class:`models.mtp.MTPHeads`) are stored beside the generator under
+    ``"mtp"``; a served version that has them can decode in the MTP and speculative modes.
+    """
+    import dataclasses
+
     import torch
 
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, path)
+    blob = {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}
+    if mtp_heads is not None:
+        blob["mtp"] = {"config": dataclasses.asdict(mtp_heads.cfg), "state_dict": mtp_heads.state_dict()}
+    torch.save(blob, path)
+
+
+def load_mtp_heads(spec: ModelSpec, device: str):
+    """The :class:`models.mtp.MTPHeads` saved with a checkpoint (``save_model(..., mtp_heads=...)``), or None."""
+    import torch
+
+    if not spec.path:
+        return None
+    blob = torch.load(spec.path, map_location="cpu", weights_only=False)
+    if not blob.get("mtp"):
+        return None
+    from models.mtp import MTPConfig, MTPHeads
+
+    heads = MTPHeads(MTPConfig(**blob["mtp"]["config"]))
+    heads.load_state_dict(blob["mtp"]["state_dict"])
+    return heads.to(device).eval()
 
 
 def load_model(spec: ModelSpec, device: str):
@@ -116,7 +141,7 @@ class GeneratorBackend:
     """Real generation: histories → HistoryBatch → encode once → constrained session decode."""
 
     def __init__(self, catalog: LiveCatalog, history: HistorySource, models: dict, max_history: int = 50,
-                 device: str = "cpu"):
+                 device: str = "cpu", mtp_heads: dict | None = None):
         if not models:
             raise ValueError("GeneratorBackend needs at least one model version")
         for v, m in models.items():
@@ -125,17 +150,22 @@ class GeneratorBackend:
                                  f"{catalog.level_sizes}; serve models trained with this tokenizer")
         self.catalog, self.history, self.models = catalog, history, dict(models)
         self.max_history, self.device = max_history, device
+        self.mtp_heads = {v: h for v, h in (mtp_heads or {}).items() if h is not None}  # version -> MTPHeads
         self._lock = threading.Lock()  # one decode at a time per replica (the batch is the parallelism)
 
     def model_versions(self) -> list[str]:
         return sorted(self.models)
 
-    def add_model(self, version: str, model) -> None:
-        """Load another version beside the running ones (no restart)."""
+    def add_model(self, version: str, model, mtp_heads=None) -> None:
+        """Load another version beside the running ones (no restart), with its MTP heads when it has them."""
         if tuple(model.cfg.level_sizes) != self.catalog.level_sizes:
             raise ValueError(f"model {version!r} level_sizes {model.cfg.level_sizes} != catalog "
                              f"{self.catalog.level_sizes}")
         self.models[version] = model.to(self.device).eval()
+        if mtp_heads is not None:
+            self.mtp_heads[version] = mtp_heads.to(self.device).eval()
+        else:
+            self.mtp_heads.pop(version, None)
 
     def is_recommendable(self, item_id: str) -> bool:
         return self.catalog.is_live(item_id)
@@ -145,7 +175,8 @@ class GeneratorBackend:
 
     def status(self) -> dict:
         return {"catalog_items": len(self.catalog), "catalog_version": self.catalog.version,
-                "models": self.model_versions(), "device": self.device, "history": self.history.status()}
+                "models": self.model_versions(), "mtp_heads": sorted(self.mtp_heads), "device": self.device,
+                "history": self.history.status()}
 
     def recommend(self, requests: Sequence[RecRequest]) -> list[RecResult]:
         t0 = time.perf_counter()
@@ -163,7 +194,8 @@ class GeneratorBackend:
         with self._lock, self.catalog.lock:
             for (version, dec, k, excl), idx in groups.items():
                 t1 = time.perf_counter()
-                res = self._generate(self.models[version], [hist[i] for i in idx], dict(dec), k, excl)
+                res = self._generate(self.models[version], [hist[i] for i in idx], dict(dec), k, excl,
+                                     self.mtp_heads.get(version), version)
                 dt = time.perf_counter() - t1
                 for j, i in enumerate(idx):
                     res[j].stats.update({"history_ms": t_hist * 1000, "decode_ms": dt * 1000,
@@ -172,7 +204,8 @@ class GeneratorBackend:
                     out[i] = res[j]
         return out  # type: ignore[return-value]
 
-    def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool) -> list[RecResult]:
+    def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool, heads=None,
+                  version: str = "") -> list[RecResult]:
         import torch
 
         from models.history_features import history_batch
@@ -197,9 +230,12 @@ class GeneratorBackend:
         try:
             with torch.no_grad():
                 memory = model.encode(hb)
-                session = self._decode(model, memory, k, mode, decode, seen, exclude_seen)
+                session = self._decode(model, memory, k, mode, decode, seen, exclude_seen, heads)
         except ValueError as e:  # e.g. a mode that needs MTP heads this version does not have
-            return [RecResult(error=f"decode mode {mode!r} failed: {e}") for _ in hists]
+            hint = ("" if heads is not None or "MTP heads" not in str(e) else
+                    f" Model version {version!r} was loaded without MTP heads: serve a checkpoint written "
+                    "with serving.backend.save_model(model, path, mtp_heads=heads).")
+            return [RecResult(error=f"decode mode {mode!r} failed: {e}.{hint}") for _ in hists]
         it = session.items.cpu().numpy()
         sids = session.sids.cpu().numpy()
         scores = session.scores.float().cpu().numpy()
@@ -214,7 +250,7 @@ class GeneratorBackend:
                                      stats=dict(stats)))
         return results
 
-    def _decode(self, model, memory, k: int, mode: str, decode: dict, seen, exclude_seen: bool):
+    def _decode(self, model, memory, k: int, mode: str, decode: dict, seen, exclude_seen: bool, heads=None):
         """Run the arm's decode mode through ``models.decode_modes.generate`` (the one switch every
         caller shares); plain ``models.decoding`` searches where that module is not there."""
         from models import decoding as dec
@@ -227,7 +263,8 @@ class GeneratorBackend:
             known = set(getattr(dm.DecodeSettings, "__dataclass_fields__", {}))
             kw = {key: v for key, v in decode.items() if key in known}
             kw.update(session_len=k, exclude_seen=exclude_seen)
-            return dm.generate(model, memory, self.catalog.trie, dm.DecodeSettings(**kw), seen=seen)
+            return dm.generate(model, memory, self.catalog.trie, dm.DecodeSettings(**kw), seen=seen,
+                               mtp_heads=heads)
         procs = dec.default_processors(self.catalog.trie, seen=seen, no_repeat=True,
                                        index=self.catalog.range_index(), n_items=self.catalog.n_items)
         if mode == "greedy":

@@ -96,7 +96,7 @@ def build_backend(cfg: RecommenderConfig):
     import numpy as np
     import torch
 
-    from serving.backend import GeneratorBackend, load_model, pick_device
+    from serving.backend import GeneratorBackend, load_model, load_mtp_heads, pick_device
     from serving.live_state import DeltaFeed, HashSidAssigner, ItemFeed, KafkaHistory, LiveCatalog, ShardHistory
 
     torch.set_num_threads(cfg.torch_threads)
@@ -125,7 +125,8 @@ def build_backend(cfg: RecommenderConfig):
     for f in feeds:
         f.wait_caught_up(60)
     models = {m.version: load_model(m, device) for m in cfg.models}
-    backend = GeneratorBackend(catalog, history, models, cfg.max_history, device)
+    heads = {m.version: load_mtp_heads(m, device) for m in cfg.models}
+    backend = GeneratorBackend(catalog, history, models, cfg.max_history, device, mtp_heads=heads)
     backend.feeds = feeds
     return backend
 
@@ -193,9 +194,10 @@ class Recommender:
 
     def load_model(self, spec: ModelSpec) -> list[str]:
         """Load one more model version beside the running ones (admin)."""
-        from serving.backend import load_model
+        from serving.backend import load_model, load_mtp_heads
 
-        self.backend.add_model(spec.version, load_model(spec, self.backend.device))
+        self.backend.add_model(spec.version, load_model(spec, self.backend.device),
+                               load_mtp_heads(spec, self.backend.device))
         return self.backend.model_versions()
 
     def pid(self) -> int:

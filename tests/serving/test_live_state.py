@@ -84,3 +84,34 @@ def test_new_item_is_generated_once_it_is_in_the_catalog(backend):
     assert backend.recommend([RecRequest("u9", 1, "v1", {"mode": "greedy"})])[0].items == []
     backend.catalog.upsert(["fresh"], HashSidAssigner(LS[:-1])([ItemEvent("fresh", 2)]))
     assert backend.recommend([RecRequest("u9", 1, "v1", {"mode": "greedy"})])[0].items == ["fresh"]
+
+
+def test_checkpoint_with_mtp_heads_serves_the_mtp_modes(backend, tmp_path):
+    """A model file that carries MTP heads loads them: spec_greedy answers exactly as greedy (lossless),
+    mtp answers valid sessions; a version without heads keeps the clear error (503 at the ingress)."""
+    from models.mtp import MTPConfig, MTPHeads
+    from serving.backend import load_mtp_heads, save_model
+
+    model = backend.models["v1"]
+    heads = MTPHeads(MTPConfig(model.cfg.level_sizes, model.cfg.d_model, horizon=3)).init_from_generator(model)
+    path = str(tmp_path / "v3.pt")
+    save_model(model, path, mtp_heads=heads)
+    spec = ModelSpec("v3", path=path)
+    loaded = load_mtp_heads(spec, "cpu")
+    assert loaded is not None and loaded.cfg == heads.cfg
+    assert load_mtp_heads(ModelSpec("v1", {"level_sizes": LS, "d_model": 16}), "cpu") is None
+    backend.add_model("v3", load_model(spec, "cpu"), loaded)
+    assert "v3" in backend.status()["mtp_heads"]
+    users = [f"m{i}" for i in range(4)]
+    backend.history.apply([UserEvent(f"m{i}-{j}", u, backend.catalog.item_ids[(3 * i + j) % 20], "click", 10 + j)
+                           for i, u in enumerate(users) for j in range(3)])
+    greedy = backend.recommend([RecRequest(u, 4, "v3", {"mode": "greedy"}) for u in users])
+    spec_g = backend.recommend([RecRequest(u, 4, "v3", {"mode": "spec_greedy", "draft_len": 2}) for u in users])
+    assert all(r.error is None for r in greedy + spec_g), [r.error for r in spec_g]
+    assert [r.items for r in spec_g] == [r.items for r in greedy]
+    mtp = backend.recommend([RecRequest(u, 4, "v3", {"mode": "mtp", "mtp_tokens": 2}) for u in users])
+    for r in mtp:
+        assert r.error is None and len(r.items) == 4 == len(set(r.items))
+        assert all(backend.catalog.is_live(i) for i in r.items)
+    no_heads = backend.recommend([RecRequest("m0", 4, "v1", {"mode": "spec_greedy"})])[0]
+    assert no_heads.error and "MTP heads" in no_heads.error and "save_model" in no_heads.error
