@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -63,9 +64,14 @@ class ShardConfig:
     ``freshness_window_s`` seconds (0 samples when idle).
     ``fetch_max_wait_ms``: how long the broker may hold a fetch waiting for
     data (kafka-python's default, 500 ms, shows up directly in freshness);
-    None keeps the client default. ``niceness``: CPU priority the Ray actor
-    asks for — Ray starts workers at nice 15 (background), which on a busy
-    host starves a latency-critical stream consumer; None keeps Ray's.
+    it fills ``consumer.fetch_max_wait_ms`` when that is None; None keeps the
+    client default. ``niceness``: CPU priority the Ray actor asks for — Ray
+    starts workers at nice 15 (background), which on a busy host starves a
+    latency-critical stream consumer; None keeps Ray's.
+    ``gil_switch_ms``: the actor process's ``sys.setswitchinterval``. The
+    consume loop and the ``histories()`` reads share one interpreter; at
+    Python's default 5 ms a read (or the loop, when a fetch lands) can wait
+    up to 5 ms for the GIL per hand-over. None keeps the default.
     """
 
     shard_id: int
@@ -83,6 +89,7 @@ class ShardConfig:
     freshness_window_s: float = 10.0
     fetch_max_wait_ms: int | None = 20
     niceness: int | None = 0
+    gil_switch_ms: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not self.partitions:
@@ -96,6 +103,9 @@ class ShardConfig:
             raise ValueError(f"ShardConfig.fetch_max_wait_ms={self.fetch_max_wait_ms} must be in [0, 10000] (or None)")
         if self.freshness_window_s <= 0:
             raise ValueError(f"ShardConfig.freshness_window_s={self.freshness_window_s} must be > 0 seconds")
+        if self.gil_switch_ms is not None and not 0.05 <= self.gil_switch_ms <= 100:
+            raise ValueError(f"ShardConfig.gil_switch_ms={self.gil_switch_ms} must be in [0.05, 100] ms "
+                             "(or None to keep Python's 5 ms)")
 
     @property
     def checkpoint_name(self) -> str:
@@ -442,6 +452,8 @@ class SequenceShard:
     def __init__(self, config: ShardConfig):
         if config.niceness is not None:
             _set_niceness(config.niceness)
+        if config.gil_switch_ms is not None:  # this worker process holds only this actor
+            sys.setswitchinterval(config.gil_switch_ms / 1000.0)
         self.runtime = ShardRuntime(replace(config, exit_on_error=True)).start()
 
     def histories(self, user_ids, max_len: int | None = None) -> dict:

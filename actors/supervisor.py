@@ -40,6 +40,8 @@ class SupervisorConfig:
     laptop). ``monitor_s``: how often the background monitor checks liveness
     (0 = no monitor thread; call :meth:`check` yourself). ``freshness_window_s``:
     the span of recent events the freshness percentiles in ``status()`` cover.
+    ``fetch_max_wait_ms``, ``niceness``, ``gil_switch_ms``: per-shard latency
+    knobs, see :class:`~actors.sequence_shard.ShardConfig`.
     """
 
     kafka: KafkaConfig
@@ -56,6 +58,7 @@ class SupervisorConfig:
     freshness_window_s: float = 10.0
     fetch_max_wait_ms: int | None = 20
     niceness: int | None = 0
+    gil_switch_ms: float | None = 1.0
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -109,7 +112,7 @@ class SequenceSupervisor:
                         kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
                         consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id,
                         freshness_window_s=cfg.freshness_window_s, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-                        niceness=cfg.niceness)
+                        niceness=cfg.niceness, gil_switch_ms=cfg.gil_switch_ms)
             for i in range(n)]
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}
@@ -261,11 +264,13 @@ def format_status(status: dict) -> str:
 
     ``fresh``: event time → applied (the product number for live traffic; for a
     replay of old events it is the events' age). ``ingest``: Kafka message
-    timestamp (produce time) → applied, i.e. the pipeline's own delay.
+    timestamp (produce time) → applied: broker, fetch and apply together.
+    ``apply``: poll returned → applied (visible to reads), the shard's own
+    share of ``ingest``.
     """
     head = (f"{'shard':>5} {'parts':<9} {'state':<10} {'users':>7} {'applied':>10} {'dups':>6} {'dlq':>5} "
-            f"{'lag':>8} {'ev/s':>9} {'fresh p50':>10} {'fresh p99':>10} {'ingest p99':>10} {'ckpt age':>9} "
-            f"{'restarts':>8}")
+            f"{'lag':>8} {'ev/s':>9} {'fresh p50':>10} {'fresh p99':>10} {'ingest p99':>10} {'apply p99':>9} "
+            f"{'ckpt age':>9} {'restarts':>8}")
     lines = [head, "-" * len(head)]
     for r in status["shards"]:
         parts = ",".join(map(str, r.get("partitions", [])))
@@ -276,7 +281,7 @@ def format_status(status: dict) -> str:
             f"{r['shard']:>5} {parts:<9} {'running':<10} {r['users']:>7,} {r['events_applied']:>10,} "
             f"{r['duplicates_dropped']:>6,} {r['dead_lettered']:>5,} {r['lag']:>8,} {r['events_per_s']:>9,.0f} "
             f"{_ms(r['freshness_p50_ms'], r):>10} {_ms(r['freshness_p99_ms'], r):>10} "
-            f"{_ms(r['ingest_p99_ms'], r):>10} "
+            f"{_ms(r['ingest_p99_ms'], r):>10} {_ms(r.get('apply_p99_ms', 0.0), r, 1):>9} "
             f"{r['checkpoint_age_s']:>8.1f}s {r.get('restarts_seen', 0):>8}")
     t = status["total"]
     lines.append(f"total: {t['running']}/{t['shards']} shards over {t['partitions']} partitions, "
@@ -286,10 +291,10 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
-def _ms(v: float, row: dict | None = None) -> str:
+def _ms(v: float, row: dict | None = None, digits: int = 0) -> str:
     if row is not None and not row.get("freshness_samples", 1):
         return "-"  # nothing applied in the freshness window
-    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}ms"
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.{digits}f}ms"
 
 
 def router_from_names(config: SupervisorConfig, num_partitions: int, num_shards: int) -> SequenceRouter:
@@ -309,6 +314,7 @@ _METRIC_FIELDS = (
     ("lag_messages", "lag"), ("events_applied_total", "events_applied"), ("events_per_second", "events_per_s"),
     ("duplicates_dropped_total", "duplicates_dropped"), ("users", "users"),
     ("freshness_p50_ms", "freshness_p50_ms"), ("freshness_p99_ms", "freshness_p99_ms"),
+    ("ingest_p99_ms", "ingest_p99_ms"), ("apply_p99_ms", "apply_p99_ms"),
     ("checkpoint_age_seconds", "checkpoint_age_s"), ("restarts_seen_total", "restarts_seen"),
 )
 

@@ -10,7 +10,8 @@ from infra.commands.sequences import describe_user
 def _status():
     row = {"shard": 0, "partitions": [0, 2], "state": "running", "users": 12, "events_applied": 3400,
            "duplicates_dropped": 5, "dead_lettered": 1, "lag": 17, "events_per_s": 950.0,
-           "freshness_p50_ms": 40.0, "freshness_p99_ms": 180.0, "ingest_p99_ms": 120.0, "freshness_samples": 9,
+           "freshness_p50_ms": 40.0, "freshness_p99_ms": 180.0, "ingest_p99_ms": 120.0, "apply_p99_ms": 2.5,
+           "freshness_samples": 9,
            "checkpoint_age_s": 1.5, "restarts_seen": 2}
     dead = {"shard": 1, "partitions": [1, 3], "state": "unavailable (RayActorError)", "restarts_seen": 0}
     total = {"shards": 2, "running": 1, "partitions": 4, "users": 12, "events_applied": 3400,
@@ -22,7 +23,9 @@ def test_format_status_shows_each_shard_and_totals():
     text = format_status(_status())
     lines = text.splitlines()
     assert "lag" in lines[0] and "fresh p99" in lines[0] and "ckpt age" in lines[0]
-    assert any(l.split()[:3] == ["0", "0,2", "running"] and "180ms" in l and "17" in l for l in lines)
+    assert any(l.split()[:3] == ["0", "0,2", "running"] and "180ms" in l and "17" in l and "2.5ms" in l
+               for l in lines)
+    assert "apply p99" in lines[0]
     assert any(l.split()[:3] == ["1", "1,3", "unavailable"] for l in lines)
     assert "1/2 shards over 4 partitions" in lines[-1]
 
