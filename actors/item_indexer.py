@@ -24,8 +24,21 @@ The streaming half of the semantic-ID pipeline (DESIGN.md §4):
 Determinism needs one total order of catalog events: de-duplication slots
 and item indices are handed out in consumption order, so ``item-events``
 keeps one partition (the default topic config; thousands of catalog changes
-per second fit in one). With several partitions a replay could interleave
-them differently and give colliding items other de-duplication codes.
+per second fit in one — the encoder, not Kafka, bounds the rate). With
+several partitions a replay could interleave them differently (poll
+interleaving is up to the client) and give colliding items other
+de-duplication codes, so the indexer refuses to start on a topic with more
+than one partition and says how to fix it. (A deterministic multi-partition
+merge would need a watermark per partition and would hold every item back
+until the slowest partition moves: latency for no gain at these rates.)
+
+Latency (produce → in trie and faiss): text items are micro-batched by time —
+after a poll that holds text to encode, the indexer keeps polling for up to
+``batch_wait_ms`` and then encodes everything in one length-sorted batch, so
+an item waits at most that long plus one batch encode; when the encoder falls
+behind, batches grow by themselves (up to ``max_batch``). Encoder knobs
+(threads, int8, max sequence length, content-hash cache) are in
+actors/text_encoder.py.
 
 An unchanged re-send (same content hash) is skipped before encoding, so
 re-delivery is idempotent and cheap. ``python -m actors.item_indexer`` runs
@@ -51,6 +64,7 @@ from ingest.consumer_loop import ConsumerConfig, ContractConsumer
 from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
 from ingest.kafka_client import KafkaConfig, as_config
 from ingest.producer import EventProducer
+from ingest.topics import partition_count
 from models.catalog import Catalog, CatalogConfig, CatalogDelta
 from models.tokenizer import Tokenizer, tokenizer_from_bytes, tokenizer_to_bytes
 
@@ -76,6 +90,11 @@ class ItemIndexerConfig:
     candidates: int = 8
     encoder_device: str = "auto"
     encoder_batch_size: int = 64
+    encoder_threads: int = 0          # 0: leave torch's intra-op threads as they are
+    encoder_quantize: str = "none"    # "int8": faster on CPU, cosine ~0.98 to fp32 (text_encoder.py)
+    encoder_max_seq_len: int = 128
+    encoder_cache_size: int = 20_000
+    batch_wait_ms: int = 20           # collect text items this long after a poll, then encode once
     triton_url: str = ""
     triton_model: str = "minilm"
     use_gpu_index: bool = False
@@ -89,6 +108,11 @@ class ItemIndexerConfig:
         if self.max_batch < 1 or self.candidates < 1 or self.max_text_chars < 1:
             raise ValueError(f"ItemIndexerConfig max_batch={self.max_batch}, candidates={self.candidates}, "
                              f"max_text_chars={self.max_text_chars} must be >= 1")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"ItemIndexerConfig.batch_wait_ms={self.batch_wait_ms} must be in [0, 1000] "
+                             "(it adds to every text item's latency; ~20 ms is plenty)")
+        if self.encoder_quantize not in ("none", "int8"):
+            raise ValueError(f"ItemIndexerConfig.encoder_quantize={self.encoder_quantize!r} must be 'none' or 'int8'")
 
 
 def content_key(ev: ItemEvent) -> str:
@@ -101,6 +125,11 @@ def content_key(ev: ItemEvent) -> str:
         h.update(b"T")
         h.update(ev.content_text().encode("utf-8"))
     return h.hexdigest()[:20]
+
+
+def _has_text(messages) -> bool:
+    """Whether a poll holds an upsert the encoder must embed (worth waiting for company)."""
+    return any(m.record.op != "retire" and m.record.embedding is None for m in messages)
 
 
 def tokenizer_checkpoint_name(name: str) -> str:
@@ -160,6 +189,16 @@ class ItemIndexer:
             self.kafka, ITEM_EVENTS, partitions=partitions, group_id=f"genrec-{config.name}",
             config=ConsumerConfig(max_batch=config.max_batch, poll_timeout_ms=config.poll_timeout_ms),
             dead_letters=self._dlq, start_offsets=offsets, from_beginning=True)
+        n_parts = len(self.consumer.partitions) if partitions is None else \
+            partition_count(self.kafka, self.kafka.topic(ITEM_EVENTS))
+        if n_parts != 1:
+            self.consumer.close()
+            self._dlq.close()
+            raise ValueError(
+                f"topic {self.kafka.topic(ITEM_EVENTS)!r} has {n_parts} partitions; the item indexer needs exactly "
+                "one, because semantic IDs (de-duplication slots) are handed out in consumption order and a "
+                "replay after a crash must see the same order. Create item-events with 1 partition "
+                "(TopicsConfig default) — one partition carries far more item changes than the encoder can embed")
         self.offsets: dict[int, int] = dict(offsets)
         self._ckpt_offsets: dict[int, int] = dict(offsets)
         self._since_ckpt = 0
@@ -179,8 +218,11 @@ class ItemIndexer:
                                                                   model=self.config.triton_model))
             else:
                 from actors.text_encoder import TextEncoderConfig, shared_encoder
-                self._encoder = shared_encoder(TextEncoderConfig(device=self.config.encoder_device,
-                                                                 batch_size=self.config.encoder_batch_size))
+                c = self.config
+                self._encoder = shared_encoder(TextEncoderConfig(
+                    device=c.encoder_device, batch_size=c.encoder_batch_size, threads=c.encoder_threads,
+                    quantize=c.encoder_quantize, max_seq_len=c.encoder_max_seq_len,
+                    cache_size=c.encoder_cache_size))
         return self._encoder
 
     # -------------------------------------------------------------- the loop
@@ -190,6 +232,8 @@ class ItemIndexer:
         if not batch.consumed:
             self._maybe_checkpoint()
             return 0
+        if self.config.batch_wait_ms and _has_text(batch.messages):
+            self._collect_more(batch)
         with self.lock:
             pending: list[_Pending] = []
             for m in batch.messages:
@@ -218,6 +262,19 @@ class ItemIndexer:
             self._since_ckpt += batch.consumed
         self._maybe_checkpoint()
         return batch.consumed
+
+    def _collect_more(self, batch) -> None:
+        """Micro-batch by time: keep polling for ``batch_wait_ms`` (or until ``max_batch``) into ``batch``."""
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
+        while batch.consumed < self.config.max_batch:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            more = self.consumer.poll(left_ms)
+            batch.messages.extend(more.messages)
+            batch.dead_lettered += more.dead_lettered
+            batch.consumed += more.consumed
+            batch.next_offsets.update(more.next_offsets)
 
     def _check(self, ev: ItemEvent) -> str:
         if ev.embedding is not None:

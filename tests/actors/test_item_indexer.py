@@ -231,3 +231,12 @@ def test_kill_mid_stream_then_restart_equals_no_fault_run(kafka, tokenizer, tmp_
         assert len(faulty) == len(ref.catalog) > 1000
     finally:
         ref.close()
+
+
+def test_refuses_item_events_with_several_partitions(broker, topic_name, tokenizer):
+    cfg = KafkaConfig(bootstrap=broker, namespace=topic_name + ".multi.")
+    ensure_topics(cfg, TopicsConfig(partitions={ITEM_EVENTS: 3, DEAD_LETTERS: 1}))
+    with pytest.raises(ValueError, match="3 partitions.*exactly one"):
+        ItemIndexer(cfg, tokenizer, ItemIndexerConfig(name="multi"))
+    with pytest.raises(ValueError, match="3 partitions"):
+        ItemIndexer(cfg, tokenizer, ItemIndexerConfig(name="multi"), partitions=[0])
