@@ -74,6 +74,7 @@ class EvalConfig:
     beam_width: int = 50
     budget_s: float = 0.0
     budget_clock: str = "wall"
+    init_codes: bool = False
     device: str = "auto"
     dataset_kw: dict = field(default_factory=dict)
 
@@ -217,7 +218,7 @@ def semantic_ids(split, titles: dict[str, str], cfg: "EvalConfig", seed: int):
     data = Interactions(split, [titles.get(str(i), "") for i in split.item_ids], "eval")
     emb = item_embeddings(data, cfg.embeddings, seed=seed, encoder=ENCODER)
     tok, sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
-    return np.asarray(sids, dtype=np.int64), tuple(int(x) for x in tok.sid_level_sizes), tok.version
+    return np.asarray(sids, dtype=np.int64), tuple(int(x) for x in tok.sid_level_sizes), tok.version, emb
 
 
 # ---- model runs ------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     from models.training import TrainConfig, fit_generator
 
     t0 = time.perf_counter()
-    item_sids, sizes, version = semantic_ids(split, titles or {}, cfg, seed)
+    item_sids, sizes, version, emb = semantic_ids(split, titles or {}, cfg, seed)
     sid_s = time.perf_counter() - t0
     say(f"  generator seed {seed}: SIDs {cfg.tokenizer} over {cfg.embeddings} embeddings, level sizes "
         f"{sizes} ({sid_s:.1f} s)")
@@ -287,7 +288,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
                 f"valid NDCG@10 {rep.val_ndcg10[-1]:.4f} ({rep.train_s:.0f} s)")
 
     model, rep = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts, validate=True,
-                               on_epoch_end=on_epoch_end)
+                               on_epoch_end=on_epoch_end, item_emb=emb if cfg.init_codes else None)
     ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
     info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch,
             "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,

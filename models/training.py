@@ -311,13 +311,16 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
 def fit_generator(items: Sequence[np.ndarray], item_sids: np.ndarray, gen_cfg: GeneratorConfig,
                   cfg: TrainConfig = TrainConfig(), *, types: Sequence[np.ndarray] | None = None,
                   ts: Sequence[np.ndarray] | None = None, validate: bool = True,
-                  on_epoch_end=None) -> tuple[GenerativeRecommender, TrainReport]:
+                  on_epoch_end=None, item_emb: np.ndarray | None = None
+                  ) -> tuple[GenerativeRecommender, TrainReport]:
     """Train from per-user sequences (oldest first) of item indices — the easy entry point.
 
     ``types`` are EVENT_TYPES indices (default: every event a 'click'); ``ts``
     ms event times (optional). With ``validate``, each user's last engaged item
     is held out for early stopping (pass the *training* part of a leave-one-out
     split, so the evaluation's own validation / test items stay unseen).
+    ``item_emb`` [n_items, E]: the embeddings the SIDs were fitted on; when given, the
+    code embeddings start from them (:mod:`models.code_init`) instead of at random.
     """
     from ingest.contract import EVENT_TYPES  # constants only
 
@@ -328,4 +331,13 @@ def fit_generator(items: Sequence[np.ndarray], item_sids: np.ndarray, gen_cfg: G
         train, valid = split_last(ev, scfg)
     else:
         train, valid = build_sessions(ev, scfg), None
-    return train_generator(train, valid, item_sids, gen_cfg, cfg, on_epoch_end=on_epoch_end)
+    model = None
+    if item_emb is not None:
+        from models.code_init import code_embeddings_from_items
+
+        torch.manual_seed(cfg.seed)
+        model = GenerativeRecommender(gen_cfg)
+        table = code_embeddings_from_items(item_emb, item_sids, gen_cfg.level_sizes, gen_cfg.d_model)
+        with torch.no_grad():
+            model.code_emb.weight.copy_(torch.from_numpy(table))
+    return train_generator(train, valid, item_sids, gen_cfg, cfg, on_epoch_end=on_epoch_end, model=model)
