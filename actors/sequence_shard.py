@@ -4,8 +4,10 @@ Each shard owns a fixed set of ``user-events`` partitions through manual
 ``assign()`` (the Flink pattern, DESIGN.md §4; the map is in
 :mod:`actors.router`). A background thread runs the loop
 
-    poll a micro-batch (ContractConsumer: decode, validate, dead-letter bad ones)
-    → apply it to :class:`~actors.sequence_state.SequenceState` (under a lock)
+    poll a micro-batch (ContractConsumer.poll_records: decode, validate,
+      dead-letter bad ones; records grouped by partition)
+    → apply it to :class:`~actors.sequence_state.SequenceState` (vectorised; the
+      read lock is held only for the final scatter into the rings)
     → remember the batch's next offsets
     → every N events or T seconds: checkpoint state + offsets atomically,
       *then* commit those offsets to Kafka (so lag shows in standard tools)
@@ -231,9 +233,8 @@ class ShardRuntime:
                 st.first_poll_at, st.first_poll_n = polled_at, batch.consumed
                 st.first_poll_cpu, st.first_poll_loop_cpu = time.process_time(), time.thread_time()
             runs = batch.runs
-            with self._lock:
-                res = self.state.apply_runs([(r.partition, r.records) for r in runs])
-                self.offsets.update(batch.next_offsets)
+            res = self.state.apply_runs([(r.partition, r.records) for r in runs], lock=self._lock)
+            self.offsets.update(batch.next_offsets)
             now = time.time()  # visible to histories() from here on
             st.applied += res.applied
             st.consumed += batch.consumed
@@ -445,8 +446,9 @@ class SequenceShard:
     """The Ray actor: a :class:`ShardRuntime` started in ``__init__`` (so a restart recovers).
 
     Create it through :func:`shard_actor_class` (``ray.remote`` with
-    ``max_restarts``, ``max_concurrency`` for concurrent reads) — the
-    supervisor does this.
+    ``max_restarts``; ``histories()`` runs in its own ``reads`` concurrency
+    group, so serving reads never queue behind ``status()``/``stop()`` calls
+    in the default group) — the supervisor does this.
     """
 
     def __init__(self, config: ShardConfig):
@@ -489,8 +491,18 @@ def _set_niceness(target: int) -> None:
                     "before starting Ray", os.getpriority(os.PRIO_PROCESS, 0), target, e, target)
 
 
-def shard_actor_class():
-    """``ray.remote(SequenceShard)`` (imported lazily so this module loads without Ray)."""
+READS_GROUP = "reads"
+SequenceShard.histories.__ray_concurrency_group__ = READS_GROUP  # what @ray.method(concurrency_group=) sets
+
+
+def shard_actor_class(read_threads: int = 4):
+    """``ray.remote(SequenceShard)`` with a ``reads`` concurrency group of ``read_threads`` threads.
+
+    (Ray is imported lazily so this module loads without it; concurrency
+    groups can only be declared here, not in ``.options()``.)
+    """
     import ray
 
-    return ray.remote(SequenceShard)
+    if read_threads < 1:
+        raise ValueError(f"shard_actor_class(read_threads={read_threads}) needs at least 1 read thread")
+    return ray.remote(concurrency_groups={READS_GROUP: read_threads})(SequenceShard)

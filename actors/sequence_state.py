@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -260,7 +261,8 @@ class SequenceState:
                 start = j
         return self.apply_runs(runs)
 
-    def apply_runs(self, runs: Iterable[tuple[int, Sequence[UserEvent]]]) -> ApplyResult:
+    def apply_runs(self, runs: Iterable[tuple[int, Sequence[UserEvent]]],
+                   lock: AbstractContextManager | None = None) -> ApplyResult:
         """Apply ``(lane, events)`` runs in order — the shard's hot path, vectorised per batch.
 
         Per event only C-level loops run (attribute list comprehensions and
@@ -268,7 +270,15 @@ class SequenceState:
         run when nothing in it is a duplicate (the common case) and falls back
         to the exact event-by-event window otherwise, so the result is always
         that of applying the events one at a time.
+
+        ``lock``: the lock readers (:meth:`histories`, :meth:`set_item_sids`)
+        take, when one thread applies while others read. Only the steps that
+        change what a reader can see run under it — registering new user/item
+        ids (with the row growth they need) and the final scatter into the
+        rings — so a read waits for a fraction of a batch, never for its
+        de-dup and id lookups. Only one thread may apply.
         """
+        lock = lock or nullcontext()
         res = ApplyResult()
         kept: list[UserEvent] = []
         for lane, events in runs:
@@ -281,22 +291,29 @@ class SequenceState:
         uids = [e.user_id for e in kept]
         rows = list(map(self.user_row.get, uids))
         if None in rows:  # new users, numbered in order of first appearance
-            for u in dict.fromkeys([u for u, r in zip(uids, rows) if r is None]):
-                self.user_row[u] = len(self.user_ids)
-                self.user_ids.append(u)
-                res.new_users += 1
+            new = dict.fromkeys([u for u, r in zip(uids, rows) if r is None])
+            with lock:  # a reader must never find a user whose row is not allocated yet
+                for u in new:
+                    self.user_row[u] = len(self.user_ids)
+                    self.user_ids.append(u)
+                if len(self.user_ids) > self.item.shape[0]:
+                    self._grow(len(self.user_ids), self.width)
+            res.new_users = len(new)
             rows = list(map(self.user_row.__getitem__, uids))
         iids = [e.item_id for e in kept]
         items = list(map(self.item_index.get, iids))
         if None in items:
-            for it in dict.fromkeys([it for it, i in zip(iids, items) if i is None]):
-                self._item_of(it)
+            new = dict.fromkeys([it for it, i in zip(iids, items) if i is None])
+            with lock:  # set_item_sids() may register items from another thread
+                for it in new:
+                    self._item_of(it)
             items = list(map(self.item_index.__getitem__, iids))
         types = list(map(_TYPE_CODE.__getitem__, [e.type for e in kept]))
         watches = [-1 if w is None else w for w in [e.watch_ms for e in kept]]
-        self._scatter(np.fromiter(rows, np.int64, n), np.fromiter(items, np.int32, n),
-                      np.fromiter(types, np.int8, n), np.fromiter([e.ts for e in kept], np.int64, n),
-                      np.fromiter(watches, np.int32, n))
+        cols = (np.fromiter(rows, np.int64, n), np.fromiter(items, np.int32, n), np.fromiter(types, np.int8, n),
+                np.fromiter([e.ts for e in kept], np.int64, n), np.fromiter(watches, np.int32, n))
+        with lock:
+            self._scatter(*cols)
         res.applied = n
         self.events_applied += n
         return res

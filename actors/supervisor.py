@@ -37,7 +37,8 @@ class SupervisorConfig:
 
     ``num_shards=None`` means one shard per partition. ``num_cpus`` is the Ray
     CPU reservation per shard (fractional, so several shards share a core on a
-    laptop). ``monitor_s``: how often the background monitor checks liveness
+    laptop). ``max_concurrency``: threads for ``histories()`` reads (their own
+    concurrency group) and, separately, for control calls. ``monitor_s``: how often the background monitor checks liveness
     (0 = no monitor thread; call :meth:`check` yourself). ``freshness_window_s``:
     the span of recent events the freshness percentiles in ``status()`` cover.
     ``fetch_max_wait_ms``, ``niceness``, ``gil_switch_ms``: per-shard latency
@@ -123,7 +124,7 @@ class SequenceSupervisor:
 
     def _create(self, i: int):
         cfg = self.config
-        cls = shard_actor_class()
+        cls = shard_actor_class(read_threads=cfg.max_concurrency)
         for attempt in range(50):
             try:
                 return cls.options(name=cfg.shard_name(i), max_restarts=cfg.max_restarts, max_task_retries=3,

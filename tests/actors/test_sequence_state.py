@@ -161,3 +161,41 @@ def test_config_errors_name_the_value():
     s = SequenceState(SequenceConfig(capacity=8))
     with pytest.raises(ValueError, match="capacity=4"):
         SequenceState.from_bytes(s.to_bytes(), SequenceConfig(capacity=4))
+
+
+def test_reads_under_the_lock_never_see_a_torn_batch():
+    """One thread applies (lock held only for id registration and the scatter), another reads: every read
+    is a consistent state — ring rows in time order, newest == last_ts, length == min(total, capacity)."""
+    import threading
+
+    cap = 8
+    s = SequenceState(SequenceConfig(capacity=cap, initial_users=1, initial_width=1))
+    lock = threading.Lock()
+    evs = _events(30_000, n_users=300, n_items=5000, seed=7)   # ts strictly increase with the index
+    users = [f"u{i}" for i in range(300)]
+    done, errors, reads = threading.Event(), [], [0]
+
+    def reader():
+        seen = {}
+        while not done.is_set():
+            with lock:
+                h = s.histories(users)
+            for b, u in enumerate(users):
+                n, total = int(h["lengths"][b]), int(h["total"][b])
+                ts = h["ts"][b, :n]
+                if n != min(total, cap) or (n and (np.any(np.diff(ts) <= 0) or ts[-1] != h["last_ts"][b])) \
+                        or total < seen.get(u, 0):
+                    errors.append((u, n, total, ts.tolist(), int(h["last_ts"][b])))
+                seen[u] = total
+            reads[0] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(0, len(evs), 500):
+            s.apply_runs([(0, evs[i:i + 500])], lock=lock)
+    finally:
+        done.set()
+        t.join()
+    assert not errors, errors[:3]
+    assert reads[0] > 0 and s.events_applied == len(evs)
