@@ -5,6 +5,17 @@ level l's centroid left over. An item's codes are its nearest centroid at each
 level; decoding sums the chosen centroids. Compared with RQ-VAE (TIGER) it
 needs no training loop and — OneRec reports — uses its codebooks more evenly,
 so it is the default tokenizer. k-means is faiss's (``faiss.Kmeans``).
+
+**Balanced k-means** (``balanced=True``; OneRec fits its RQ-KMeans codebooks
+with balanced k-means): after faiss' k-means, each level runs a few Lloyd
+iterations whose assignment step is *capacity constrained* — every code
+takes at most ``ceil(N / K · (1 + balance_slack))`` items — so dense regions
+of the embedding space (near-identical texts: same genres, same template)
+are split over more codes instead of piling into one, and the centroids
+move to cover them. The assignment is a greedy proposal/acceptance auction
+(:func:`capacity_assign`), vectorised per round. Encoding stays plain
+nearest-centroid (a new item's code cannot depend on other items), so the
+balance seen by ``encode`` is what the moved centroids give.
 """
 
 from __future__ import annotations
@@ -35,8 +46,16 @@ class RQKMeansConfig:
     seed: int = 0
     max_points_per_centroid: int = 256
     dedup_size: int = 0
+    balanced: bool = True
+    balance_iters: int = 10
+    balance_slack: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.balance_iters < 1:
+            raise ValueError(f"RQKMeansConfig.balance_iters={self.balance_iters} must be >= 1")
+        if not 0.0 <= self.balance_slack <= 10.0:
+            raise ValueError(f"RQKMeansConfig.balance_slack={self.balance_slack} must be in [0, 10] "
+                             "(0 = exactly N/K items per code)")
         if not 1 <= self.levels <= 8:
             raise ValueError(f"RQKMeansConfig.levels={self.levels} must be in [1, 8] (3 is the usual choice)")
         if self.codebook_size < 0 or self.codebook_size == 1 or self.codebook_size > 65536:
@@ -95,7 +114,11 @@ class RQKMeans:
                               max_points_per_centroid=self.config.max_points_per_centroid, spherical=False)
             km.train(resid)
             cents = np.ascontiguousarray(km.centroids, dtype=np.float32)   # [K, E]
-            _, a = km.index.search(resid, 1)
+            if self.config.balanced:
+                cents = balanced_refine(resid, cents, self.config.balance_iters, self.config.balance_slack)
+            idx = faiss.IndexFlatL2(d)
+            idx.add(cents)
+            _, a = idx.search(resid, 1)
             resid -= cents[a[:, 0]]
             books.append(cents)
         self._set_codebooks(np.stack(books))
@@ -171,3 +194,68 @@ class RQKMeans:
     def load_state_dict(self, state: dict) -> None:
         other = self.from_state(state)
         self.__dict__.update(other.__dict__)
+
+
+# ---- balanced k-means ----------------------------------------------------------------------
+
+def capacity_assign(dist: np.ndarray, cap: int) -> np.ndarray:
+    """Assign N points to K codes, each code taking at most ``cap`` points, preferring near codes.
+
+    dist [N, K] (squared distances) -> codes [N] int64. Rounds of proposals:
+    every unassigned point proposes its nearest code not yet ruled out; each
+    code accepts its closest proposers up to its remaining capacity; the
+    rejected move on to their next choice. Needs ``cap * K >= N``.
+    """
+    n, k = dist.shape
+    if cap * k < n:
+        raise ValueError(f"capacity {cap} x {k} codes < {n} points; raise the capacity")
+    pref = np.argsort(dist, axis=1, kind="stable")            # [N, K] codes, nearest first
+    ptr = np.zeros(n, dtype=np.int64)
+    out = np.full(n, -1, dtype=np.int64)
+    load = np.zeros(k, dtype=np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        choice = pref[todo, ptr[todo]]                        # [U]
+        d = dist[todo, choice]
+        order = np.lexsort((todo, d, choice))                 # by code, then distance (ties: point index)
+        c_sorted = choice[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(c_sorted)) + 1]
+        rank = np.arange(c_sorted.size) - np.repeat(starts, np.diff(np.r_[starts, c_sorted.size]))
+        ok = rank < (cap - load[c_sorted])
+        won = todo[order[ok]]
+        out[won] = c_sorted[ok]
+        load += np.bincount(c_sorted[ok], minlength=k)
+        lost = todo[order[~ok]]
+        ptr[lost] += 1
+        todo = np.sort(lost)
+    return out
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """x [N, E], c [K, E] -> squared L2 distances [N, K]."""
+    return (np.sum(x * x, axis=1)[:, None] - 2.0 * (x @ c.T) + np.sum(c * c, axis=1)[None, :]).astype(np.float32)
+
+
+def balanced_refine(x: np.ndarray, cents: np.ndarray, iters: int, slack: float) -> np.ndarray:
+    """Lloyd iterations with capacity-constrained assignment.  x [N, E], cents [K, E] -> [K, E].
+
+    Memory is O(N·K) per iteration (distances and preference order), fine up to ~10^5 items × 256 codes.
+
+    A code left with no points keeps its centroid (cannot happen at slack 0 with N >= K).
+    """
+    n, k = x.shape[0], cents.shape[0]
+    cap = int(np.ceil(n / k * (1.0 + slack)))
+    cents = cents.astype(np.float32).copy()
+    prev = None
+    for _ in range(iters):
+        a = capacity_assign(_sq_dist(x, cents), cap)           # [N]
+        if prev is not None and np.array_equal(a, prev):
+            break
+        prev = a
+        order = np.argsort(a, kind="stable")
+        counts = np.bincount(a, minlength=k)
+        used = np.flatnonzero(counts)
+        starts = np.r_[0, np.cumsum(counts[used])[:-1]]
+        sums = np.add.reduceat(x[order], starts, axis=0)                 # [U, E] per used code
+        cents[used] = sums / counts[used, None]
+    return np.ascontiguousarray(cents, dtype=np.float32)

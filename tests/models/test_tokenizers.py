@@ -111,3 +111,36 @@ def test_rqkmeans_spreads_unstructured_items_like_uniform_hashing():
     one = tok.codebooks[0][tok.encode(x)[:, 0]]
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     assert rep.recon_mse < np.mean(np.sum((one - xn) ** 2, axis=1))
+
+
+def _templated(n=1200, dim=48, seed=0):
+    """Content like MovieLens titles+genres: a few templates, every item a near-copy of one of them."""
+    rng = np.random.default_rng(seed)
+    templates = rng.normal(size=(8, dim))
+    return (templates[rng.integers(0, 8, n)] + 0.2 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_balanced_rqkmeans_cuts_collisions_without_losing_reconstruction():
+    x = _templated()
+    plain = report(t := RQKMeans(RQKMeansConfig(codebook_size=16, balanced=False)).fit(x), x)
+    bal = report(RQKMeans(RQKMeansConfig(codebook_size=16, balanced=True)).fit(x), x)
+    assert t.config.balanced is False
+    assert bal.collision_rate < 0.7 * plain.collision_rate
+    assert bal.recon_mse <= 1.05 * plain.recon_mse
+    assert min(bal.utilization) >= 0.9
+
+
+def test_capacity_assign_respects_capacity_and_prefers_near_codes():
+    from models.rq_kmeans import capacity_assign
+
+    rng = np.random.default_rng(1)
+    d = rng.random((103, 10)).astype(np.float32)
+    a = capacity_assign(d, 11)
+    assert a.shape == (103,) and a.min() >= 0 and np.bincount(a, minlength=10).max() <= 11
+    # with room for everyone, everyone gets the nearest code
+    np.testing.assert_array_equal(capacity_assign(d, 103), d.argmin(axis=1))
+    # two points want code 0, capacity 1: the nearer one wins it
+    two = np.array([[0.1, 5.0], [0.2, 0.3]], dtype=np.float32)
+    np.testing.assert_array_equal(capacity_assign(two, 1), [0, 1])
+    with pytest.raises(ValueError, match="capacity"):
+        capacity_assign(d, 5)
