@@ -12,7 +12,9 @@ window (0.5 s). At each window's end the base delay moves towards the value at
 which clients come back at about the rate the server admits them:
 ``base ← clamp(base · sqrt(rejected / admitted), min_s, max_s)`` — the square
 root damps the step (with N waiting clients and capacity C the fixed point is
-N/base ≈ 2C, i.e. rejected ≈ admitted). Each 503 then carries a uniformly
+N/base ≈ 2C, i.e. rejected ≈ admitted). Within a window the same ratio, taken
+over the counts so far, can only raise the delay, so the first burst of
+clients is already spread instead of returning together one second later. Each 503 then carries a uniformly
 drawn integer in ``[base, 2·base]`` seconds (capped at ``max_s``), so the returning clients are spread
 over a window instead of arriving in one burst (the "full jitter" remedy for
 retry storms; Brooker, "Exponential Backoff And Jitter", AWS Architecture
@@ -73,7 +75,9 @@ class AdaptiveRetryAfter:
         """Count one rejection; the ``Retry-After`` seconds to send with it."""
         self._rejected += 1
         self._tick()
-        lo = max(self.cfg.min_s, int(round(self.base)))
+        # within a window, a burst already raises the delay (never lowers it before the window ends)
+        now = min(float(self.cfg.max_s), self.base * math.sqrt((self._rejected + 1) / (self._admitted + 1)))
+        lo = max(self.cfg.min_s, int(round(max(self.base, now))))
         if not self.cfg.jitter:
             return lo
         hi = min(2 * lo, self.cfg.max_s)

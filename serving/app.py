@@ -519,9 +519,16 @@ class Ingress:
 
 #: Serve replicas run user code on a second event loop in a second thread, and a handle's router on
 #: a third; every request then crosses threads (call_soon_threadsafe + GIL hand-offs) at each hop.
-#: Our replicas do only async work or one blocking batch at a time, so both run on the replica's main
-#: loop (measured at concurrency 1 on the shared 2-core machine: see BENCHMARKS.md, serving).
+#: The ingress does only async work, so it runs both on the replica's main loop. (The recommender
+#: keeps the default: its blocking batch must not stall the loop that receives the next batch.)
 ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+#: No per-request access log lines from the replicas (or, passed to ``serve.start``, the proxy): Serve
+#: formats and flushes one line per request per component, which on a 2-core machine is CPU taken from
+#: decoding exactly when overload makes it scarce. Latency, status and errors per route and arm are in
+#: ``/metrics``; warnings and errors are still logged.
+QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 def build_app(settings: AppSettings, rec_cfg):
@@ -536,7 +543,9 @@ def build_app(settings: AppSettings, rec_cfg):
                               max_ongoing_requests=settings.max_inflight + settings.ingress_slack,
                               max_queued_requests=settings.ingress_queue,
                               backpressure_config={"status_code": 503, "retry_after_s": settings.shed_retry_after_s},
-                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}})
+                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}},
+                              logging_config=QUIET_LOGS)
+    dep = dep.options(logging_config=QUIET_LOGS)
     return ingress.bind(dep.bind(rec_cfg), settings)
 
 

@@ -222,8 +222,6 @@ def recommender_deployment(cfg: RecommenderConfig):
         num_replicas=cfg.num_replicas,
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus,
-                           "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-                                                        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus},
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=2,
     ), cfg

@@ -13,8 +13,11 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
       - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
     history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
     max_batch_size: 16
-    batch_wait_timeout_s: 0.0
-    max_inflight: null               # default 2 x max_batch_size x recommender_replicas
+    batch_wait_timeout_s: 0.0        # take what is queued: no wait when the queue is empty
+    max_inflight: null               # default max_batch_size x recommender_replicas (one batch each)
+    ingress_slack: 1024              # ingress concurrency beyond max_inflight (its 503s carry adaptive Retry-After)
+    ingress_queue: 64                # proxy queue in front of the ingress; beyond it the proxy sheds
+    shed_retry_after_s: 5            # Retry-After of the proxy's own 503s
     recommender_replicas: 1
     indexer_actor: null              # name of a running item indexer actor: serve its SIDs (catalog deltas)
     indexer_namespace: null
@@ -36,7 +39,7 @@ def configs_from_args(args: dict):
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
-             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace"}
+             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -72,10 +75,12 @@ def configs_from_args(args: dict):
     exp = _resolve_path(args.get("experiments") or "")
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
-                           max_inflight=int(args.get("max_inflight") or 2 * rec.max_batch_size * rec.num_replicas),
+                           max_inflight=int(args.get("max_inflight") or rec.max_batch_size * rec.num_replicas),
                            num_replicas=int(args.get("ingress_replicas", 1)),
                            latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
-                                              else None), max_k=int(args.get("max_k", 100)))
+                                              else None), max_k=int(args.get("max_k", 100)),
+                           **{k: int(args[k]) for k in ("ingress_slack", "ingress_queue", "shed_retry_after_s")
+                              if args.get(k) is not None})
     return settings, rec
 
 

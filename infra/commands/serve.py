@@ -94,7 +94,9 @@ def run(args) -> int:
         ray.init(num_cpus=args.num_cpus, dashboard_host="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        from serving.app import QUIET_LOGS
+
+        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
         serve.run(app, name="genrec", route_prefix="/", blocking=False)
         print(f"genrec API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)   Ctrl-C to stop",
               flush=True)

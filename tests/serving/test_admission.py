@@ -50,3 +50,13 @@ def test_values_stay_within_bounds_and_without_jitter_equal_the_base():
 def test_config_errors_name_the_bad_value(kw):
     with pytest.raises(ValueError, match="min_s|window_s"):
         RetryAfterConfig(**kw)
+
+
+def test_a_burst_within_one_window_is_spread_at_once():
+    clk = Clock()
+    ra = AdaptiveRetryAfter(RetryAfterConfig(min_s=1, max_s=30, window_s=1.0), seed=1, clock=clk)
+    for _ in range(16):
+        ra.admitted()
+    vals = [ra.rejected() for _ in range(484)]   # 500 clients at once, 16 admitted
+    assert vals[0] <= 2 and max(vals[-50:]) >= 8
+    assert len(set(vals)) >= 8
