@@ -51,7 +51,11 @@ def _app_args(ctx) -> tuple[dict, list[str]]:
     model = ctx.state.get("generator")
     if model is not None:
         path = ctx.workdir / "serving_v1.pt"
-        save_model(model, str(path))
+        heads = ctx.state.get("mtp_heads")  # from the fast_decoding part: served beside the model
+        save_model(model, str(path), mtp_heads=heads)
+        if heads is not None:
+            notes.append("MTP heads of the fast_decoding part ship in the model file: the MTP / speculative "
+                         "decode modes are servable")
         args["level_sizes"] = list(model.cfg.level_sizes)
         args["models"] = [{"version": "v1", "path": str(path)}]
         args["_seed_catalog"] = ([str(i) for i in ctx.state["generator_item_ids"]],
@@ -128,7 +132,9 @@ def run(ctx) -> None:
     for n in notes:
         ctx.say(n)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from serving.app import QUIET_LOGS
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET_LOGS)
     try:
         t0 = time.time()
         serve.run(build_app(settings, rec), name="genrec", route_prefix="/", blocking=False)
