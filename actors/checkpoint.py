@@ -33,6 +33,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
+from typing import Sequence
 
 MAGIC = b"GRCK"
 FORMAT_VERSION = 1
@@ -103,16 +104,24 @@ class CheckpointStore:
     # -- encode / decode -------------------------------------------------------------------
 
     @staticmethod
-    def encode(payload: bytes, offsets: dict[int, int]) -> bytes:
+    def encode(payload: bytes | Sequence[bytes], offsets: dict[int, int]) -> bytes:
         """The file bytes of one checkpoint (header + offsets JSON + payload)."""
         return b"".join(CheckpointStore._pieces(payload, offsets))
 
     @staticmethod
-    def _pieces(payload: bytes, offsets: dict[int, int]) -> tuple[bytes, bytes, bytes]:
-        """``(header, offsets JSON, payload)`` — the file without joining it (no copy of the payload)."""
+    def _pieces(payload: bytes | Sequence[bytes], offsets: dict[int, int]) -> list:
+        """``[header, offsets JSON, *payload]`` — the file as buffers, never joined (no copy of the payload).
+
+        ``payload`` is bytes or a sequence of bytes-like buffers that together
+        form it (written back to back).
+        """
+        parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
         off = json.dumps({str(int(p)): int(o) for p, o in sorted(offsets.items())}).encode("utf-8")
-        crc = zlib.crc32(payload, zlib.crc32(off))  # == crc32(off + payload); releases the GIL
-        return _HEADER.pack(MAGIC, FORMAT_VERSION, crc, len(off), len(payload)), off, payload
+        crc = zlib.crc32(off)
+        for p in parts:  # == crc32(off + payload); zlib releases the GIL on large buffers
+            crc = zlib.crc32(p, crc)
+        n_pay = sum(memoryview(p).nbytes for p in parts)
+        return [_HEADER.pack(MAGIC, FORMAT_VERSION, crc, len(off), n_pay), off, *parts]
 
     @staticmethod
     def decode(blob: bytes, where: str = "checkpoint") -> tuple[bytes, dict[int, int]]:
@@ -134,11 +143,14 @@ class CheckpointStore:
 
     # -- API -------------------------------------------------------------------------------
 
-    def save(self, name: str, payload: bytes, offsets: dict[int, int]) -> int:
-        """Atomically replace checkpoint ``name`` with ``payload`` + ``offsets``; returns bytes written."""
+    def save(self, name: str, payload: bytes | Sequence[bytes], offsets: dict[int, int]) -> int:
+        """Atomically replace checkpoint ``name`` with ``payload`` + ``offsets``; returns bytes written.
+
+        ``payload`` may be a sequence of buffers (written back to back, as if joined).
+        """
         self._check_name(name)
         pieces = self._pieces(payload, offsets)
-        size = sum(len(p) for p in pieces)
+        size = sum(memoryview(p).nbytes for p in pieces)
         final = self._path(name)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
         if self._local:

@@ -35,6 +35,7 @@ and ``histories()`` for a serving batch is one gather.
 from __future__ import annotations
 
 import io
+import struct
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
@@ -46,7 +47,9 @@ import numpy as np
 
 from ingest.contract import EVENT_TYPES, UserEvent
 
-STATE_VERSION = 2  # 1: .npz arrays + msgpack id chunks (still readable)
+STATE_VERSION = 3  # 1 (.npz arrays + msgpack id chunks in one msgpack map) is still readable
+_FRAME = struct.Struct("<4sIQ")  # magic, version, len(meta)
+_FRAME_MAGIC = b"GRSQ"
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 
@@ -126,9 +129,15 @@ class _Lane:
         return True
 
 
-def _join_ids(ids: list[str]) -> bytes:
-    """Ids as one UTF-8 blob, newline-separated (contract ids hold no whitespace)."""
-    return "\n".join(ids).encode("utf-8")
+def _join_ids(ids: list[str], chunk: int = 16_384) -> bytes:
+    """Ids as one UTF-8 blob, newline-separated (contract ids hold no whitespace).
+
+    Joined in chunks: one ``str.join`` over a 200k-id de-dup window holds the
+    GIL for milliseconds, stalling the consume loop while a checkpoint is written.
+    """
+    if len(ids) <= chunk:
+        return "\n".join(ids).encode("utf-8")
+    return b"\n".join(["\n".join(ids[i:i + chunk]).encode("utf-8") for i in range(0, len(ids), chunk)])
 
 
 def _split_ids(blob: bytes) -> list[str]:
@@ -454,7 +463,7 @@ class SequenceState:
 
     def to_bytes(self) -> bytes:
         """Compact snapshot: only the stored events (ragged), the id tables and the de-dup windows."""
-        return self.encode_snapshot(self.snapshot_parts())
+        return b"".join(self.encode_snapshot(self.snapshot_parts()))
 
     def snapshot_parts(self) -> dict:
         """A consistent, cheap copy of everything a checkpoint holds (arrays gathered, lists copied).
@@ -474,14 +483,18 @@ class SequenceState:
         }
 
     @staticmethod
-    def encode_snapshot(parts: dict) -> bytes:
-        """The checkpoint bytes of :meth:`snapshot_parts`: a msgpack map of raw little-endian arrays.
+    def encode_snapshot(parts: dict) -> list:
+        """The checkpoint bytes of :meth:`snapshot_parts`, as a list of buffers to write one after another.
 
-        Only stored events are kept (ragged, oldest → newest per user). Arrays
-        go in as raw buffers with dtype and shape — no zip container or extra
-        CRC (the checkpoint file has its own), so encoding is a few gathers and
-        memcpys. Id lists are newline-joined: contract ids never contain
-        whitespace, so ``"\\n"`` cannot occur inside one.
+        Layout: ``b"GRSQ" | u32 version | u64 len(meta) | meta (msgpack) | raw arrays``,
+        the arrays little-endian, back to back, described (name, dtype, shape)
+        in ``meta``. Only stored events are kept (ragged, oldest → newest per
+        user). This runs on the shard's checkpoint writer thread while the
+        consume loop goes on, so it avoids long GIL-holding calls: no zip
+        container or second CRC (the checkpoint file has its own), array
+        buffers are handed to the file write as they are (never copied into
+        one blob), and id lists are joined in chunks — newline-separated,
+        since contract ids never contain whitespace.
         """
         head = parts["head"]                                           # [n]
         n, w = parts["item"].shape
@@ -492,24 +505,36 @@ class SequenceState:
         arrays = {"head": head, "last_ts": parts["last_ts"], "lengths": lengths.astype(np.int32),
                   "item_sid": parts["item_sid"],
                   **{c: parts[c].reshape(-1)[flat] for c in SequenceState._COLS}}
+        arrays = {name: np.ascontiguousarray(a, a.dtype.newbyteorder("<")) for name, a in arrays.items()}
         meta = {
-            "version": STATE_VERSION,
             "capacity": parts["capacity"],
             "user_ids": _join_ids(parts["user_ids"]),
             "item_ids": _join_ids(parts["item_ids"]),
             "lanes": {k: _join_ids(v) for k, v in parts["lanes"].items()},
             "events_applied": parts["events_applied"],
             "duplicates": parts["duplicates"],
-            "arrays": {name: [a.dtype.str, list(a.shape), np.ascontiguousarray(a).data]
-                       for name, a in arrays.items()},
+            "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()],
         }
-        return msgspec.msgpack.encode(meta)
+        head_blob = msgspec.msgpack.encode(meta)
+        return [_FRAME.pack(_FRAME_MAGIC, STATE_VERSION, len(head_blob)), head_blob,
+                *(a.data.cast("B") for a in arrays.values() if a.nbytes)]
 
     @classmethod
     def from_bytes(cls, blob: bytes, config: SequenceConfig = SequenceConfig()) -> "SequenceState":
         """Rebuild a state from :meth:`to_bytes` (the config may raise capacity, never silently lower it)."""
-        meta = msgspec.msgpack.decode(blob)
-        version = meta.get("version")
+        blob = memoryview(blob)
+        if bytes(blob[:4]) == _FRAME_MAGIC:
+            _, version, n_meta = _FRAME.unpack_from(blob)
+            meta = msgspec.msgpack.decode(blob[_FRAME.size:_FRAME.size + n_meta])
+            pos, arr = _FRAME.size + n_meta, {}
+            for name, dt, shape in meta["arrays"]:
+                dtype = np.dtype(dt)
+                size = dtype.itemsize * int(np.prod(shape))
+                arr[name] = np.frombuffer(blob[pos:pos + size], dtype).reshape(shape)
+                pos += size
+        else:  # version 1: one msgpack map
+            meta = msgspec.msgpack.decode(blob)
+            version = meta.get("version")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"sequence state version {version!r} is not {STATE_VERSION}; "
                              "delete the checkpoint directory to rebuild from the topic")
@@ -517,12 +542,10 @@ class SequenceState:
             raise ValueError(f"SequenceConfig.capacity={config.capacity} is below the checkpoint's "
                              f"{meta['capacity']}; use capacity >= {meta['capacity']} or delete the checkpoints")
         st = cls(config)
-        if version == 1:  # .npz arrays and msgpack-chunked id lists (checkpoints written before v2)
+        if version == 1:  # .npz arrays and msgpack-chunked id lists
             arr = np.load(io.BytesIO(meta["arrays"]))
             ids = _decode_chunks
         else:
-            arr = {name: np.frombuffer(buf, np.dtype(dt)).reshape(shape)
-                   for name, (dt, shape, buf) in meta["arrays"].items()}
             ids = _split_ids
         st.user_ids = ids(meta["user_ids"])
         st.user_row = {u: i for i, u in enumerate(st.user_ids)}

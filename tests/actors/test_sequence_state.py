@@ -199,3 +199,31 @@ def test_reads_under_the_lock_never_see_a_torn_batch():
         t.join()
     assert not errors, errors[:3]
     assert reads[0] > 0 and s.events_applied == len(evs)
+
+
+def test_version_1_checkpoints_still_load():
+    """The format written before the framed one (.npz arrays, msgpack id chunks) restores the same state."""
+    import io
+
+    import msgspec
+
+    cfg = SequenceConfig(capacity=6, dedup_window=10)
+    a = SequenceState(cfg)
+    a.apply(_events(300, seed=3), 1)
+    p = a.snapshot_parts()
+    n, w = p["item"].shape
+    lengths = np.minimum(p["head"], w)
+    rows = np.repeat(np.arange(n), lengths)
+    k = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = (p["head"][rows] - lengths[rows] + k) % w
+    buf = io.BytesIO()
+    np.savez(buf, head=p["head"], last_ts=p["last_ts"], lengths=lengths.astype(np.int32), item_sid=p["item_sid"],
+             **{c: p[c][rows, cols] for c in ("item", "etype", "ts", "watch", "sid")})
+    enc = msgspec.msgpack.encode
+    v1 = enc({"version": 1, "capacity": 6, "user_ids": [enc(p["user_ids"])], "item_ids": [enc(p["item_ids"])],
+              "lanes": {k: [enc(v)] for k, v in p["lanes"].items()}, "events_applied": p["events_applied"],
+              "duplicates": p["duplicates"], "arrays": buf.getvalue()})
+    b = SequenceState.from_bytes(v1, cfg)
+    assert b.snapshot() == a.snapshot() and list(b.lanes[1].fifo) == list(a.lanes[1].fifo)
+    with pytest.raises(ValueError, match="version 9"):
+        SequenceState.from_bytes(enc({"version": 9}), cfg)
