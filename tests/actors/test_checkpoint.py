@@ -70,3 +70,17 @@ def test_bad_names_and_config_are_clear_errors(tmp_path):
         CheckpointConfig(uri=str(tmp_path), every_events=0)
     with pytest.raises(ValueError, match="every_s"):
         CheckpointConfig(uri=str(tmp_path), every_s=0)
+
+
+@pytest.mark.parametrize("uri_of", [lambda p: str(p), lambda p: "mock:///ck"])
+def test_payload_as_buffers_is_written_as_if_joined(tmp_path, uri_of):
+    import numpy as np
+
+    store = CheckpointStore(uri_of(tmp_path))
+    arr = np.arange(5000, dtype=np.int64)
+    pieces = [b"head", memoryview(arr).cast("B"), b"", bytearray(b"tail")]
+    joined = b"head" + arr.tobytes() + b"tail"
+    n = store.save("s", pieces, {2: 9})
+    assert store.load("s") == (joined, {2: 9})
+    assert n == len(CheckpointStore.encode(joined, {2: 9})) == len(CheckpointStore.encode(pieces, {2: 9}))
+    assert CheckpointStore.encode(pieces, {2: 9}) == CheckpointStore.encode(joined, {2: 9})
