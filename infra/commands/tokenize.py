@@ -28,6 +28,10 @@ def register(sub) -> None:
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codebook-size", type=int, default=0, help="codes per level (0: from the catalog size)")
     p.add_argument("--epochs", type=int, default=150, help="RQ-VAE epochs")
+    p.add_argument("--plain-kmeans", action="store_true",
+                   help="RQ-KMeans without balanced k-means (balanced is the default: fewer collisions)")
+    p.add_argument("--encoder-quantize", default="none", choices=["none", "int8"],
+                   help="text encoder mode; fit with the mode the item indexer will use (default none = fp32)")
     p.add_argument("--out", default=".genrec/tokenizer", help="output folder (default .genrec/tokenizer)")
     p.add_argument("--install-checkpoint", default="", help="checkpoint dir/URI of an item indexer")
     p.add_argument("--indexer-name", default="item-indexer")
@@ -90,10 +94,10 @@ def run(args) -> int:
     has_text = np.array([bool(t.strip()) for t in texts])
     text_emb = collab = None
     if args.embeddings in ("content", "fusion") and has_text.any():
-        from actors.text_encoder import shared_encoder
+        from actors.text_encoder import TextEncoderConfig, shared_encoder
 
         text_emb = np.zeros((len(items), 384), dtype=np.float32)
-        text_emb[has_text] = shared_encoder().encode([t for t, h in zip(texts, has_text) if h])
+        text_emb[has_text] = shared_encoder(TextEncoderConfig(quantize=args.encoder_quantize)).encode([t for t, h in zip(texts, has_text) if h])
     if args.embeddings in ("collab", "fusion") or not has_text.all():
         if seqs is None:
             raise SystemExit("collaborative embeddings need user events: use --data, not --archive")
@@ -111,7 +115,8 @@ def run(args) -> int:
     emb = emb[keep]
     if args.tokenizer == "rq_kmeans":
         from models.rq_kmeans import RQKMeans, RQKMeansConfig
-        tok = RQKMeans(RQKMeansConfig(levels=args.levels, codebook_size=args.codebook_size)).fit(emb)
+        tok = RQKMeans(RQKMeansConfig(levels=args.levels, codebook_size=args.codebook_size,
+                                            balanced=not args.plain_kmeans)).fit(emb)
     else:
         from models.rq_vae import RQVAE, RQVAEConfig
         tok = RQVAE(RQVAEConfig(levels=args.levels, codebook_size=args.codebook_size, epochs=args.epochs)).fit(emb)

@@ -2,19 +2,28 @@
 
 ``genrec bench sids --dataset ml100k|synthetic [--quick]``
 
-* quality (RQ-KMeans, the default tokenizer, fitted on the dataset's item
-  text embedded by all-MiniLM-L6-v2): codebook utilisation per level,
-  collision rate before de-duplication, unique-SID fraction after,
-  reconstruction error; the same for RQ-VAE (TIGER) as ``rqvae_*``;
+* quality (RQ-KMeans with balanced k-means, the default tokenizer, fitted on
+  the dataset's item text embedded by all-MiniLM-L6-v2): codebook utilisation
+  per level, collision rate before de-duplication, unique-SID fraction after,
+  reconstruction error; plain (unbalanced) RQ-KMeans in the same run as
+  ``plain_*``; RQ-VAE (TIGER) as ``rqvae_*``;
+* the text encoder: word pieces per item text (``text_tokens_*``, and the
+  fraction the 128-piece cap truncates); items/s for fp32 and int8 with 1 and
+  2 intra-op threads on the same texts (``encode_{fp32,int8}_items_per_s_{1,2}t``),
+  re-sent texts served by the content-hash cache (``encode_cached_items_per_s``),
+  and int8's agreement with fp32: cosine mean/min and the fraction of items
+  whose SID (all L codes, resp. level 1) is unchanged (``int8_sid_agreement``,
+  ``int8_sid_l1_agreement``);
 * ``quantize_items_per_s``: codes for given embeddings (encode_candidates);
 * ``assign_items_per_s``: end to end in process — text encoding + quantize +
   catalog upsert (trie + faiss) — with ``encode_items_per_s`` alone beside it;
 * ``new_item_p50_ms`` / ``new_item_p99_ms``: a real broker and indexer; held-out
   items are produced to ``item-events`` at a steady 100/s and timed from the
   message's produce timestamp to the moment the item is in the trie and the
-  faiss index — text items, encoded by the indexer (when the CPU encodes
-  fewer than 100 items/s a backlog builds and p99 shows it); the same with the
-  embedding in the event as ``new_item_emb_*``;
+  faiss index — text items, encoded by the indexer with its default fp32
+  encoder (when the CPU encodes fewer than 100 items/s a backlog builds and
+  p99 shows it), the same with the int8 encoder as ``new_item_int8_*``, and
+  with the embedding in the event as ``new_item_emb_*``;
 * ``trie_lookups_per_s``: next-token masks for batches of 256 prefixes
   (walk + mask, vectorised), against ``trie_naive_lookups_per_s``, a nested
   dict walk per prefix in Python, in the same run (``trie_speedup`` = ratio);
@@ -108,15 +117,16 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
 
     import faiss
 
-    # One intra-op thread: on the shared 2-core development machines (load 5-10) OpenMP
-    # barriers across 2 threads cost far more than they give (measured: trie masks 40x slower).
+    # One intra-op thread for the math: on the shared 2-core development machines (load 5-10)
+    # OpenMP barriers across 2 threads cost far more than they give (measured: trie masks 40x
+    # slower). The encoder is measured with 1 and 2 threads; the indexer's runs use ``enc_threads``.
     threads = int(os.environ.get("GENREC_BENCH_THREADS", "1"))
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     load_avg = os.getloadavg()[0]
-    from actors.text_encoder import shared_encoder
+    from actors.text_encoder import TextEncoder, TextEncoderConfig
     from models.catalog import Catalog, CatalogConfig
-    from models.rq_kmeans import RQKMeans
+    from models.rq_kmeans import RQKMeans, RQKMeansConfig
     from models.rq_vae import RQVAE, RQVAEConfig
     from models.tokenizer import report
 
@@ -124,12 +134,14 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     rng = np.random.default_rng(0)
     items = _items(dataset, quick)
     texts = [e.content_text() for e in items]
-    enc = shared_encoder()
+    enc = TextEncoder(TextEncoderConfig(cache_size=0))
     enc.encode(texts[:8])                                   # warm-up
     t0 = time.perf_counter()
     emb = enc.encode(texts)
     encode_s = time.perf_counter() - t0
     metrics: dict[str, float] = {"n_items": len(items), "encode_items_per_s": len(items) / encode_s}
+    enc_metrics, enc_threads = _encoder_bench(texts, emb, quick, threads)
+    torch.set_num_threads(threads)
 
     # --- quality -------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -139,6 +151,15 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     metrics.update(rep.as_metrics())
     metrics["codebook_size"] = tok.level_sizes[0]
     metrics["dedup_size"] = tok.dedup_size
+    t0 = time.perf_counter()
+    plain = RQKMeans(RQKMeansConfig(balanced=False)).fit(emb)
+    metrics["plain_rqkmeans_fit_s"] = time.perf_counter() - t0
+    plain_rep = report(plain, emb)
+    for k, v in plain_rep.as_metrics().items():
+        if k != "unique_sid_fraction":
+            metrics[f"plain_{k}"] = v
+    metrics.update(_agreement(enc_metrics.pop("_int8_emb"), emb[: enc_metrics.pop("_n")], tok))
+    metrics.update(enc_metrics)
     vae = RQVAE(RQVAEConfig(epochs=30 if quick else 150)).fit(emb)
     for k, v in report(vae, emb).as_metrics().items():
         metrics[f"rqvae_{k}"] = v
@@ -150,12 +171,14 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
 
     def assign():
         cat = Catalog(CatalogConfig(level_sizes=tok.sid_level_sizes, dim=tok.dim))
-        e = enc.encode(texts[:n_assign])
-        cat.upsert([x.item_id for x in items[:n_assign]], tok.encode_candidates(e, 8), e)
+        e = enc.encode(texts[-n_assign:])
+        cat.upsert([x.item_id for x in items[-n_assign:]], tok.encode_candidates(e, 8), e)
         return cat
 
+    torch.set_num_threads(enc_threads)
     t0 = time.perf_counter()
     assign()
+    torch.set_num_threads(threads)
     metrics["assign_items_per_s"] = n_assign / (time.perf_counter() - t0)
 
     # --- trie ----------------------------------------------------------------------------
@@ -171,16 +194,77 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     metrics.update(trie_lookups_per_s_1m=v, trie_naive_lookups_per_s_1m=n)
 
     # --- new-item latency through Kafka ----------------------------------------------------
+    torch.set_num_threads(enc_threads)
     metrics.update(_latency(items, emb, tok, quick))
-    table = ("| level | codes | utilisation (RQ-KMeans) | utilisation (RQ-VAE) |\n|---|---|---|---|\n" +
+    torch.set_num_threads(threads)
+    table = ("| level | codes | utilisation (balanced RQ-KMeans) | utilisation (plain RQ-KMeans) | "
+             "utilisation (RQ-VAE) |\n|---|---|---|---|---|\n" +
              "\n".join(f"| {i + 1} | {tok.level_sizes[i]} | {rep.utilization[i]:.3f} | "
+                       f"{plain_rep.utilization[i]:.3f} | "
                        f"{metrics[f'rqvae_utilization_l{i + 1}']:.3f} |" for i in range(len(tok.level_sizes))))
-    return {"config": {"dataset": dataset, "tokenizer": "rq_kmeans", "levels": len(tok.level_sizes),
+    quality = ("| tokenizer | collision rate (before dedup) | recon MSE | recon cosine | max dedup |\n"
+               "|---|---|---|---|---|\n" +
+               "\n".join(f"| {name} | {metrics[p + 'collision_rate']:.4f} | {metrics[p + 'recon_mse']:.4f} | "
+                         f"{metrics[p + 'recon_cosine']:.4f} | {metrics[p + 'max_dedup']:.0f} |"
+                         for name, p in (("RQ-KMeans, balanced (default)", ""), ("RQ-KMeans, plain", "plain_"),
+                                         ("RQ-VAE", "rqvae_"))))
+    encoders = ("| encoder | 1 thread (items/s) | 2 threads (items/s) |\n|---|---|---|\n" +
+                "\n".join(f"| {m} | {metrics[f'encode_{m}_items_per_s_1t']:.1f} | "
+                          f"{metrics[f'encode_{m}_items_per_s_2t']:.1f} |" for m in ("fp32", "int8")))
+    return {"config": {"dataset": dataset, "tokenizer": "rq_kmeans (balanced)", "levels": len(tok.level_sizes),
                        "codebook_size": tok.level_sizes[0], "dedup_size": tok.dedup_size,
                        "encoder": "all-MiniLM-L6-v2 (cpu)" if enc.device == "cpu" else f"MiniLM ({enc.device})",
-                       "latency_rate_per_s": 100, "threads": threads,
+                       "encoder_max_seq_len": enc.config.max_seq_len, "indexer_batch_wait_ms": 20,
+                       "latency_rate_per_s": 100, "threads": threads, "encoder_threads": enc_threads,
                        "load_avg_at_start": round(load_avg, 1)},
-            "metrics": metrics, "tables": [table]}
+            "metrics": metrics, "tables": [quality, table, encoders]}
+
+
+def _encoder_bench(texts: list[str], emb: np.ndarray, quick: bool, threads: int):
+    """Token lengths; fp32 vs int8 items/s at 1 and 2 threads on the same texts; the cache; int8 vectors.
+
+    Returns (metrics, encoder threads for the indexer runs: the faster of 1 and 2 for fp32 here).
+    """
+    import torch
+
+    from actors.text_encoder import TextEncoder, TextEncoderConfig
+
+    n = min(len(texts), 256 if quick else 600)
+    sample = texts[:n]
+    out: dict = {}
+    fp32 = TextEncoder(TextEncoderConfig(cache_size=0))
+    lens = fp32.token_lengths(texts)
+    out.update(text_tokens_p50=float(np.percentile(lens, 50)), text_tokens_p99=float(np.percentile(lens, 99)),
+               text_tokens_max=float(lens.max()),
+               text_truncated_fraction=float(np.mean(lens > fp32.config.max_seq_len)))
+    int8 = TextEncoder(TextEncoderConfig(cache_size=0, quantize="int8"))
+    for t in (1, 2):
+        torch.set_num_threads(t)
+        for name, e in (("fp32", fp32), ("int8", int8)):
+            e.encode(sample[:16])
+            t0 = time.perf_counter()
+            got = e.encode(sample)
+            out[f"encode_{name}_items_per_s_{t}t"] = n / (time.perf_counter() - t0)
+            if name == "int8":
+                out["_int8_emb"] = got
+    cached = TextEncoder(TextEncoderConfig())
+    cached.encode(sample)
+    t0 = time.perf_counter()
+    cached.encode(sample)                                   # a re-send of every text
+    out["encode_cached_items_per_s"] = n / (time.perf_counter() - t0)
+    out["_n"] = n
+    enc_threads = 2 if out["encode_fp32_items_per_s_2t"] > out["encode_fp32_items_per_s_1t"] else 1
+    torch.set_num_threads(threads)
+    return out, enc_threads
+
+
+def _agreement(int8_emb: np.ndarray, fp32_emb: np.ndarray, tok) -> dict[str, float]:
+    """How far int8 embeddings move from fp32 ones: cosine, and SIDs under the fp32-fitted tokenizer."""
+    cos = np.sum(int8_emb * fp32_emb, axis=1)
+    a, b = tok.encode(int8_emb), tok.encode(fp32_emb)
+    return {"int8_cosine_mean": float(cos.mean()), "int8_cosine_min": float(cos.min()),
+            "int8_sid_agreement": float(np.mean((a == b).all(axis=1))),
+            "int8_sid_l1_agreement": float(np.mean(a[:, 0] == b[:, 0]))}
 
 
 def _latency(items, emb, tok, quick: bool) -> dict[str, float]:
@@ -189,14 +273,18 @@ def _latency(items, emb, tok, quick: bool) -> dict[str, float]:
     n_text = min(len(items) // 2, 300)
     n_emb = min(len(items) // 2, 300 if quick else 1000)
     out = _latency_run(items, emb, tok, n_text, with_embedding=False, prefix="new_item")
+    out.update(_latency_run(items, emb, tok, n_text, with_embedding=False, prefix="new_item_int8",
+                            quantize="int8"))
     out.update(_latency_run(items, emb, tok, n_emb, with_embedding=True, prefix="new_item_emb"))
     return out
 
 
-def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str) -> dict[str, float]:
+def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str,
+                 quantize: str = "none") -> dict[str, float]:
     import uuid
 
     from actors.item_indexer import ItemIndexer, ItemIndexerConfig
+    from actors.text_encoder import TextEncoder, TextEncoderConfig
     from infra.broker import EmbeddedBroker
     from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, replace
     from ingest.kafka_client import KafkaConfig
@@ -210,7 +298,9 @@ def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str)
     try:
         kafka = KafkaConfig(bootstrap=external or broker.bootstrap, namespace=f"bench-{uuid.uuid4().hex[:8]}.")
         ensure_topics(kafka, TopicsConfig(partitions={ITEM_EVENTS: 1, DEAD_LETTERS: 1}))
-        idx = ItemIndexer(kafka, tok, ItemIndexerConfig(name="bench", poll_timeout_ms=5))
+        # a fresh encoder: its content-hash cache must not already hold the new items' texts
+        idx = ItemIndexer(kafka, tok, ItemIndexerConfig(name="bench", poll_timeout_ms=5),
+                          encoder=TextEncoder(TextEncoderConfig(quantize=quantize)))
         # the existing catalog, loaded directly (its embeddings are known)
         e_old = emb[: len(old)]
         idx.catalog.upsert([x.item_id for x in old], tok.encode_candidates(e_old, 8), e_old)
