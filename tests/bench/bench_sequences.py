@@ -21,10 +21,18 @@ All on one embedded tansu broker and a local Ray, in one run:
   the driver polls ``histories()`` of 64 probe users through the Ray actor
   every ~5 ms and records ``now − ts`` when a probe user's newest event
   changes: produce time → visible to a reader (an upper bound: probe
-  interval and RPC included). ``producer_ack_*`` is send → broker ack of a
-  sample of those sends (what the broker alone costs); ``probe_rpc_*`` the
-  probe's own call time; ``applied_freshness_*`` the shard's event time →
-  applied and ``apply_*`` its poll return → applied.
+  interval and RPC included). Beside it, in the same run: ``producer_ack_*``
+  is send → broker ack of every 10th send (what producer and broker alone
+  cost); ``raw_consumer_freshness_*`` is send → ``poll()`` of a bare
+  kafka-python consumer with the shard's ConsumerConfig following the same
+  stream in a Ray worker (the floor any consumer sees on this broker and
+  machine); ``probe_rpc_*`` the probe's own call time. From the shard's
+  status (its last ~5 s): ``applied_freshness_*`` event time → applied,
+  ``ingest_*`` message timestamp → applied, ``apply_*`` poll return →
+  applied (the shard's own share).
+
+Environment knobs (defaults in brackets): ``GENREC_BENCH_ROUNDS`` [5, quick 3],
+``GENREC_BENCH_FETCH_MAX_WAIT_MS`` [20], ``GENREC_BENCH_PROBE_MS`` [5].
 * **reads** — ``histories()`` of 64 random users through a Ray actor call.
 * **memory** — bytes per allocated event slot of the ring arrays.
 
@@ -48,6 +56,7 @@ SUITE = "sequences"
 N_PARTITIONS = 4
 ROUNDS = os.environ.get("GENREC_BENCH_ROUNDS")
 FETCH_MAX_WAIT_MS = int(os.environ.get("GENREC_BENCH_FETCH_MAX_WAIT_MS", "20"))
+PROBE_MS = float(os.environ.get("GENREC_BENCH_PROBE_MS", "5"))
 
 
 def _event_bytes(n: int, n_users: int, n_items: int, seed: int, prefix: str):
@@ -222,7 +231,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
               "fetch_max_wait_ms": consumer.fetch_max_wait_ms, "checkpoint_every_events": 50_000,
               "checkpoint_every_s": 5.0, "capacity": 256, "freshness_rate_target": fresh_rate,
               "freshness_seconds": fresh_s, "producer_linger_ms": 1, "producer_acks": "all",
-              "probe_users": 64, "probe_interval_ms": 5, "reads": n_reads,
+              "probe_users": 64, "probe_interval_ms": PROBE_MS, "reads": n_reads,
               "loadavg_at_start": [round(x, 2) for x in load_at_start]}
     metrics: dict[str, float] = {}
     # this file is loaded by path and is not in sys.modules, so cloudpickle ships its functions by value
@@ -317,7 +326,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     last = np.maximum(last, h["last_ts"])
                     if proc.poll() is not None and not changed.any() and len(samples) > 10:
                         break
-                    time.sleep(0.005)
+                    time.sleep(PROBE_MS / 1000)
                 out = json.loads(proc.communicate(timeout=60)[0].strip().splitlines()[-1])
                 metrics["freshness_rate_eps"] = out["sent"] / fresh_s
                 metrics["freshness_p50_ms"] = _pct(samples, 50)
