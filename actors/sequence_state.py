@@ -39,6 +39,7 @@ import struct
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -127,6 +128,13 @@ class _Lane:
         if len(ids) > self.window:  # the run alone overfills the window: keep only its newest ids
             self.ids = set(self.fifo)
         return True
+
+
+def _pick(seq: list[str], idx: list[int]) -> list[str]:
+    """``[seq[i] for i in idx]`` in one C call (itemgetter), ~3x faster for thousands of ids."""
+    if len(idx) < 2:
+        return [seq[i] for i in idx]
+    return list(itemgetter(*idx)(seq))
 
 
 def _join_ids(ids: list[str], chunk: int = 16_384) -> bytes:
@@ -440,7 +448,7 @@ class SequenceState:
         known = rows >= 0
         return {
             "items": items,
-            "item_ids": [self.item_ids[i] for i in vocab.tolist()],
+            "item_ids": _pick(self.item_ids, vocab.tolist()),
             "event_type": np.where(valid, self.etype[r, c], -1).astype(np.int8),
             "ts": np.where(valid, self.ts[r, c], 0),
             "watch_ms": np.where(valid, self.watch[r, c], -1).astype(np.int32),
