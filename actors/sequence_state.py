@@ -89,23 +89,68 @@ class ApplyResult:
 
 
 class _Lane:
-    """Bounded FIFO of recently seen event ids for one partition (``ids`` == set(``fifo``))."""
+    """Bounded FIFO of recently seen event ids for one partition (``ids`` == set of the window).
 
-    __slots__ = ("ids", "fifo", "window")
+    The window is kept as a deque of *chunks* (lists of ids, in order) minus
+    the first ``start`` ids of the oldest chunk. Chunks are never changed once
+    closed — only the open ``tail`` that the one-at-a-time path appends to —
+    so :meth:`view` snapshots a 200k-id window by copying chunk references
+    (a checkpoint used to copy every id on the consume loop: ~5 ms of pause).
+    """
+
+    __slots__ = ("ids", "chunks", "start", "size", "window", "tail")
+    _TAIL_MAX = 1024
 
     def __init__(self, window: int, ids: Iterable[str] = ()):
         self.window = window
-        self.fifo: deque[str] = deque(ids, maxlen=max(window, 1))
-        self.ids = set(self.fifo)
+        first = list(ids)[-window:] if window else []
+        self.chunks: deque[list[str]] = deque([first] if first else [])
+        self.start = 0          # ids of chunks[0] before this index have left the window
+        self.size = len(first)  # ids in the window
+        self.tail: list[str] | None = None  # the open chunk (== chunks[-1]) of the one-at-a-time path
+        self.ids = set(first)
+
+    @property
+    def fifo(self) -> list[str]:
+        """The window's ids, oldest first (a copy)."""
+        return _window_ids(*self.view())
+
+    def view(self) -> tuple[list[list[str]], int]:
+        """``(chunks, start)`` describing the window now, unaffected by later changes to the lane."""
+        chunks = list(self.chunks)
+        if self.tail is not None and chunks:
+            chunks[-1] = list(self.tail)  # the only chunk that still changes
+        return chunks, self.start
+
+    def _evict(self, k: int) -> None:
+        """The ``k`` oldest ids leave the window."""
+        chunks, ids = self.chunks, self.ids
+        self.size -= k
+        while k > 0:
+            c = chunks[0]
+            avail = len(c) - self.start
+            if avail <= k:
+                ids.difference_update(islice(c, self.start, None))
+                chunks.popleft()
+                if c is self.tail:
+                    self.tail = None
+                self.start, k = 0, k - avail
+            else:
+                ids.difference_update(islice(c, self.start, self.start + k))
+                self.start, k = self.start + k, 0
 
     def seen_or_add(self, event_id: str) -> bool:
         """True if ``event_id`` is in the window; otherwise remember it (evicting the oldest)."""
         if event_id in self.ids:
             return True
         if self.window:
-            if len(self.fifo) >= self.window:
-                self.ids.discard(self.fifo.popleft())
-            self.fifo.append(event_id)
+            if self.size >= self.window:
+                self._evict(1)
+            if self.tail is None or len(self.tail) >= self._TAIL_MAX or not self.chunks:
+                self.tail = []
+                self.chunks.append(self.tail)
+            self.tail.append(event_id)
+            self.size += 1
             self.ids.add(event_id)
         return False
 
@@ -114,20 +159,40 @@ class _Lane:
 
         The batch form of :meth:`seen_or_add` for the common case, in C-level
         loops: one set update tells both (the set grew by ``len(ids)`` exactly
-        when every id is new), then the oldest ids leave the window.
+        when every id is new), then the oldest ids leave the window. ``ids``
+        becomes a chunk: the caller must not change it afterwards.
         """
         before = len(self.ids)
         self.ids.update(ids)
         if len(self.ids) - before != len(ids):
             self.ids = set(self.fifo)  # undo: a duplicate is in there; the caller goes one by one
             return False
-        drop = len(self.fifo) + len(ids) - self.window
-        if drop > 0:  # the oldest ids leave the window (the bounded deque drops them on extend)
-            self.ids.difference_update(islice(self.fifo, min(drop, len(self.fifo))))
-        self.fifo.extend(ids)
-        if len(ids) > self.window:  # the run alone overfills the window: keep only its newest ids
-            self.ids = set(self.fifo)
+        if len(ids) >= self.window:  # the run alone fills the window: keep only its newest ids
+            keep = ids[len(ids) - self.window:]
+            self.chunks, self.start, self.size, self.tail = deque([keep]), 0, len(keep), None
+            self.ids = set(keep)
+            return True
+        drop = self.size + len(ids) - self.window
+        if drop > 0:
+            self._evict(drop)
+        self.chunks.append(ids)
+        self.tail = None
+        self.size += len(ids)
         return True
+
+
+def _window_ids(chunks: list[list[str]], start: int) -> list[str]:
+    """The ids of a lane :meth:`_Lane.view`, oldest first."""
+    out: list[str] = []
+    for j, c in enumerate(chunks):
+        out.extend(c[start:] if j == 0 and start else c)
+    return out
+
+
+def _join_view(chunks: list[list[str]], start: int) -> bytes:
+    """:func:`_join_ids` of a lane view, chunk by chunk (no list of all its ids is built)."""
+    parts = [_join_ids(c[start:] if j == 0 and start else c) for j, c in enumerate(chunks)]
+    return b"\n".join([p for p in parts if p])
 
 
 def _pick(seq: list[str], idx: list[int]) -> list[str]:
@@ -485,7 +550,7 @@ class SequenceState:
             **{name: getattr(self, name)[:n].copy() for name in self._COLS},   # [n, W] memcpy
             "item_sid": self.item_sid[: len(self.item_ids)].copy(),
             "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
-            "lanes": {str(k): list(v.fifo) for k, v in self.lanes.items()},
+            "lanes": {str(k): v.view() for k, v in self.lanes.items()},   # chunk refs, not ids
             "events_applied": self.events_applied, "duplicates": self.duplicates,
             "capacity": self.config.capacity,
         }
@@ -518,7 +583,7 @@ class SequenceState:
             "capacity": parts["capacity"],
             "user_ids": _join_ids(parts["user_ids"]),
             "item_ids": _join_ids(parts["item_ids"]),
-            "lanes": {k: _join_ids(v) for k, v in parts["lanes"].items()},
+            "lanes": {k: _join_view(*v) for k, v in parts["lanes"].items()},
             "events_applied": parts["events_applied"],
             "duplicates": parts["duplicates"],
             "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()],
