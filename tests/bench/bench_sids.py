@@ -229,7 +229,7 @@ def _encoder_bench(texts: list[str], emb: np.ndarray, quick: bool, threads: int)
 
     from actors.text_encoder import TextEncoder, TextEncoderConfig
 
-    n = min(len(texts), 256 if quick else 600)
+    n = min(len(texts), 256 if quick else 400)
     sample = texts[:n]
     out: dict = {}
     fp32 = TextEncoder(TextEncoderConfig(cache_size=0))
