@@ -23,22 +23,22 @@ Determinism — what makes the shards exactly-once: every piece of state is a
 function of *each partition's* message sequence, never of how a poll
 interleaves partitions. A user lives in one partition, so its ring only sees
 that partition's order; the event_id de-duplication window is kept per
-partition ("lane") and evicts first-in-first-out by that lane's count. The
-only interleaving-dependent detail is the numbering of ``item_ids``, which is
-internal: reads and comparisons go through the id strings.
+partition ("lane", :class:`actors.dedup_window.DedupWindow`) and evicts
+first-in-first-out by that lane's count. The only interleaving-dependent
+detail is the numbering of ``item_ids``, which is internal: reads and
+comparisons go through the id strings.
 
 Why ring buffers in NumPy: a micro-batch is applied with a handful of
-vectorised scatters (one Python dict lookup per event for the user/item ids),
-and ``histories()`` for a serving batch is one gather.
+vectorised scatters (the per-event work is C-level ``map``/list
+comprehensions over dict lookups), and ``histories()`` for a serving batch
+is one gather.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from collections import deque
 from contextlib import AbstractContextManager, nullcontext
-from itertools import islice
 from operator import itemgetter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -46,6 +46,7 @@ from typing import Iterable, Sequence
 import msgspec
 import numpy as np
 
+from actors.dedup_window import DedupWindow, join_ids as _join_ids, join_view as _join_view
 from ingest.contract import EVENT_TYPES, UserEvent
 
 STATE_VERSION = 3  # 1 (.npz arrays + msgpack id chunks in one msgpack map) is still readable
@@ -88,129 +89,11 @@ class ApplyResult:
     new_users: int = 0
 
 
-class _Lane:
-    """Bounded FIFO of recently seen event ids for one partition (``ids`` == set of the window).
-
-    The window is kept as a deque of *chunks* (lists of ids, in order) minus
-    the first ``start`` ids of the oldest chunk. Chunks are never changed once
-    closed — only the open ``tail`` that the one-at-a-time path appends to —
-    so :meth:`view` snapshots a 200k-id window by copying chunk references
-    (a checkpoint used to copy every id on the consume loop: ~5 ms of pause).
-    """
-
-    __slots__ = ("ids", "chunks", "start", "size", "window", "tail")
-    _TAIL_MAX = 1024
-
-    def __init__(self, window: int, ids: Iterable[str] = ()):
-        self.window = window
-        first = list(ids)[-window:] if window else []
-        self.chunks: deque[list[str]] = deque([first] if first else [])
-        self.start = 0          # ids of chunks[0] before this index have left the window
-        self.size = len(first)  # ids in the window
-        self.tail: list[str] | None = None  # the open chunk (== chunks[-1]) of the one-at-a-time path
-        self.ids = set(first)
-
-    @property
-    def fifo(self) -> list[str]:
-        """The window's ids, oldest first (a copy)."""
-        return _window_ids(*self.view())
-
-    def view(self) -> tuple[list[list[str]], int]:
-        """``(chunks, start)`` describing the window now, unaffected by later changes to the lane."""
-        chunks = list(self.chunks)
-        if self.tail is not None and chunks:
-            chunks[-1] = list(self.tail)  # the only chunk that still changes
-        return chunks, self.start
-
-    def _evict(self, k: int) -> None:
-        """The ``k`` oldest ids leave the window."""
-        chunks, ids = self.chunks, self.ids
-        self.size -= k
-        while k > 0:
-            c = chunks[0]
-            avail = len(c) - self.start
-            if avail <= k:
-                ids.difference_update(islice(c, self.start, None))
-                chunks.popleft()
-                if c is self.tail:
-                    self.tail = None
-                self.start, k = 0, k - avail
-            else:
-                ids.difference_update(islice(c, self.start, self.start + k))
-                self.start, k = self.start + k, 0
-
-    def seen_or_add(self, event_id: str) -> bool:
-        """True if ``event_id`` is in the window; otherwise remember it (evicting the oldest)."""
-        if event_id in self.ids:
-            return True
-        if self.window:
-            if self.size >= self.window:
-                self._evict(1)
-            if self.tail is None or len(self.tail) >= self._TAIL_MAX or not self.chunks:
-                self.tail = []
-                self.chunks.append(self.tail)
-            self.tail.append(event_id)
-            self.size += 1
-            self.ids.add(event_id)
-        return False
-
-    def add_if_all_new(self, ids: list[str]) -> bool:
-        """Remember ``ids`` and return True if none is in the window and none repeats; else change nothing.
-
-        The batch form of :meth:`seen_or_add` for the common case, in C-level
-        loops: one set update tells both (the set grew by ``len(ids)`` exactly
-        when every id is new), then the oldest ids leave the window. ``ids``
-        becomes a chunk: the caller must not change it afterwards.
-        """
-        before = len(self.ids)
-        self.ids.update(ids)
-        if len(self.ids) - before != len(ids):
-            self.ids = set(self.fifo)  # undo: a duplicate is in there; the caller goes one by one
-            return False
-        if len(ids) >= self.window:  # the run alone fills the window: keep only its newest ids
-            keep = ids[len(ids) - self.window:]
-            self.chunks, self.start, self.size, self.tail = deque([keep]), 0, len(keep), None
-            self.ids = set(keep)
-            return True
-        drop = self.size + len(ids) - self.window
-        if drop > 0:
-            self._evict(drop)
-        self.chunks.append(ids)
-        self.tail = None
-        self.size += len(ids)
-        return True
-
-
-def _window_ids(chunks: list[list[str]], start: int) -> list[str]:
-    """The ids of a lane :meth:`_Lane.view`, oldest first."""
-    out: list[str] = []
-    for j, c in enumerate(chunks):
-        out.extend(c[start:] if j == 0 and start else c)
-    return out
-
-
-def _join_view(chunks: list[list[str]], start: int) -> bytes:
-    """:func:`_join_ids` of a lane view, chunk by chunk (no list of all its ids is built)."""
-    parts = [_join_ids(c[start:] if j == 0 and start else c) for j, c in enumerate(chunks)]
-    return b"\n".join([p for p in parts if p])
-
-
 def _pick(seq: list[str], idx: list[int]) -> list[str]:
     """``[seq[i] for i in idx]`` in one C call (itemgetter), ~3x faster for thousands of ids."""
     if len(idx) < 2:
         return [seq[i] for i in idx]
     return list(itemgetter(*idx)(seq))
-
-
-def _join_ids(ids: list[str], chunk: int = 16_384) -> bytes:
-    """Ids as one UTF-8 blob, newline-separated (contract ids hold no whitespace).
-
-    Joined in chunks: one ``str.join`` over a 200k-id de-dup window holds the
-    GIL for milliseconds, stalling the consume loop while a checkpoint is written.
-    """
-    if len(ids) <= chunk:
-        return "\n".join(ids).encode("utf-8")
-    return b"\n".join(["\n".join(ids[i:i + chunk]).encode("utf-8") for i in range(0, len(ids), chunk)])
 
 
 def _split_ids(blob: bytes) -> list[str]:
@@ -236,7 +119,7 @@ class SequenceState:
         self.item_index: dict[str, int] = {}
         self.item_ids: list[str] = []
         self.item_sid = np.full(256, -1, np.int32)  # [n_items] SID slot per item, -1 unknown
-        self.lanes: dict[int, _Lane] = {}
+        self.lanes: dict[int, DedupWindow] = {}
         self.events_applied = 0
         self.duplicates = 0
         w = min(config.initial_width, config.capacity)
@@ -411,7 +294,7 @@ class SequenceState:
         lo = self.lanes.get(lane)
         window = self.config.dedup_window
         if lo is None:
-            lo = self.lanes[lane] = _Lane(window)
+            lo = self.lanes[lane] = DedupWindow(window)
         if not window:
             return events
         ids = [e.event_id for e in events]
@@ -626,7 +509,7 @@ class SequenceState:
         st.item_index = {it: i for i, it in enumerate(st.item_ids)}
         st.item_sid = np.full(max(256, len(st.item_ids)), -1, np.int32)
         st.item_sid[: len(st.item_ids)] = arr["item_sid"]
-        st.lanes = {int(k): _Lane(config.dedup_window, ids[-config.dedup_window:] if config.dedup_window else [])
+        st.lanes = {int(k): DedupWindow(config.dedup_window, ids[-config.dedup_window:] if config.dedup_window else [])
                     for k, ids in ((k, ids(v)) for k, v in meta["lanes"].items())}
         st.events_applied = int(meta["events_applied"])
         st.duplicates = int(meta["duplicates"])

@@ -232,17 +232,17 @@ def test_version_1_checkpoints_still_load():
 def test_lane_view_is_a_stable_snapshot_while_the_lane_goes_on():
     """A checkpoint takes the de-dup window as chunk references; later batches (fast path), one-at-a-time
     adds (the open tail chunk) and evictions must not change what that view describes."""
-    from actors.sequence_state import _join_view, _Lane, _window_ids
+    from actors.dedup_window import DedupWindow, join_view, window_ids
 
-    lane = _Lane(window=5)
+    lane = DedupWindow(window=5)
     assert lane.add_if_all_new(["a", "b", "c"])
     assert not lane.seen_or_add("d") and lane.seen_or_add("b")       # "d" goes into the open tail
     view = lane.view()
-    before = _window_ids(*view)
-    assert before == ["a", "b", "c", "d"] and _join_view(*view) == b"a\nb\nc\nd"
+    before = window_ids(*view)
+    assert before == ["a", "b", "c", "d"] and join_view(*view) == b"a\nb\nc\nd"
     assert not lane.seen_or_add("e") and not lane.seen_or_add("f")   # tail grows, "a" evicted
     assert lane.add_if_all_new(["g", "h"])                            # "b", "c" evicted
     assert lane.fifo == ["d", "e", "f", "g", "h"] and lane.ids == set(lane.fifo)
-    assert _window_ids(*view) == before                               # the view did not move
+    assert window_ids(*view) == before                               # the view did not move
     assert not lane.add_if_all_new(["x", "h"]) and lane.fifo == ["d", "e", "f", "g", "h"]  # dup: unchanged
     assert lane.add_if_all_new(["p", "q", "r", "s", "t", "u"]) and lane.fifo == ["q", "r", "s", "t", "u"]
