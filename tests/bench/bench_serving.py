@@ -14,6 +14,8 @@ share a GIL with anything they measure; its CPU use is reported
   HTTP + proxy + ingress routing/validation + handle hop + batch wait.
   ``overhead_p50_ms`` = median of the paired differences;
   ``overhead_p50_diff_ms`` = difference of the p50s. A stage table splits both.
+  ``healthz_p50_ms``: ``GET /healthz`` over the same client — the floor of HTTP +
+  Serve proxy + ingress replica with no work and no recommender hop.
 * c16 / c64: p50/p99 and requests/s; ``batching_gain_c64`` = rps with dynamic
   batching / rps with batch size 1 (``configure_batching(1)`` on the same replica).
 * Overload: 500 concurrent clients for 40 s (15 s quick), all starting at once, each
@@ -204,6 +206,11 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> 
                     inproc_parts.append({**tim, "client_ms": p_ms})
                     pairs.append(h - p_ms)
             wall = time.perf_counter() - t_c1
+            floor = []   # GET /healthz: HTTP + proxy + ingress replica, no recommender hop, no work
+            for _ in range(max(50, n // 2)):
+                t = time.perf_counter()
+                hc.get("/healthz")
+                floor.append((time.perf_counter() - t) * 1000)
     finally:
         loop.close()
         log.close()
@@ -212,7 +219,8 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> 
     med = lambda rows: {k: _pct([x.get(k, np.nan) for x in rows], 50) for k in STAGES + ("client_ms",)}  # noqa: E731
     return {"lat": http_ms, "srv": [x["total_ms"] for x in http_parts], "inproc": inproc, "pairs": pairs,
             "codes": {200: len(http_ms)}, "errors": n - len(http_ms), "rps": len(http_ms) / wall / 2,
-            "parts": med(http_parts), "inproc_parts": med(inproc_parts), "cpu_s": float("nan"), "wall_s": wall}
+            "parts": med(http_parts), "inproc_parts": med(inproc_parts), "cpu_s": float("nan"), "wall_s": wall,
+            "floor": floor}
 
 
 def _stage_table(c1: dict) -> str:
@@ -300,6 +308,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "inproc_p50_ms": _pct(c1["inproc"], 50), "inproc_p99_ms": _pct(c1["inproc"], 99),
         "overhead_p50_ms": _pct(c1["pairs"], 50),
         "overhead_p50_diff_ms": _pct(c1["lat"], 50) - _pct(c1["inproc"], 50),
+        "healthz_p50_ms": _pct(c1["floor"], 50),
         "c1_log_ms_p50": c1["parts"]["log_ms"], "c1_batch_wait_ms_p50": c1["parts"]["batch_wait_ms"],
         "c1_http_proxy_ms_p50": c1["parts"]["client_ms"] - c1["parts"]["total_ms"],
         "http_p50_ms_c16": _pct(c16["lat"], 50), "http_p99_ms_c16": _pct(c16["lat"], 99), "rps_c16": c16["rps"],
