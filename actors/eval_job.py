@@ -262,7 +262,8 @@ def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
                 f"valid NDCG@10 {rec['valid_ndcg10']:.4f} ({rec['elapsed_s']:.0f} s)")
 
     model.fit(split.train(), split.valid(), on_epoch=on_epoch)
-    return model, {"train_s": time.perf_counter() - t0, "best_epoch": model.best_epoch}
+    return model, {"train_s": time.perf_counter() - t0, "best_epoch": model.best_epoch,
+                   "epochs": len(model.history)}
 
 
 def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None], titles=None):
@@ -290,7 +291,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     model, rep = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts, validate=True,
                                on_epoch_end=on_epoch_end, item_emb=emb if cfg.init_codes else None)
     ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
-    info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch,
+    info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch, "epochs": rep.epochs_run,
             "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,
             "n_params": rep.n_params}
     return ranker, info
@@ -319,7 +320,9 @@ def run_eval(cfg: EvalConfig, say: Callable[[str], None] = lambda s: None, log_:
         for seed in (cfg.seeds if name != "popularity" else cfg.seeds[:1]):
             _seed_all(seed)
             kw = {"titles": log_.titles} if name == "generator" else {}
+            cpu0 = time.process_time()
             ranker, info = RUNNERS[name](split, seed, cfg, say, **kw)
+            info["train_cpu_s"] = time.process_time() - cpu0   # CPU of this process, all threads
             m = _evaluate(ranker, test, split.n_items, cfg.n)
             m.update({k: v for k, v in info.items() if isinstance(v, (int, float))})
             runs[name].append({"seed": seed, "metrics": m,
@@ -354,7 +357,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, floa
 
 
 TABLE_METRICS = ("hr@1", "hr@5", "hr@10", "hr@50", "ndcg@5", "ndcg@10", "ndcg@50", "mrr", "coverage@10",
-                 "invalid_rate", "train_s")
+                 "invalid_rate", "train_s", "train_cpu_s")
 
 
 def comparison_table(summary: dict) -> str:
@@ -368,7 +371,7 @@ def comparison_table(summary: dict) -> str:
             s = summary[m].get(k)
             if s is None:
                 cells.append("-")
-            elif k == "train_s":
+            elif k in ("train_s", "train_cpu_s"):
                 cells.append(f"{s['mean']:.0f}" + (f" ± {s['std']:.0f}" if s["n"] > 1 else ""))
             else:
                 cells.append(f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else ""))

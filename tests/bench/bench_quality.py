@@ -4,21 +4,32 @@
 
 Every model trains on the same training part of the same split, early-stops
 on the same validation item, and ranks the whole catalog for every test user
-with seen items excluded (:mod:`actors.eval_job`). Training is budgeted
-(SASRec in seconds, the generator in optimizer steps — see the constants
-below) so that the suite finishes on the shared 2-core development machines;
-neither model reaches full convergence in those budgets there, and
-``train_s_*`` report what each actually used. Raise the budgets on a bigger
-machine.
+with seen items excluded (:mod:`actors.eval_job`).
+
+Equal compute: both models get the same training budget in **CPU seconds of
+this process** (:mod:`models.budget`), not wall seconds — the development
+machines are small and shared, and a wall budget would hand whichever model
+trained while a neighbour was busy fewer steps. Each model stops earlier when
+its validation NDCG stops improving. ``train_s`` (wall) and ``train_cpu_s``
+report what each actually used.
+
+The generator runs at the sizes that fit that budget on two CPU cores: one
+decoder layer and two-item training sessions (the decoder's cost per example
+grows with layers × session length × SID length, and it dominates a training
+step), with its code embeddings started from the item embeddings the SIDs
+were fitted on (:mod:`models.code_init`). The SID table shows what each of
+those choices is worth.
 
 Full run: 3 seeds (mean and sample std), plus a table of how the generator's
-quality changes with the semantic-ID settings (levels, codebook size) and the
-tokenizer (RQ-KMeans vs RQ-VAE), one seed each. ``--quick``: a user subset,
-short budgets, one seed, a two-row SID table — same metric names.
+quality changes with the semantic-ID settings (levels, codebook size), the
+tokenizer (RQ-KMeans vs RQ-VAE) and the code initialisation, one seed each at
+a smaller budget. ``--quick``: a user subset, short budgets, one seed, a
+two-row SID table — same metric names.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -28,23 +39,24 @@ DATASETS = ("ml100k", "synthetic")
 #: Synthetic world used by the suite (a mid-sized world: ~1.5k users, ~2k items).
 SYNTHETIC = dict(n_users=1500, n_items=2000, n_topics=16, seed=7)
 
-#: Training budgets. SASRec: wall-clock seconds per run. Generator: optimizer steps (its loop
-#: checks a time budget only at epoch ends, and one ML-100K epoch is ~380 steps), so the
-#: cosine schedule completes inside the budget. Measured train_s of both are reported.
-BUDGET_FULL, BUDGET_QUICK = 180.0, 15.0
-GEN_STEPS_FULL, GEN_STEPS_QUICK = 60, 4
-SID_STEPS_FULL, SID_STEPS_QUICK = 30, 3
+#: Training budget per model run, CPU seconds of this process (both models, every seed).
+BUDGET_FULL, BUDGET_QUICK = 600.0, 20.0
+#: Budget of each run in the SID-settings table (one seed, generator only).
+SID_BUDGET_FULL, SID_BUDGET_QUICK = 200.0, 10.0
+THREADS = 2
 
-#: Semantic-ID settings compared in the table: (tokenizer, levels, codebook size; 0 = auto).
-SID_GRID_FULL = [("rq_kmeans", 3, 0), ("rq_kmeans", 2, 0), ("rq_kmeans", 3, 16), ("rq_vae", 3, 0)]
-SID_GRID_QUICK = [("rq_kmeans", 3, 0), ("rq_vae", 3, 0)]
+#: Semantic-ID settings compared in the table: (tokenizer, levels, codebook size; 0 = auto, init codes).
+SID_GRID_FULL = [("rq_kmeans", 3, 0, True), ("rq_kmeans", 3, 0, False), ("rq_kmeans", 2, 0, True),
+                 ("rq_kmeans", 3, 16, True), ("rq_vae", 3, 0, True)]
+SID_GRID_QUICK = [("rq_kmeans", 3, 0, True), ("rq_vae", 3, 0, True)]
 
 #: Sizes for the shared 2-core CPU machines (scale up on a GPU): SASRec reads the last 50
-#: events (random 50-event windows of longer histories during training); the generator is
-#: the default architecture at d_model 64.
+#: events (random 50-event windows of longer histories during training).
 SASREC = dict(max_len=50, lr=2e-3, eval_every=2, patience=3)
-GENERATOR: dict = dict(d_model=64, heads=2)
-TRAIN = dict(val_max_users=200, val_beam=10, patience=3)
+GENERATOR: dict = dict(d_model=64, heads=2, dec_layers=1, session_len=2)
+TRAIN = dict(val_max_users=300, val_beam=10, patience=3)
+LEVELS = 3
+INIT_CODES = True
 EMBEDDINGS = "collab"  # co-occurrence only: MiniLM on titles costs minutes of CPU per run here
 
 
@@ -59,17 +71,18 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     from actors.eval_job import EvalConfig, load_log, run_eval
 
     dataset = dataset or "ml100k"
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(1)  # OpenMP spinning on a loaded 2-core machine costs more than it gains
     kw = SYNTHETIC if dataset == "synthetic" else {}
     log = load_log(dataset, **kw)
     base = dict(dataset=dataset, dataset_kw=kw, sasrec=dict(SASREC), generator=dict(GENERATOR),
-                train={**TRAIN, "max_steps": GEN_STEPS_FULL}, embeddings=EMBEDDINGS)
+                train=dict(TRAIN), embeddings=EMBEDDINGS, levels=LEVELS, init_codes=INIT_CODES,
+                budget_clock="cpu")
     if quick:
-        base.update(max_users=200, seeds=(0,), budget_s=BUDGET_QUICK,
-                    train={**TRAIN, "val_max_users": 50, "max_steps": GEN_STEPS_QUICK})
+        base.update(max_users=200, seeds=(0,), budget_s=BUDGET_QUICK, train={**TRAIN, "val_max_users": 50})
     else:
         base.update(seeds=(0, 1, 2), budget_s=BUDGET_FULL)
+    load0 = os.getloadavg()[0]
     cfg = EvalConfig(**base)
     t0 = time.time()
     main = run_eval(cfg, say=_say, log_=log)
@@ -92,6 +105,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "invalid_rate": g["invalid_rate"]["max"],
         "seen_rate_max": max(s[m]["seen_rate"]["max"] for m in s),
         "train_s_generator": g["train_s"]["mean"], "train_s_sasrec": r["train_s"]["mean"],
+        "train_cpu_s_generator": g["train_cpu_s"]["mean"], "train_cpu_s_sasrec": r["train_cpu_s"]["mean"],
         "sid_s_generator": g["sid_s"]["mean"] if "sid_s" in g else 0.0,
         "test_users": float(main["data"]["test_users"]), "seeds": float(len(cfg.seeds)),
     }
@@ -99,30 +113,25 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
               f"{main['data']['items']} items, {main['data']['test_users']} test users, mean ± std over "
               f"{len(cfg.seeds)} seed(s); train_s in seconds)\n\n" + main["table"]]
 
-    # how quality changes with the semantic-ID settings (generator only, first seed)
-    rows = ["| tokenizer | levels | codebook | SID level sizes | NDCG@10 | HR@10 | HR@50 | invalid | train_s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    # how quality changes with the semantic-ID settings (generator only, first seed, smaller budget)
+    rows = ["| tokenizer | levels | codebook | init codes | SID level sizes | NDCG@10 | HR@10 | HR@50 | invalid | "
+            "epochs | train_cpu_s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     grid = SID_GRID_QUICK if quick else SID_GRID_FULL
-    steps = SID_STEPS_QUICK if quick else SID_STEPS_FULL
-    for tok, levels, k in grid:
-        same_as_main = (tok, levels, k) == (cfg.tokenizer, cfg.levels, cfg.codebook_size)
-        if same_as_main:
-            run0 = main["runs"]["generator"][0]
-            note = " (main run, seed 0)"
-        else:
-            sub = EvalConfig(**{**base, "models": ("generator",), "seeds": cfg.seeds[:1], "tokenizer": tok,
-                                "levels": levels, "codebook_size": k,
-                                "train": {**base["train"], "max_steps": steps}})
-            run0 = run_eval(sub, say=_say, log_=log)["runs"]["generator"][0]
-            note = ""
+    sid_budget = SID_BUDGET_QUICK if quick else SID_BUDGET_FULL
+    for tok, levels, k, init in grid:
+        sub = EvalConfig(**{**base, "models": ("generator",), "seeds": cfg.seeds[:1], "tokenizer": tok,
+                            "levels": levels, "codebook_size": k, "init_codes": init, "budget_s": sid_budget})
+        run0 = run_eval(sub, say=_say, log_=log)["runs"]["generator"][0]
         m, info = run0["metrics"], run0["info"]
-        rows.append(f"| {tok}{note} | {levels} | {k or 'auto'} | {tuple(info.get('level_sizes', ()))} | "
-                    f"{m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['hr@50']:.4f} | {m['invalid_rate']:.4f} | "
-                    f"{m['train_s']:.0f} |")
-    tables.append(f"**{dataset}: generator quality vs semantic-ID settings** (seed 0; {steps} training "
-                  f"steps per run except the main run's {cfg.train['max_steps']})\n\n" + "\n".join(rows))
-    config = {"data": main["data"], "budget_s": cfg.budget_s, "sid_steps": steps, "seeds": list(cfg.seeds),
-              "max_users": cfg.max_users, "sasrec": cfg.sasrec, "generator": cfg.generator, "train": cfg.train,
-              "tokenizer": cfg.tokenizer, "levels": cfg.levels, "embeddings": cfg.embeddings,
+        rows.append(f"| {tok} | {levels} | {k or 'auto'} | {'yes' if init else 'no'} | "
+                    f"{tuple(info.get('level_sizes', ()))} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
+                    f"{m['hr@50']:.4f} | {m['invalid_rate']:.4f} | {m.get('epochs', float('nan')):.0f} | "
+                    f"{m['train_cpu_s']:.0f} |")
+    tables.append(f"**{dataset}: generator quality vs semantic-ID settings** (seed 0, {sid_budget:.0f} CPU-s "
+                  f"training budget per run, vs {cfg.budget_s:.0f} in the main comparison)\n\n" + "\n".join(rows))
+    config = {"data": main["data"], "budget_cpu_s": cfg.budget_s, "sid_budget_cpu_s": sid_budget,
+              "seeds": list(cfg.seeds), "threads": THREADS, "max_users": cfg.max_users, "sasrec": cfg.sasrec,
+              "generator": cfg.generator, "train": cfg.train, "tokenizer": cfg.tokenizer, "levels": cfg.levels,
+              "init_codes": cfg.init_codes, "embeddings": cfg.embeddings, "load_avg_at_start": round(load0, 1),
               "wall_s": round(time.time() - t0, 1)}
     return {"config": config, "metrics": metrics, "tables": tables}
