@@ -64,3 +64,16 @@ def test_int8_is_batch_invariant_and_close_to_fp32(fp32):
 def test_bad_config_is_named(kw, word):
     with pytest.raises(ValueError, match=word):
         TextEncoderConfig(**kw)
+
+
+def test_int8_on_two_python_threads_gives_the_same_vectors():
+    import torch
+
+    before = torch.get_num_threads()            # threads=2 sets the process's intra-op threads to 1
+    try:
+        one = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0))
+        two = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0, threads=2))
+        assert torch.get_num_threads() == 1
+        np.testing.assert_array_equal(two.encode(TEXTS), one.encode(TEXTS))
+    finally:
+        torch.set_num_threads(before)
