@@ -289,6 +289,8 @@ def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str,
                  quantize: str = "none") -> dict[str, float]:
     import uuid
 
+    import torch
+
     from actors.item_indexer import ItemIndexer, ItemIndexerConfig
     from actors.text_encoder import TextEncoder, TextEncoderConfig
     from infra.broker import EmbeddedBroker
@@ -306,7 +308,8 @@ def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str,
         ensure_topics(kafka, TopicsConfig(partitions={ITEM_EVENTS: 1, DEAD_LETTERS: 1}))
         # a fresh encoder: its content-hash cache must not already hold the new items' texts
         idx = ItemIndexer(kafka, tok, ItemIndexerConfig(name="bench", poll_timeout_ms=5),
-                          encoder=TextEncoder(TextEncoderConfig(quantize=quantize)))
+                          encoder=TextEncoder(TextEncoderConfig(
+                              quantize=quantize, threads=torch.get_num_threads() if quantize == "int8" else 0)))
         # the existing catalog, loaded directly (its embeddings are known)
         e_old = emb[: len(old)]
         idx.catalog.upsert([x.item_id for x in old], tok.encode_candidates(e_old, 8), e_old)
