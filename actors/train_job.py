@@ -72,6 +72,7 @@ class TrainJobConfig:
     train: TrainConfig = TrainConfig()
     eval_beam: int = 20
     eval_max_users: int = 0      # test users evaluated after training (0 = all)
+    init_codes: bool = True      # start code embeddings from the item embeddings (models.code_init)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -353,6 +354,7 @@ def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, toke
     data = data if data is not None else load_interactions(cfg)
     say(f"data: {data.name}: {data.split.n_users} users, {data.n_items} items, "
         f"{sum(len(s) for s in data.split.items)} events")
+    emb = None
     if tokenizer is None or item_sids is None:
         emb = item_embeddings(data, cfg.embeddings, cfg.collab_dim, cfg.seed, encoder=encoder)
         tokenizer, item_sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, cfg.seed)
@@ -374,7 +376,8 @@ def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, toke
 
     tv = data.split.train_valid()
     model, report = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts,
-                                  validate=True, on_epoch_end=checkpoint)
+                                  validate=True, on_epoch_end=checkpoint,
+                                  item_emb=emb if cfg.init_codes else None)
     model.to("cpu")
     test = evaluate_test(model, data, item_sids, beam=cfg.eval_beam, max_users=cfg.eval_max_users)
     metrics = {"data": data.name, "train": report.as_dict(), "test": test,

@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("--levels", type=int, default=3, help="residual SID levels (plus one de-duplication level)")
     p.add_argument("--codebook-size", type=int, default=0, help="codes per level (0: from the catalog size)")
     p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (each)")
+    p.add_argument("--layers", type=int, default=2, help="encoder layers (and decoder layers unless --dec-layers)")
+    p.add_argument("--dec-layers", type=int, default=0, help="decoder layers (0 = same as --layers); the decoder "
+                   "dominates training cost on CPU")
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--max-history", type=int, default=50)
@@ -36,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--max-events", type=int, default=0, help="use only the first N user events (0 = all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="a short run: 3 epochs on at most 20k events")
+    p.add_argument("--no-init-codes", action="store_true",
+                   help="start SID code embeddings at random instead of from the item embeddings the SIDs "
+                        "were fitted on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the saved metrics as JSON at the end")
@@ -57,7 +62,8 @@ def run(args) -> int:
     cfg = TrainJobConfig(
         data=args.data, archive=args.archive, out=args.out, embeddings=args.embeddings, tokenizer=args.tokenizer,
         levels=args.levels, codebook_size=args.codebook_size, max_events=max_events, seed=args.seed,
-        generator=dict(d_model=args.d_model, enc_layers=args.layers, dec_layers=args.layers, heads=args.heads,
+        init_codes=not args.no_init_codes,
+        generator=dict(d_model=args.d_model, enc_layers=args.layers, dec_layers=args.dec_layers or args.layers, heads=args.heads,
                        dropout=args.dropout, max_history=args.max_history, session_len=args.session_len,
                        moe_experts=args.moe_experts),
         train=TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
