@@ -381,7 +381,16 @@ class ShardRuntime:
             return self.state.snapshot()
 
     def status(self) -> dict:
-        """Lag, throughput, freshness and checkpoint age of this shard (a flat, printable dict)."""
+        """Lag, throughput, freshness and checkpoint age of this shard (a flat, printable dict).
+
+        Latencies (recent ``freshness_window_s``): ``freshness_*`` event time →
+        applied, ``ingest_*`` Kafka message timestamp → applied, ``apply_*``
+        ``poll_records()`` returned → applied (the shard's own share). Costs
+        since the first non-empty poll: ``cpu_us_per_event`` (whole process),
+        ``loop_cpu_us_per_event`` (the consume thread alone),
+        ``checkpoint_cpu_ms_total`` (writer threads); ``checkpoint_pause_ms``
+        is the snapshot the loop itself takes, ``checkpoint_ms`` the whole write.
+        """
         now = time.time()
         offsets = dict(self.offsets)
         lag = {p: max(0, self._ends.get(p, o) - o) for p, o in offsets.items()}
