@@ -15,7 +15,8 @@ Routes (all under ``/v1`` except the probes; every one is in the OpenAPI schema 
 
 Exposure logging (the ``served`` topic). The ingress writes the record after
 the recommender answered and *waits for the broker's ack before it answers
-the client*. If the recommender fails (replica killed, back-pressure) there is
+the client* (:class:`serving.recommend_path.RecommendPath`: one linger-0
+producer, each answer awaits its own ack). If the recommender fails (replica killed, back-pressure) there is
 no result, no record and the client gets 503; if the write fails the client
 gets 503 too. So no client sees a session without its ``served`` record, and a
 record never exists for a request the recommender did not answer. (A record
@@ -23,11 +24,21 @@ record never exists for a request the recommender did not answer. (A record
 server can close; the reward joiner treats such a session as one without
 feedback.)
 
-Overload: the ingress admits at most ``max_inflight`` recommend requests
-(optionally an adaptive AIMD limit that keeps admitted latency near
-``latency_target_ms``); beyond that it answers ``503`` with ``Retry-After`` at
-once (admitted requests keep their latency instead of everybody queueing), and
-the recommender's ``max_queued_requests`` back-pressure maps to the same answer.
+Overload: the ingress admits at most ``max_inflight`` recommend requests (by
+default one recommender batch per replica; optionally an adaptive AIMD limit
+that keeps admitted latency near ``latency_target_ms``); beyond that it
+answers ``503`` at once (admitted requests keep their latency instead of
+everybody queueing), with an adaptive, jittered ``Retry-After``
+(:mod:`serving.admission`) that spreads the rejected clients' returns. The
+recommender's ``max_queued_requests`` back-pressure maps to the same answer,
+and beyond ``max_inflight + ingress_slack`` (+ a short proxy queue) the Serve
+proxy itself sheds with 503 + ``Retry-After: shed_retry_after_s``.
+
+Measured limits (BENCHMARKS.md, ``serving``): on the shared 2-core machine the
+Serve proxy + ingress round trip of an empty ``GET /healthz`` alone costs
+~7-10 ms, and a POST body costs the replica one more call back into the proxy
+(Ray Serve 2.60 fetches ASGI body messages with ``receive_asgi_messages``), so
+the HTTP + Serve overhead at concurrency 1 stays well above 5 ms.
 """
 
 
