@@ -41,8 +41,8 @@ class SupervisorConfig:
     concurrency group) and, separately, for control calls. ``monitor_s``: how often the background monitor checks liveness
     (0 = no monitor thread; call :meth:`check` yourself). ``freshness_window_s``:
     the span of recent events the freshness percentiles in ``status()`` cover.
-    ``fetch_max_wait_ms``, ``niceness``, ``gil_switch_ms``: per-shard latency
-    knobs, see :class:`~actors.sequence_shard.ShardConfig`.
+    ``fetch_max_wait_ms``, ``niceness``, ``gil_switch_ms``, ``gc_gen0_threshold``:
+    per-shard process knobs, see :class:`~actors.sequence_shard.ShardConfig`.
     """
 
     kafka: KafkaConfig
@@ -60,6 +60,7 @@ class SupervisorConfig:
     fetch_max_wait_ms: int | None = 20
     niceness: int | None = 0
     gil_switch_ms: float | None = 1.0
+    gc_gen0_threshold: int | None = 50_000
     name_prefix: str = "genrec-seq-"
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
@@ -113,7 +114,8 @@ class SequenceSupervisor:
                         kafka=cfg.kafka, checkpoint=cfg.checkpoint, sequence=cfg.sequence,
                         consumer=cfg.consumer, topic=cfg.topic, group_id=cfg.group_id,
                         freshness_window_s=cfg.freshness_window_s, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-                        niceness=cfg.niceness, gil_switch_ms=cfg.gil_switch_ms)
+                        niceness=cfg.niceness, gil_switch_ms=cfg.gil_switch_ms,
+                        gc_gen0_threshold=cfg.gc_gen0_threshold)
             for i in range(n)]
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}

@@ -7,8 +7,9 @@ All on one embedded tansu broker and a local Ray, in one run:
   (poll only: ``raw_consume_eps``) and by one sequence shard actor (poll,
   decode + validate, de-dup, apply to the ring buffers, checkpoint:
   ``applied_eps``). Both consumers are built from the same ``ConsumerConfig``
-  (``client_kwargs()``: batch size, fetch sizes, ``fetch_max_wait_ms``) and
-  the same ``KafkaConfig.common()``. Both rates are counted from the return of
+  (``client_kwargs()``: batch size, fetch sizes, ``fetch_max_wait_ms``), the
+  same ``KafkaConfig.common()`` and the same process settings (CPU priority,
+  GIL switch interval, GC tuning: ``both_*`` in the config). Both rates are counted from the return of
   the first non-empty poll to the last message, so start-up costs are
   excluded equally. A round is one raw run next to one shard run;
   ``applied_over_raw`` is the median of the per-round ratios (target ≥ 0.8),
@@ -41,6 +42,7 @@ Environment knobs (defaults in brackets): ``GENREC_BENCH_ROUNDS`` [5, quick 3],
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -146,14 +148,32 @@ def _raw_consume(kafka, n: int) -> tuple[float, float]:
     return (got - first_n) / max(t_end - t_first, 1e-9), (cpu_end - cpu_first) / max(got - first_n, 1) * 1e6
 
 
-def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float]:
-    """:func:`_raw_consume` inside a Ray worker at the shard's CPU priority (same process kind)."""
-    from ingest.kafka_client import KafkaConfig
+def _process_settings() -> dict:
+    """The shard actor's process settings (ShardConfig defaults), which the raw baselines copy."""
+    from actors.sequence_shard import ShardConfig
 
+    return {f.name: f.default for f in dataclasses.fields(ShardConfig)
+            if f.name in ("niceness", "gil_switch_ms", "gc_gen0_threshold")}
+
+
+def _like_a_shard_process() -> None:
+    """Give this Ray worker the shard actor's process settings: CPU priority, GIL switch, GC tuning."""
+    from actors.sequence_shard import tune_gc
+
+    defaults = _process_settings()
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, defaults["niceness"])
     except OSError:
         pass
+    sys.setswitchinterval(defaults["gil_switch_ms"] / 1000.0)
+    tune_gc(defaults["gc_gen0_threshold"])
+
+
+def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float]:
+    """:func:`_raw_consume` inside a Ray worker with the shard's process settings (same process kind)."""
+    from ingest.kafka_client import KafkaConfig
+
+    _like_a_shard_process()
     return _raw_consume(KafkaConfig(bootstrap=bootstrap, namespace=namespace), n)
 
 
@@ -166,10 +186,7 @@ def _raw_freshness_in_worker(bootstrap: str, namespace: str, seconds: float) -> 
     from ingest.contract import USER_EVENTS
     from ingest.kafka_client import KafkaConfig, connect
 
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass
+    _like_a_shard_process()
     kafka, cfg = KafkaConfig(bootstrap=bootstrap, namespace=namespace), _consumer_config()
     c = connect(KafkaConsumer, kafka, enable_auto_commit=False, **cfg.client_kwargs())
     tps = [TopicPartition(kafka.topic(USER_EVENTS), p) for p in range(N_PARTITIONS)]
@@ -232,6 +249,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
               "checkpoint_every_s": 5.0, "capacity": 256, "freshness_rate_target": fresh_rate,
               "freshness_seconds": fresh_s, "producer_linger_ms": 1, "producer_acks": "all",
               "probe_users": 64, "probe_interval_ms": PROBE_MS, "reads": n_reads,
+              **{f"both_{k}": v for k, v in _process_settings().items()},
               "loadavg_at_start": [round(x, 2) for x in load_at_start]}
     metrics: dict[str, float] = {}
     # this file is loaded by path and is not in sys.modules, so cloudpickle ships its functions by value
