@@ -134,3 +134,24 @@ def test_in_process_recovery_rolls_back_to_the_checkpoint_and_replays(kafka, tmp
     _run_to(rt, ends)
     assert rt.snapshot() == want
     rt.stop()
+
+
+def test_process_knobs_are_validated(tmp_path):
+    import gc
+
+    from actors.sequence_shard import tune_gc
+
+    base = dict(shard_id=0, num_shards=1, partitions=(0,), kafka=KafkaConfig(bootstrap="127.0.0.1:9"),
+                checkpoint=CheckpointConfig(uri=str(tmp_path)))
+    with pytest.raises(ValueError, match="gc_gen0_threshold=5 "):
+        ShardConfig(**base, gc_gen0_threshold=5)
+    with pytest.raises(ValueError, match="gil_switch_ms=0.0 "):
+        ShardConfig(**base, gil_switch_ms=0.0)
+    assert ShardConfig(**base, gc_gen0_threshold=None, gil_switch_ms=None).gc_gen0_threshold is None
+    before = gc.get_threshold()
+    try:
+        tune_gc(12_345)
+        assert gc.get_threshold() == (12_345,) + before[1:] and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
