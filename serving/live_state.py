@@ -239,7 +239,8 @@ def _follow_topic(feed, topic: str, what: str) -> None:
     """The loop of a feed thread: consume ``topic`` into ``feed.apply`` until ``feed._stop`` is set.
 
     ``feed._ready`` is set once the feed has caught up with the log end seen at start; ``feed.lag``
-    is refreshed every second. A broker hiccup must not kill serving: errors are logged in
+    is refreshed every second. The broker may hold a fetch only ``poll_timeout_ms`` (20 ms), not
+    kafka-python's default 500 ms, which would show up directly in event/item freshness. A broker hiccup must not kill serving: errors are logged in
     ``feed.last_error`` and the consumer is rebuilt after a second.
     """
     from ingest.consumer_loop import ConsumerConfig, ContractConsumer
@@ -247,7 +248,8 @@ def _follow_topic(feed, topic: str, what: str) -> None:
     while not feed._stop.is_set():
         try:
             with ContractConsumer(feed.kafka, topic,
-                                  config=ConsumerConfig(max_batch=5000, poll_timeout_ms=feed.poll_timeout_ms)) as c:
+                                  config=ConsumerConfig(max_batch=5000, poll_timeout_ms=feed.poll_timeout_ms,
+                                                        fetch_max_wait_ms=feed.poll_timeout_ms)) as c:
                 ends, last_lag = c.end_offsets(), 0.0
                 while not feed._stop.is_set():
                     b = c.poll()
