@@ -1,0 +1,62 @@
+"""RecommendPath (the ingress's recommend, also the benchmark's in-process baseline) on the real broker:
+the answer is encoded only after its ``served`` record is acknowledged, and a failed generation
+leaves no record."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from ingest.contract import SERVED
+from ingest.kafka_client import KafkaConfig
+from ingest.topics import ensure_topics
+from serving.backend import RecResult
+from serving.experiments import ExperimentRegistry
+from serving.metrics import ServingMetrics
+from serving.recommend_path import RecommendPath, ServedLog, Unavailable
+from tests.serving.conftest import EXPERIMENTS
+
+
+def _served(kafka):
+    from ingest.consumer_loop import ConsumerConfig, ContractConsumer
+
+    with ContractConsumer(kafka, SERVED, config=ConsumerConfig(poll_timeout_ms=100)) as c:
+        return [r for b in c.drain(until_empty_polls=2, timeout_s=30) for r in b.records()]
+
+
+def test_answer_follows_its_acked_served_record_and_failures_leave_none(broker, topic_name):
+    kafka = KafkaConfig(bootstrap=broker, namespace=topic_name + ".")
+    ensure_topics(kafka)
+    log = ServedLog(kafka)
+    metrics = ServingMetrics()
+    path = RecommendPath(ExperimentRegistry(source=EXPERIMENTS), log, metrics)
+    seen = []
+
+    async def ok(req):
+        seen.append(req)
+        return RecResult(items=["a", "b"], sids=[[1, 2, 0], [3, 1, 0]], scores=[-0.5, -1.0], stats={"batch_size": 1})
+
+    async def broken(req):
+        return RecResult(error="decode mode 'mtp' failed: no heads")
+
+    async def go():
+        body, timings = await path.run("user-1", 2, True, ok)
+        with pytest.raises(Unavailable) as e:
+            await path.run("user-2", 2, True, broken)
+        return body, timings, e.value
+
+    try:
+        body, timings, err = asyncio.run(go())
+    finally:
+        log.close()
+    ans = msgspec.json.decode(body)
+    assert [x["item_id"] for x in ans["items"]] == ["a", "b"] and ans["items"][0]["sid"] == [1, 2, 0]
+    assert seen[0].user_id == "user-1" and seen[0].k == 2 and seen[0].model_version == ans["model_version"]
+    assert timings["log_ms"] > 0 and timings["total_ms"] >= timings["recommender_ms"] + timings["log_ms"]
+    assert err.reason == "backend" and "no heads" in err.detail
+    records = _served(kafka)
+    assert [(r.request_id, r.user_id, r.items, r.arm) for r in records] == \
+        [(ans["request_id"], "user-1", ["a", "b"], ans["arm"])]
+    assert b"genrec_served_total" in metrics.render()
