@@ -334,6 +334,51 @@ def run_eval(cfg: EvalConfig, say: Callable[[str], None] = lambda s: None, log_:
             "table": comparison_table(summary)}
 
 
+def _run_eval_job(cfg: EvalConfig, tag: str, threads: int) -> dict:
+    """One evaluation in a worker process: its own torch thread count, progress lines tagged on stderr."""
+    import sys
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return run_eval(cfg, say=lambda s: print(f"[{tag}] {s}", file=sys.stderr, flush=True))
+
+
+def run_eval_many(cfgs: list[EvalConfig], workers: int = 1, threads: int = 1,
+                  say: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """Run independent evaluations (seeds, settings) side by side in ``workers`` processes.
+
+    Each run is a fresh ``spawn``ed interpreter (no forked torch/OpenMP state) with ``threads``
+    torch threads. On a CPU-second budget (``budget_clock="cpu"``) the runs do not change
+    each other's results, only how long the whole takes. ``workers <= 1`` runs them here, in order.
+    Results come back in the order of ``cfgs``.
+    """
+    if workers <= 1 or len(cfgs) <= 1:
+        return [run_eval(c, say=say) for c in cfgs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(cfgs)), mp_context=ctx) as pool:
+        futures = [pool.submit(_run_eval_job, c, f"run {i + 1}/{len(cfgs)}", threads) for i, c in enumerate(cfgs)]
+        return [f.result() for f in futures]
+
+
+def merge_runs(results: list[dict]) -> dict:
+    """Combine :func:`run_eval` results of the same data (e.g. one per seed) into one result."""
+    if not results:
+        raise ValueError("merge_runs needs at least one result")
+    runs: dict[str, list[dict]] = {}
+    for res in results:
+        for name, rs in res["runs"].items():
+            if name == "popularity" and runs.get(name):
+                continue                 # deterministic: one run says it all
+            runs.setdefault(name, []).extend(rs)
+    summary = summarize(runs)
+    return {**results[0], "runs": runs, "summary": summary, "table": comparison_table(summary)}
+
+
 def _seed_all(seed: int) -> None:
     import torch
 

@@ -114,3 +114,21 @@ def test_bad_input_gives_clear_errors(tmp_path):
         load_log(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="n=10 must be >= 50"):
         EvalConfig(n=10)
+
+
+def test_seeds_run_side_by_side_in_worker_processes_and_merge(csv_file):
+    from dataclasses import replace
+
+    from actors.eval_job import merge_runs, run_eval_many
+
+    cfg = EvalConfig(dataset=str(csv_file), models=("sasrec", "popularity"),
+                     sasrec=dict(max_len=10, d_model=16, heads=2, layers=1, epochs=3, eval_every=3, patience=1))
+    results = run_eval_many([replace(cfg, seeds=(0,)), replace(cfg, seeds=(1,))], workers=2, threads=1)
+    assert [r["runs"]["sasrec"][0]["seed"] for r in results] == [0, 1]   # results in the order asked
+    merged = merge_runs(results)
+    assert [r["seed"] for r in merged["runs"]["sasrec"]] == [0, 1]
+    assert len(merged["runs"]["popularity"]) == 1                       # deterministic: kept once
+    assert merged["summary"]["sasrec"]["ndcg@10"]["n"] == 2
+    assert "| sasrec (n=2) |" in merged["table"]
+    with pytest.raises(ValueError, match="at least one"):
+        merge_runs([])
