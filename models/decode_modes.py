@@ -128,7 +128,7 @@ _CONSTRAINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def constraint_for(trie, device=None) -> CatalogConstraint:
     """The :class:`CatalogConstraint` of a trie, rebuilt only when the trie changed."""
-    key = (len(trie), trie.num_nodes, trie.num_edges, str(device))
+    key = (getattr(trie, "version", None), len(trie), trie.num_nodes, trie.num_edges, str(device))
     hit = _CONSTRAINTS.get(trie)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -143,7 +143,7 @@ _INDEXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _range_index_for(trie, n_items: int, device) -> decoding.SidRangeIndex:
     """The SidRangeIndex that models.decoding's ban constraint needs, rebuilt only when the trie changed
     (building it walks every item, which would otherwise dominate a small request)."""
-    key = (len(trie), trie.num_nodes, trie.num_edges, n_items, str(device))
+    key = (getattr(trie, "version", None), len(trie), trie.num_nodes, trie.num_edges, n_items, str(device))
     hit = _INDEXES.get(trie)
     if hit is not None and hit[0] == key:
         return hit[1]

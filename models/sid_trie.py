@@ -72,6 +72,8 @@ class SidTrie:
         self._item_leaf: dict[int, int] = {}                # item index -> leaf node
         self._device = torch.device("cpu")
         self._cache: dict[str, torch.Tensor] | None = None
+        #: bumped by every add/remove: caches built from the trie (decode constraints) compare it
+        self.version = 0
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -194,6 +196,7 @@ class SidTrie:
         self._leaf_item[nodes] = items
         self._item_leaf.update(zip(items.tolist(), nodes.tolist()))
         self._cache = None
+        self.version += 1
 
     def remove(self, item_idx: np.ndarray | list[int] | int) -> int:
         """Remove items (unknown ones are ignored); prune empty prefixes. Returns how many were removed."""
@@ -216,6 +219,7 @@ class SidTrie:
         self._keys = np.delete(self._keys, pos)
         self._vals = np.delete(self._vals, pos)
         self._cache = None
+        self.version += 1
         return len(leaves)
 
     # ----------------------------------------------------------- host queries

@@ -87,3 +87,22 @@ def test_settings_validation_and_round_trip():
     w, _ = bigram_world(1)
     with pytest.raises(ValueError, match="needs MTP heads"):
         generate(w.model, w.memory, w.trie, DecodeSettings("spec_greedy"))
+
+
+def test_constraint_cache_follows_every_trie_change():
+    """A retire followed by an add is a new catalog even when the trie's sizes come back the same."""
+    import numpy as np
+
+    from models.decode_modes import constraint_for
+    from models.sid_trie import SidTrie
+
+    trie = SidTrie((4, 4, 2))
+    trie.add(np.array([[0, 1, 0], [2, 3, 0]]), np.array([0, 1]))
+    first = constraint_for(trie)
+    assert constraint_for(trie) is first                  # unchanged trie: the cached constraint
+    v = trie.version
+    trie.remove(1)
+    trie.add(np.array([[2, 3, 0]]), np.array([2]))        # same SID, another item
+    assert trie.version == v + 2
+    again = constraint_for(trie)
+    assert again is not first
