@@ -52,8 +52,10 @@ def read_items(path: str | Path, ts_ms: int = 0) -> list[ItemEvent]:
         flags = f[5:5 + len(genres)]
         tags = [g for g, x in zip(genres, flags) if x.strip() == "1" and g != "unknown"]
         title = f[1].strip() or f"movie {f[0]}"
-        text = f"{title}. Genres: {', '.join(tags) if tags else 'unknown'}." + \
-               (f" Released {f[2].strip()}." if f[2].strip() else "")
+        # title and tags are fields of their own: ItemEvent.content_text() joins title, tags and
+        # text for the encoder, so the text holds only what they do not (repeating them doubled
+        # the encoder's work per item)
+        text = f"Released {f[2].strip()}." if f[2].strip() else None
         out.append(ItemEvent(item_id=f[0].strip(), ts=ts_ms, op="upsert", title=title, text=text,
                              tags=tags or None))
     return out
