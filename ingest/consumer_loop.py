@@ -186,14 +186,12 @@ class ContractConsumer:
 
     def poll(self, timeout_ms: int | None = None) -> Batch:
         """Fetch up to ``max_batch`` messages; decode, validate, dead-letter the bad ones."""
-        polled = self._consumer.poll(
-            timeout_ms=self.config.poll_timeout_ms if timeout_ms is None else timeout_ms,
-            max_records=self.config.max_batch)
+        polled = self._fetch(timeout_ms)
         batch = Batch()
-        topic, max_bytes = self.topic, self.config.max_message_bytes
+        max_bytes = self.config.max_message_bytes
         # Hot path: the topic's msgspec decoder is called directly (same decoder and checks as
-        # codec.decode); anything unusual -- no value, too big, invalid -- goes through codec.decode,
-        # which raises the ContractError with the standard reason for the dead letter.
+        # codec.decode); anything unusual -- no value, too big, invalid -- goes through
+        # _decode_or_dead_letter, which gives the standard reason for the dead letter.
         append, message, fast = batch.messages.append, Message, self._fast_decode
         for tp, msgs in polled.items():
             part = tp.partition
@@ -204,23 +202,15 @@ class ContractConsumer:
                         raise ValueError
                     rec = fast(raw)
                 except Exception:
-                    try:
-                        rec = decode(topic, raw, max_bytes)
-                    except ContractError as e:
-                        self._dlq.send(dead_letter(topic, part, m.offset, m.key, raw, e.reason),
-                                       topic=DEAD_LETTERS)
+                    rec = self._decode_or_dead_letter(part, m)
+                    if rec is None:
                         batch.dead_lettered += 1
                         continue
                 append(message(part, m.offset, m.key, rec, m.timestamp))
             if msgs:
                 batch.next_offsets[part] = msgs[-1].offset + 1
                 batch.consumed += len(msgs)
-        if batch.dead_lettered:
-            self._dlq.flush()  # durable before anyone can commit past them
-        self.stats.consumed += batch.consumed
-        self.stats.valid += len(batch.messages)
-        self.stats.dead_lettered += batch.dead_lettered
-        self.stats.batches += 1
+        self._account(batch.consumed, batch.dead_lettered)
         return batch
 
     def poll_records(self, timeout_ms: int | None = None) -> RecordBatch:
@@ -233,11 +223,9 @@ class ContractConsumer:
         per-message path that dead-letters it. This is the sequence shards'
         hot path (BENCHMARKS.md, suite ``sequences``).
         """
-        polled = self._consumer.poll(
-            timeout_ms=self.config.poll_timeout_ms if timeout_ms is None else timeout_ms,
-            max_records=self.config.max_batch)
+        polled = self._fetch(timeout_ms)
         batch = RecordBatch()
-        topic, max_bytes, fast = self.topic, self.config.max_message_bytes, self._fast_decode
+        max_bytes, fast = self.config.max_message_bytes, self._fast_decode
         for tp, msgs in polled.items():
             if not msgs:
                 continue
@@ -251,23 +239,41 @@ class ContractConsumer:
             except Exception:
                 records, stamps = [], []
                 for m in msgs:
-                    try:
-                        records.append(decode(topic, m.value, max_bytes))
-                        stamps.append(m.timestamp)
-                    except ContractError as e:
-                        self._dlq.send(dead_letter(topic, part, m.offset, m.key, m.value, e.reason),
-                                       topic=DEAD_LETTERS)
+                    rec = self._decode_or_dead_letter(part, m)
+                    if rec is None:
                         batch.dead_lettered += 1
+                    else:
+                        records.append(rec)
+                        stamps.append(m.timestamp)
             batch.runs.append(RecordRun(part, records, stamps))
             batch.next_offsets[part] = msgs[-1].offset + 1
             batch.consumed += len(msgs)
-        if batch.dead_lettered:
-            self._dlq.flush()  # durable before anyone can commit past them
-        self.stats.consumed += batch.consumed
-        self.stats.valid += batch.consumed - batch.dead_lettered
-        self.stats.dead_lettered += batch.dead_lettered
-        self.stats.batches += 1
+        self._account(batch.consumed, batch.dead_lettered)
         return batch
+
+    def _fetch(self, timeout_ms: int | None) -> dict:
+        return self._consumer.poll(
+            timeout_ms=self.config.poll_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=self.config.max_batch)
+
+    def _decode_or_dead_letter(self, part: int, m) -> Record | None:
+        """The slow path for one message: its record, or None after sending it to dead letters
+        with :func:`ingest.codec.decode`'s reason."""
+        try:
+            return decode(self.topic, m.value, self.config.max_message_bytes)
+        except ContractError as e:
+            self._dlq.send(dead_letter(self.topic, part, m.offset, m.key, m.value, e.reason),
+                           topic=DEAD_LETTERS)
+            return None
+
+    def _account(self, consumed: int, dead_lettered: int) -> None:
+        """Make dead letters durable before anyone can commit past them; update the running totals."""
+        if dead_lettered:
+            self._dlq.flush()
+        self.stats.consumed += consumed
+        self.stats.valid += consumed - dead_lettered
+        self.stats.dead_lettered += dead_lettered
+        self.stats.batches += 1
 
     # -- offsets ---------------------------------------------------------------------------
 
