@@ -240,8 +240,9 @@ def _follow_topic(feed, topic: str, what: str) -> None:
 
     ``feed._ready`` is set once the feed has caught up with the log end seen at start; ``feed.lag``
     is refreshed every second. The broker may hold a fetch only ``poll_timeout_ms`` (20 ms), not
-    kafka-python's default 500 ms, which would show up directly in event/item freshness. A broker hiccup must not kill serving: errors are logged in
-    ``feed.last_error`` and the consumer is rebuilt after a second.
+    kafka-python's default 500 ms, which would show up directly in event/item freshness. A broker
+    hiccup must not kill serving: errors are logged in ``feed.last_error`` and the consumer is
+    rebuilt after a second.
     """
     from ingest.consumer_loop import ConsumerConfig, ContractConsumer
 
@@ -266,25 +267,40 @@ def _follow_topic(feed, topic: str, what: str) -> None:
             feed._stop.wait(1.0)
 
 
-class ItemFeed:
-    """Thread that applies ``item-events`` to a :class:`LiveCatalog` (from the beginning)."""
+class _FeedThread:
+    """What every feed shares: a daemon thread running ``_run``, a stop flag, a caught-up flag,
+    and the counters serving reports (``applied``, ``lag``, ``last_error``)."""
 
-    def __init__(self, kafka, catalog: LiveCatalog, assigner: SidAssigner, poll_timeout_ms: int = 20):
-        self.kafka, self.catalog, self.assigner = kafka, catalog, assigner
-        self.poll_timeout_ms = poll_timeout_ms
+    def __init__(self, name: str) -> None:
         self.applied = 0
         self.lag = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="item-feed", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "ItemFeed":
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
         self._thread.start()
         return self
 
     def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
         return self._ready.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class ItemFeed(_FeedThread):
+    """Thread that applies ``item-events`` to a :class:`LiveCatalog` (from the beginning)."""
+
+    def __init__(self, kafka, catalog: LiveCatalog, assigner: SidAssigner, poll_timeout_ms: int = 20):
+        super().__init__("item-feed")
+        self.kafka, self.catalog, self.assigner = kafka, catalog, assigner
+        self.poll_timeout_ms = poll_timeout_ms
 
     def apply(self, events: Sequence[ItemEvent]) -> None:
         ups = [e for e in events if e.op == "upsert"]
@@ -298,12 +314,8 @@ class ItemFeed:
     def _run(self) -> None:
         _follow_topic(self, ITEM_EVENTS, "item feed")
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
-
-class DeltaFeed:
+class DeltaFeed(_FeedThread):
     """Thread that keeps a :class:`LiveCatalog` equal to the item indexer's catalog (its SIDs, live).
 
     The indexer (:mod:`actors.item_indexer`) publishes versioned catalog deltas;
@@ -317,14 +329,9 @@ class DeltaFeed:
     """
 
     def __init__(self, source, catalog: LiveCatalog, poll_s: float = 0.02):
+        super().__init__("delta-feed")
         self.source, self.catalog, self.poll_s = source, catalog, poll_s
         self.version = 0          # the indexer version this catalog reflects
-        self.applied = 0
-        self.lag = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="delta-feed", daemon=True)
 
     def _call(self, method: str, *args):
         fn = getattr(self.source, method)
@@ -333,13 +340,6 @@ class DeltaFeed:
 
             return ray.get(fn.remote(*args), timeout=30)
         return fn(*args)
-
-    def start(self) -> "DeltaFeed":
-        self._thread.start()
-        return self
-
-    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
-        return self._ready.wait(timeout_s)
 
     def step(self) -> int:
         """Fetch and apply one delta; returns how many ops it held."""
@@ -386,10 +386,6 @@ class DeltaFeed:
                 self._stop.wait(1.0)
                 continue
             self._stop.wait(self.poll_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 # ---- histories -------------------------------------------------------------------------------
@@ -447,7 +443,7 @@ class ShardHistory:
             return {"source": "shards", "error": f"{type(e).__name__}: {e}"}
 
 
-class KafkaHistory:
+class KafkaHistory(_FeedThread):
     """In-process histories folded from ``user-events`` (a stand-alone serving process, tests).
 
     Keeps the last ``max_len`` events per user in a deque; events are
@@ -455,22 +451,10 @@ class KafkaHistory:
     """
 
     def __init__(self, kafka, max_len: int = 50, poll_timeout_ms: int = 20):
+        super().__init__("history-feed")
         self.kafka, self.max_len, self.poll_timeout_ms = kafka, max_len, poll_timeout_ms
         self._users: dict[str, deque] = {}
         self._lock = threading.Lock()
-        self.applied = 0
-        self.lag = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="history-feed", daemon=True)
-
-    def start(self) -> "KafkaHistory":
-        self._thread.start()
-        return self
-
-    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
-        return self._ready.wait(timeout_s)
 
     def apply(self, events: Sequence[UserEvent]) -> None:
         with self._lock:
@@ -498,7 +482,3 @@ class KafkaHistory:
     def status(self) -> dict:
         return {"source": "kafka", "lag": int(self.lag), "users": len(self._users), "applied": self.applied,
                 "last_error": self.last_error}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
