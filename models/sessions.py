@@ -14,7 +14,6 @@ Examples are kept as flat indices into :class:`~models.history_features.FlatEven
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -196,14 +195,3 @@ def split_last(events: FlatEvents, cfg: SessionConfig, engaged: np.ndarray | Non
                               events.types, events.ts, events.start, cut_end, events.user_offsets)
     train = build_sessions(train_events, cfg, engaged)
     return train, valid
-
-
-def flat_events(items: Sequence[np.ndarray], n_items: int,
-                            types: Sequence[np.ndarray] | None = None, ts: Sequence[np.ndarray] | None = None,
-                            default_type: int | None = None) -> FlatEvents:
-    """Convenience: per-user sequences -> FlatEvents (type default: the first engaged type, 'click')."""
-    if default_type is None:
-        from ingest.contract import EVENT_TYPES
-
-        default_type = EVENT_TYPES.index("click")
-    return FlatEvents.from_sequences(items, types, ts, n_items=n_items, default_type=default_type)

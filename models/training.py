@@ -322,10 +322,7 @@ def fit_generator(items: Sequence[np.ndarray], item_sids: np.ndarray, gen_cfg: G
     ``item_emb`` [n_items, E]: the embeddings the SIDs were fitted on; when given, the
     code embeddings start from them (:mod:`models.code_init`) instead of at random.
     """
-    from ingest.contract import EVENT_TYPES  # constants only
-
-    ev = FlatEvents.from_sequences(items, types, ts, n_items=len(item_sids),
-                                   default_type=EVENT_TYPES.index("click"))
+    ev = FlatEvents.from_sequences(items, types, ts, n_items=len(item_sids))  # no types: every event a click
     scfg = SessionConfig(session_len=gen_cfg.session_len)
     if validate:
         train, valid = split_last(ev, scfg)
