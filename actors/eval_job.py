@@ -32,6 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from models.budget import CLOCKS
+
 log = logging.getLogger(__name__)
 
 MODELS = ("generator", "sasrec", "popularity")
@@ -96,8 +98,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.levels={self.levels} must be in [1, 8]")
         if self.codebook_size < 0 or self.budget_s < 0:
             raise ValueError("EvalConfig.codebook_size and budget_s must be >= 0 (0 = auto / no cap)")
-        if self.budget_clock not in ("wall", "cpu"):
-            raise ValueError(f"EvalConfig.budget_clock={self.budget_clock!r}: use 'wall' or 'cpu'")
+        if self.budget_clock not in CLOCKS:
+            raise ValueError(f"EvalConfig.budget_clock={self.budget_clock!r}: use one of {CLOCKS}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"EvalConfig.device={self.device!r}: use auto, cpu or cuda[:N]")
 
@@ -187,36 +189,14 @@ def split_log(log_: InteractionLog, max_users: int = 0):
 
 # ---- semantic IDs ----------------------------------------------------------------------------
 
-class CachedEncoder:
-    """The sentence encoder with a memo: item text is embedded once per process, not once per
-    seed / tokenizer setting (text embeddings do not depend on either)."""
-
-    def __init__(self) -> None:
-        self._enc = None
-        self._memo: dict[str, np.ndarray] = {}
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        if todo:
-            if self._enc is None:
-                from actors.text_encoder import shared_encoder
-
-                self._enc = shared_encoder()
-            for t, v in zip(todo, np.asarray(self._enc.encode(todo), dtype=np.float32)):
-                self._memo[t] = v
-        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
-
-
-ENCODER = CachedEncoder()
-
-
 def semantic_ids(split, titles: dict[str, str], cfg: "EvalConfig", seed: int):
     """(item_sids [N, D], level sizes incl. the dedup level, tokenizer version) — the same
     embeddings → tokenizer → de-duplication pipeline as ``genrec train`` (:mod:`actors.train_job`)."""
     from actors.train_job import Interactions, fit_tokenizer, item_embeddings
 
     data = Interactions(split, [titles.get(str(i), "") for i in split.item_ids], "eval")
-    emb = item_embeddings(data, cfg.embeddings, seed=seed, encoder=ENCODER)
+    # text is embedded once per process: the shared encoder caches embeddings by content hash
+    emb = item_embeddings(data, cfg.embeddings, seed=seed)
     tok, sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, seed)
     return np.asarray(sids, dtype=np.int64), tuple(int(x) for x in tok.sid_level_sizes), tok.version, emb
 

@@ -213,7 +213,6 @@ class TextEncoder:
 
     def _forward(self, texts: list[str]) -> np.ndarray:
         """Uncached texts [U] -> [U, 384]: one tokenizer call, length-sorted padded batches."""
-        torch = self._torch
         ids = self._tok(texts, add_special_tokens=True, truncation=True, max_length=self.config.max_seq_len,
                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))

@@ -51,7 +51,8 @@ def run(args) -> int:
     cfg = EvalConfig(dataset=args.data, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
                      seeds=seeds, max_users=args.max_users, engaged_only=not args.all_events,
                      tokenizer=args.tokenizer, levels=args.levels, codebook_size=args.codebook_size,
-                     embeddings=args.embeddings, budget_s=args.budget_s, budget_clock=args.budget_clock, device=args.device, **extra)
+                     embeddings=args.embeddings, budget_s=args.budget_s, budget_clock=args.budget_clock,
+                     device=args.device, **extra)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     result = run_eval(cfg, say=say)
     if args.json:
