@@ -509,8 +509,8 @@ class SequenceState:
         st.item_index = {it: i for i, it in enumerate(st.item_ids)}
         st.item_sid = np.full(max(256, len(st.item_ids)), -1, np.int32)
         st.item_sid[: len(st.item_ids)] = arr["item_sid"]
-        st.lanes = {int(k): DedupWindow(config.dedup_window, ids[-config.dedup_window:] if config.dedup_window else [])
-                    for k, ids in ((k, ids(v)) for k, v in meta["lanes"].items())}
+        # DedupWindow keeps the newest dedup_window ids (none at window 0), as the live lane would
+        st.lanes = {int(k): DedupWindow(config.dedup_window, ids(v)) for k, v in meta["lanes"].items()}
         st.events_applied = int(meta["events_applied"])
         st.duplicates = int(meta["duplicates"])
         n = len(st.user_ids)
