@@ -4,8 +4,9 @@ Each shard owns a fixed set of ``user-events`` partitions through manual
 ``assign()`` (the Flink pattern, DESIGN.md §4; the map is in
 :mod:`actors.router`). A background thread runs the loop
 
-    poll a micro-batch (ContractConsumer.poll_records: decode, validate,
-      dead-letter bad ones; records grouped by partition)
+    poll a micro-batch (ContractConsumer.poll_records: decode + validate a
+      partition's run straight into columns, UserEventColumnsDecoder; a run
+      with a bad message is decoded one by one and the bad ones dead-lettered)
     → apply it to :class:`~actors.sequence_state.SequenceState` (vectorised; the
       read lock is held only for the final scatter into the rings)
     → remember the batch's next offsets
@@ -48,6 +49,7 @@ import numpy as np
 
 from actors.checkpoint import CheckpointConfig, CheckpointStore
 from actors.sequence_state import SequenceConfig, SequenceState
+from ingest.codec_batch import UserEventColumns, UserEventColumnsDecoder
 from ingest.consumer_loop import ConsumerConfig, ContractConsumer
 from ingest.contract import USER_EVENTS
 from ingest.kafka_client import KafkaConfig
@@ -165,7 +167,7 @@ class ShardRuntime:
             consumer_cfg = replace(consumer_cfg, fetch_max_wait_ms=config.fetch_max_wait_ms)
         self.consumer = ContractConsumer(config.kafka, config.topic, partitions=config.partitions,
                                          group_id=config.group_id, config=consumer_cfg,
-                                         start_offsets=self.offsets)
+                                         start_offsets=self.offsets, batch_decoder=UserEventColumnsDecoder())
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._written = None
@@ -244,8 +246,8 @@ class ShardRuntime:
             if st.first_poll_at is None:
                 st.first_poll_at, st.first_poll_n = polled_at, batch.consumed
                 st.first_poll_cpu, st.first_poll_loop_cpu = time.process_time(), time.thread_time()
-            runs = batch.runs
-            res = self.state.apply_runs([(r.partition, r.records) for r in runs], lock=self._lock)
+            runs = [(r.partition, _columns(r.records), r.timestamps) for r in batch.runs]
+            res = self.state.apply_columns([r[:2] for r in runs], lock=self._lock)
             self.offsets.update(batch.next_offsets)
             now = time.time()  # visible to histories() from here on
             st.applied += res.applied
@@ -267,15 +269,18 @@ class ShardRuntime:
         return batch.consumed
 
     def _sample_freshness(self, runs, polled_at: float, now: float) -> None:
-        """Record up to ~256 (event time → applied, message time → applied) samples of a batch."""
-        valid = sum(len(r.records) for r in runs)
+        """Record up to ~256 (event time → applied, message time → applied) samples of a batch.
+
+        ``runs``: ``(partition, UserEventColumns, message timestamps)`` of the batch.
+        """
+        valid = sum(len(cols) for _, cols, _ in runs)
         if not valid:
             return
         step = max(1, valid // 256)  # keep sampling cheap for big batches
         ts, stamps = [], []
-        for r in runs:
-            ts += [e.ts for e in r.records[::step]]
-            stamps += r.timestamps[::step]
+        for _, cols, timestamps in runs:
+            ts += cols.ts[::step]
+            stamps += timestamps[::step]
         k = len(ts)
         ring, w = self._fresh, len(self._fresh)
         now_ms = now * 1000.0
@@ -503,6 +508,12 @@ class SequenceShard:
     def stop(self, checkpoint: bool = True) -> dict:
         self.runtime.stop(checkpoint=checkpoint)
         return self.runtime.status()
+
+
+def _columns(records) -> UserEventColumns:
+    """A run as columns: what the batch decoder gave, or the records of a run decoded one by one
+    (one that held a bad message)."""
+    return records if isinstance(records, UserEventColumns) else UserEventColumns.from_records(records)
 
 
 def tune_gc(gen0_threshold: int) -> None:

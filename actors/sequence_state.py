@@ -39,6 +39,7 @@ from __future__ import annotations
 import io
 import struct
 from contextlib import AbstractContextManager, nullcontext
+from itertools import repeat
 from operator import itemgetter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -47,6 +48,7 @@ import msgspec
 import numpy as np
 
 from actors.dedup_window import DedupWindow, join_ids as _join_ids, join_view as _join_view
+from ingest.codec_batch import UserEventColumns
 from ingest.contract import EVENT_TYPES, UserEvent
 
 STATE_VERSION = 3  # 1 (.npz arrays + msgpack id chunks in one msgpack map) is still readable
@@ -228,13 +230,21 @@ class SequenceState:
 
     def apply_runs(self, runs: Iterable[tuple[int, Sequence[UserEvent]]],
                    lock: AbstractContextManager | None = None) -> ApplyResult:
-        """Apply ``(lane, events)`` runs in order — the shard's hot path, vectorised per batch.
+        """Apply ``(lane, events)`` runs of records in order: :meth:`apply_columns` of their columns."""
+        return self.apply_columns([(lane, UserEventColumns.from_records(events)) for lane, events in runs], lock)
 
-        Per event only C-level loops run (attribute list comprehensions and
-        ``map`` over dict lookups); de-duplication takes one set operation per
-        run when nothing in it is a duplicate (the common case) and falls back
-        to the exact event-by-event window otherwise, so the result is always
-        that of applying the events one at a time.
+    def apply_columns(self, runs: Iterable[tuple[int, UserEventColumns]],
+                      lock: AbstractContextManager | None = None) -> ApplyResult:
+        """Apply ``(lane, columns)`` runs in order — the shard's hot path, vectorised per batch.
+
+        The columns come straight from the batch decoder
+        (:class:`ingest.codec_batch.UserEventColumnsDecoder`), so no per-event
+        Python object is touched here: per event only C-level loops run
+        (``map`` over dict lookups into ``np.fromiter``). De-duplication takes
+        one set operation per run when nothing in it is a duplicate (the
+        common case) and falls back to the exact event-by-event window
+        otherwise, so the result is always that of applying the events one at
+        a time.
 
         ``lock``: the lock readers (:meth:`histories`, :meth:`set_item_sids`)
         take, when one thread applies while others read. Only the steps that
@@ -245,45 +255,53 @@ class SequenceState:
         """
         lock = lock or nullcontext()
         res = ApplyResult()
-        kept: list[UserEvent] = []
-        for lane, events in runs:
-            if len(events):
-                kept.extend(self._dedup(lane, events, res))
+        kept = [self._dedup(lane, cols, res) for lane, cols in runs if len(cols)]
         self.duplicates += res.duplicates
-        n = len(kept)
+        if len(kept) == 1:
+            k = kept[0]
+            uids, iids, types, tss, watches = k.user_id, k.item_id, k.type, k.ts, k.watch_ms
+        else:  # concatenate the runs' columns (C-level list extends)
+            uids, iids, types, tss, watches = [], [], [], [], []
+            for k in kept:
+                uids += k.user_id
+                iids += k.item_id
+                types += k.type
+                tss += k.ts
+                watches += k.watch_ms
+        n = len(uids)
         if n == 0:
             return res
-        uids = [e.user_id for e in kept]
-        rows = list(map(self.user_row.get, uids))
-        if None in rows:  # new users, numbered in order of first appearance
-            new = dict.fromkeys([u for u, r in zip(uids, rows) if r is None])
+        rows = np.fromiter(map(self.user_row.get, uids, repeat(-1)), np.int64, n)     # [n]
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):  # new users, numbered in order of first appearance
+            new_uids = _pick(uids, missing.tolist())
             with lock:  # a reader must never find a user whose row is not allocated yet
-                for u in new:
+                for u in dict.fromkeys(new_uids):
                     self.user_row[u] = len(self.user_ids)
                     self.user_ids.append(u)
+                    res.new_users += 1
                 if len(self.user_ids) > self.item.shape[0]:
                     self._grow(len(self.user_ids), self.width)
-            res.new_users = len(new)
-            rows = list(map(self.user_row.__getitem__, uids))
-        iids = [e.item_id for e in kept]
-        items = list(map(self.item_index.get, iids))
-        if None in items:
-            new = dict.fromkeys([it for it, i in zip(iids, items) if i is None])
+            rows[missing] = np.fromiter(map(self.user_row.__getitem__, new_uids), np.int64, len(missing))
+        items = np.fromiter(map(self.item_index.get, iids, repeat(-1)), np.int32, n)  # [n]
+        missing = np.flatnonzero(items < 0)
+        if len(missing):
+            new_iids = _pick(iids, missing.tolist())
             with lock:  # set_item_sids() may register items from another thread
-                for it in new:
+                for it in dict.fromkeys(new_iids):
                     self._item_of(it)
-            items = list(map(self.item_index.__getitem__, iids))
-        types = list(map(_TYPE_CODE.__getitem__, [e.type for e in kept]))
-        watches = [-1 if w is None else w for w in [e.watch_ms for e in kept]]
-        cols = (np.fromiter(rows, np.int64, n), np.fromiter(items, np.int32, n), np.fromiter(types, np.int8, n),
-                np.fromiter([e.ts for e in kept], np.int64, n), np.fromiter(watches, np.int32, n))
+            items[missing] = np.fromiter(map(self.item_index.__getitem__, new_iids), np.int32, len(missing))
+        if None in watches:
+            watches = [-1 if w is None else w for w in watches]
+        cols = (rows, items, np.fromiter(map(_TYPE_CODE.__getitem__, types), np.int8, n),
+                np.fromiter(tss, np.int64, n), np.fromiter(watches, np.int32, n))
         with lock:
             self._scatter(*cols)
         res.applied = n
         self.events_applied += n
         return res
 
-    def _dedup(self, lane: int, events: Sequence[UserEvent], res: ApplyResult) -> Sequence[UserEvent]:
+    def _dedup(self, lane: int, cols: UserEventColumns, res: ApplyResult) -> UserEventColumns:
         """The events of one lane's run that are not duplicates; updates the lane's window.
 
         Fast path: no id of the run is in the window and none repeats within
@@ -296,17 +314,13 @@ class SequenceState:
         if lo is None:
             lo = self.lanes[lane] = DedupWindow(window)
         if not window:
-            return events
-        ids = [e.event_id for e in events]
-        if lo.add_if_all_new(ids):
-            return events
-        out = []
-        for ev, eid in zip(events, ids):
-            if lo.seen_or_add(eid):
-                res.duplicates += 1
-            else:
-                out.append(ev)
-        return out
+            return cols
+        ids = cols.event_id
+        if lo.add_if_all_new(ids):  # the window keeps the list as a chunk (columns are never changed)
+            return cols
+        keep = [j for j, eid in enumerate(ids) if not lo.seen_or_add(eid)]
+        res.duplicates += len(ids) - len(keep)
+        return cols.take(keep)
 
     def _scatter(self, rows, items, types, tss, watches) -> None:
         """Write events (already in order) into their users' rings — vectorised."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import msgspec
 
@@ -107,7 +107,7 @@ class RecordRun:
     """The valid records of one partition in one poll, in offset order, with their Kafka timestamps."""
 
     partition: int
-    records: list[Record]
+    records: list[Record]  # or what ContractConsumer's batch_decoder returns for a clean run
     timestamps: list[int]  # broker/producer timestamp (ms) of each record's message
 
 
@@ -141,7 +141,7 @@ class ContractConsumer:
     def __init__(self, kafka: KafkaConfig | str, topic: str, partitions: Iterable[int] | None = None,
                  group_id: str | None = None, config: ConsumerConfig = ConsumerConfig(),
                  dead_letters: EventProducer | None = None, start_offsets: dict[int, int] | None = None,
-                 from_beginning: bool = True):
+                 from_beginning: bool = True, batch_decoder: Callable[[list[bytes]], Sequence] | None = None):
         from kafka import KafkaConsumer, TopicPartition
 
         self.kafka = as_config(kafka)
@@ -178,6 +178,8 @@ class ContractConsumer:
             else:
                 self._consumer.seek_to_end(tp)
         self._fast_decode = msgspec.json.Decoder(topic_spec(topic).record).decode
+        # poll_records(): decodes a partition's run of values in one call; raises if any is bad (see there)
+        self._batch_decode = batch_decoder or (lambda values: list(map(self._fast_decode, values)))
         self._owns_dlq = dead_letters is None
         self._dlq = dead_letters or EventProducer(self.kafka)
         self.stats = LoopStats()
@@ -222,10 +224,17 @@ class ContractConsumer:
         that holds a bad message (no value, too big, invalid) takes the
         per-message path that dead-letters it. This is the sequence shards'
         hot path (BENCHMARKS.md, suite ``sequences``).
+
+        ``batch_decoder`` (constructor): a callable that turns a run's values
+        into a sequence of decoded events in one go (e.g.
+        :class:`ingest.codec_batch.UserEventColumnsDecoder`, which yields
+        columns) and raises if any value is invalid; it must accept only what
+        :func:`ingest.codec.decode` accepts. A run it rejects is decoded
+        message by message: its ``records`` are then a list of contract records.
         """
         polled = self._fetch(timeout_ms)
         batch = RecordBatch()
-        max_bytes, fast = self.config.max_message_bytes, self._fast_decode
+        max_bytes, fast = self.config.max_message_bytes, self._batch_decode
         for tp, msgs in polled.items():
             if not msgs:
                 continue
@@ -234,7 +243,7 @@ class ContractConsumer:
             try:
                 if None in values or max(map(len, values)) > max_bytes:
                     raise ValueError
-                records = list(map(fast, values))
+                records = fast(values)
                 stamps = [m.timestamp for m in msgs]
             except Exception:
                 records, stamps = [], []
