@@ -241,7 +241,7 @@ class ContractConsumer:
             part = tp.partition
             values = [m.value for m in msgs]
             try:
-                if None in values or max(map(len, values)) > max_bytes:
+                if max(map(len, values)) > max_bytes:  # len(None) raises too: no value -> one by one
                     raise ValueError
                 records = fast(values)
                 stamps = [m.timestamp for m in msgs]
