@@ -86,11 +86,12 @@ class ItemIndexerConfig:
     checkpoint_every_events: int = 5000
     max_batch: int = 512
     poll_timeout_ms: int = 20
+    fetch_max_wait_ms: int = 10       # broker-side fetch wait; kafka-python's 500 ms default delays every item
     max_text_chars: int = 8000
     candidates: int = 8
     encoder_device: str = "auto"
     encoder_batch_size: int = 64
-    encoder_threads: int = 0          # 0: leave torch's intra-op threads as they are
+    encoder_threads: int = 2          # CPU: sub-batches on 2 workers x 1 intra-op thread (text_encoder.py)
     encoder_quantize: str = "none"    # "int8": faster on CPU, cosine ~0.98 to fp32 (text_encoder.py)
     encoder_max_seq_len: int = 128
     encoder_cache_size: int = 20_000
@@ -108,6 +109,12 @@ class ItemIndexerConfig:
         if self.max_batch < 1 or self.candidates < 1 or self.max_text_chars < 1:
             raise ValueError(f"ItemIndexerConfig max_batch={self.max_batch}, candidates={self.candidates}, "
                              f"max_text_chars={self.max_text_chars} must be >= 1")
+        if not 0 <= self.fetch_max_wait_ms <= 1000:
+            raise ValueError(f"ItemIndexerConfig.fetch_max_wait_ms={self.fetch_max_wait_ms} must be in [0, 1000] "
+                             "(it bounds how long new items sit at the broker; ~10 ms)")
+        if self.encoder_threads < 0:
+            raise ValueError(f"ItemIndexerConfig.encoder_threads={self.encoder_threads} must be >= 0 "
+                             "(0 = encode on the indexer's thread with torch's settings)")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"ItemIndexerConfig.batch_wait_ms={self.batch_wait_ms} must be in [0, 1000] "
                              "(it adds to every text item's latency; ~20 ms is plenty)")
@@ -150,6 +157,10 @@ class _Pending:
     record: ItemEvent
     ts_ms: int
     ckey: str
+    polled_ms: float = 0.0      # wall clock (ms) when the poll that fetched it returned
+
+
+STAGES = ("fetch", "batch", "encode", "insert")
 
 
 class ItemIndexer:
@@ -187,7 +198,8 @@ class ItemIndexer:
         self._dlq = EventProducer(self.kafka)
         self.consumer = ContractConsumer(
             self.kafka, ITEM_EVENTS, partitions=partitions, group_id=f"genrec-{config.name}",
-            config=ConsumerConfig(max_batch=config.max_batch, poll_timeout_ms=config.poll_timeout_ms),
+            config=ConsumerConfig(max_batch=config.max_batch, poll_timeout_ms=config.poll_timeout_ms,
+                                  fetch_max_wait_ms=config.fetch_max_wait_ms),
             dead_letters=self._dlq, start_offsets=offsets, from_beginning=True)
         n_parts = len(self.consumer.partitions) if partitions is None else \
             partition_count(self.kafka, self.kafka.topic(ITEM_EVENTS))
@@ -205,6 +217,10 @@ class ItemIndexer:
         self._last_ckpt = time.monotonic()
         self.lock = threading.RLock()   # readers (delta_since, search) vs the loop
         self.latencies_ms: deque[float] = deque(maxlen=100_000)   # produce -> in trie + index
+        # the same latency in stages (ms, one entry per indexed item): fetch = produce -> polled,
+        # batch = polled -> micro-batch closed, encode = closed -> embeddings ready, insert = quantize + catalog
+        self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=100_000) for k in STAGES}
+        self._closed_ms = 0.0
         self.stats = {"events": 0, "added": 0, "updated": 0, "unchanged": 0, "retired": 0,
                       "dead_lettered": 0, "encoded": 0, "checkpoints": 0, "restored_version": self.catalog.version}
 
@@ -232,11 +248,13 @@ class ItemIndexer:
         if not batch.consumed:
             self._maybe_checkpoint()
             return 0
+        polled = [time.time() * 1000.0] * len(batch.messages)
         if self.config.batch_wait_ms and _has_text(batch.messages):
-            self._collect_more(batch)
+            self._collect_more(batch, polled)
+        self._closed_ms = time.time() * 1000.0
         with self.lock:
             pending: list[_Pending] = []
-            for m in batch.messages:
+            for m, t_polled in zip(batch.messages, polled):
                 ev: ItemEvent = m.record
                 if ev.op == "retire":
                     self._flush(pending)
@@ -254,7 +272,7 @@ class ItemIndexer:
                         and not any(p.item_id == ev.item_id for p in pending):
                     self.stats["unchanged"] += 1         # idempotent re-delivery: nothing to encode
                     continue
-                pending.append(_Pending(ev.item_id, m.partition, m.offset, m.key, ev, m.timestamp_ms, ck))
+                pending.append(_Pending(ev.item_id, m.partition, m.offset, m.key, ev, m.timestamp_ms, ck, t_polled))
             self._flush(pending)
             self.offsets.update(batch.next_offsets)
             self.stats["events"] += batch.consumed
@@ -263,14 +281,18 @@ class ItemIndexer:
         self._maybe_checkpoint()
         return batch.consumed
 
-    def _collect_more(self, batch) -> None:
-        """Micro-batch by time: keep polling for ``batch_wait_ms`` (or until ``max_batch``) into ``batch``."""
+    def _collect_more(self, batch, polled: list[float]) -> None:
+        """Micro-batch by time: keep polling for ``batch_wait_ms`` (or until ``max_batch``) into ``batch``.
+
+        ``polled`` gets the wall-clock time (ms) each new message arrived, for the stage timings.
+        """
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
         while batch.consumed < self.config.max_batch:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 return
             more = self.consumer.poll(left_ms)
+            polled.extend([time.time() * 1000.0] * len(more.messages))
             batch.messages.extend(more.messages)
             batch.dead_lettered += more.dead_lettered
             batch.consumed += more.consumed
@@ -322,6 +344,7 @@ class ItemIndexer:
         emb = emb[ok]
         if not pending:
             return
+        t_encoded = time.time() * 1000.0
         cands = self.tokenizer.encode_candidates(emb, self.config.candidates)      # [N, C, L]
         res = self.catalog.upsert([p.item_id for p in pending], cands, emb, [p.ckey for p in pending])
         self.stats["added"] += len(res.added)
@@ -332,7 +355,13 @@ class ItemIndexer:
                 self._dead(p.partition, p.offset, p.key, p.record, res.rejected[p.item_id])
         now = time.time() * 1000.0
         done = set(res.added) | set(res.updated)
-        self.latencies_ms.extend(now - p.ts_ms for p in pending if p.item_id in done)
+        for p in pending:
+            if p.item_id in done:
+                self.latencies_ms.append(now - p.ts_ms)
+                self.stage_ms["fetch"].append(p.polled_ms - p.ts_ms)
+                self.stage_ms["batch"].append(self._closed_ms - p.polled_ms)
+                self.stage_ms["encode"].append(t_encoded - self._closed_ms)
+                self.stage_ms["insert"].append(now - t_encoded)
 
     def _dead(self, partition: int, offset: int, key: bytes | None, ev: ItemEvent, reason: str) -> None:
         self._dlq.send(dead_letter(ITEM_EVENTS, partition, offset, key, encode_record(ev), reason),
@@ -409,7 +438,12 @@ class ItemIndexer:
     def status(self) -> dict:
         with self.lock:
             lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-            return {"name": self.config.name, "version": self.catalog.version, "live_items": len(self.catalog),
+            stages = {}
+            for k, v in self.stage_ms.items():
+                a = np.asarray(v) if v else np.zeros(1)
+                stages[f"stage_{k}_p50_ms"] = float(np.percentile(a, 50))
+                stages[f"stage_{k}_p99_ms"] = float(np.percentile(a, 99))
+            return {**stages, "name": self.config.name, "version": self.catalog.version, "live_items": len(self.catalog),
                     "indexed_items": self.catalog.num_indexed, "offsets": dict(self.offsets),
                     "tokenizer": self.tokenizer.version, "level_sizes": list(self.catalog.level_sizes),
                     "latency_p50_ms": float(np.percentile(lat, 50)),

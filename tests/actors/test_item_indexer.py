@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from actors.checkpoint import CheckpointStore
-from actors.item_indexer import ItemIndexer, ItemIndexerConfig, install_tokenizer
+from actors.item_indexer import STAGES, ItemIndexer, ItemIndexerConfig, install_tokenizer
 from ingest.consumer_loop import ContractConsumer
 from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
 from ingest.kafka_client import KafkaConfig
@@ -142,6 +142,11 @@ def test_text_items_get_sids_live_with_sensible_neighbours(kafka):
         idx.run_until_caught_up()
         assert idx.catalog.in_index("new-rocket")
         assert idx.latencies_ms[-1] < 30_000
+        # the latency in stages: produce -> polled -> batch closed -> encoded -> in trie + faiss, no gaps
+        parts = [idx.stage_ms[k][-1] for k in STAGES]
+        assert all(p >= -5 for p in parts), parts          # (the produce stamp is the producer's clock, ms)
+        assert sum(parts) == pytest.approx(idx.latencies_ms[-1], abs=1e-3)
+        assert idx.status()["stage_encode_p50_ms"] > 0
         near = [n for n, _ in idx.catalog.neighbours("new-rocket", 3)]
         space = {f"t{i}" for i, t in enumerate(texts) if t.startswith("space")}
         assert set(near) <= space, near
@@ -231,6 +236,22 @@ def test_kill_mid_stream_then_restart_equals_no_fault_run(kafka, tokenizer, tmp_
         assert len(faulty) == len(ref.catalog) > 1000
     finally:
         ref.close()
+
+
+@pytest.mark.parametrize("kw, word", [({"fetch_max_wait_ms": 5000}, "fetch_max_wait_ms"),
+                                      ({"encoder_threads": -1}, "encoder_threads"),
+                                      ({"batch_wait_ms": -1}, "batch_wait_ms")])
+def test_bad_config_is_named(kw, word):
+    with pytest.raises(ValueError, match=word):
+        ItemIndexerConfig(**kw)
+
+
+def test_short_broker_fetch_wait_reaches_the_consumer(kafka, tokenizer):
+    idx = ItemIndexer(kafka, tokenizer, ItemIndexerConfig(name="fetchwait", fetch_max_wait_ms=7))
+    try:
+        assert idx.consumer._consumer.config["fetch_max_wait_ms"] == 7   # not kafka-python's 500 ms default
+    finally:
+        idx.close(checkpoint=False)
 
 
 def test_refuses_item_events_with_several_partitions(broker, topic_name, tokenizer):

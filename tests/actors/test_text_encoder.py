@@ -69,11 +69,22 @@ def test_bad_config_is_named(kw, word):
 def test_int8_on_two_python_threads_gives_the_same_vectors():
     import torch
 
-    before = torch.get_num_threads()            # threads=2 sets the process's intra-op threads to 1
-    try:
-        one = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0))
-        two = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0, threads=2))
-        assert torch.get_num_threads() == 1
-        np.testing.assert_array_equal(two.encode(TEXTS), one.encode(TEXTS))
-    finally:
-        torch.set_num_threads(before)
+    before = torch.get_num_threads()
+    one = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0, threads=1))
+    two = TextEncoder(TextEncoderConfig(device="cpu", quantize="int8", cache_size=0, threads=2))
+    np.testing.assert_array_equal(two.encode(TEXTS), one.encode(TEXTS))
+    assert torch.get_num_threads() == before          # workers set their own (per-thread) intra-op threads
+
+
+def test_fp32_workers_split_sub_batches_and_match_the_caller_path(fp32):
+    import torch
+
+    before = torch.get_num_threads()
+    two = TextEncoder(TextEncoderConfig(device="cpu", cache_size=0, threads=2))
+    texts = [f"{t} (take {k})" for k in range(3) for t in TEXTS]          # 18 texts -> 2 sub-batches of 9
+    got = two.encode(texts)
+    assert two.stats["forwards"] == 2 and two.stats["encoded"] == len(texts)
+    np.testing.assert_allclose(got, fp32.encode(texts), atol=1e-5)
+    assert torch.get_num_threads() == before
+    small = two.encode(["just one text"])                                   # too few to split: one forward
+    assert two.stats["forwards"] == 3 and small.shape == (1, 384)
