@@ -5,6 +5,11 @@ Reads the ``args`` of the genrec application in a Serve config file
 ``serve deploy`` take), lets flags override them, starts a local Ray with the
 dashboard and job API on loopback (or joins ``--address``), deploys and runs
 until Ctrl-C, then shuts Serve down.
+
+A local Ray is started with Serve's direct ingress on (:mod:`serving.direct_ingress`):
+the ingress replica answers HTTP on its own port (printed at start, the
+low-latency address) and the Serve proxy on ``--port`` serves the same app.
+``--no-direct-ingress`` keeps the proxy only.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--num-cpus", type=float, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
     p.add_argument("--for-seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    p.add_argument("--no-direct-ingress", action="store_true",
+                   help="serve through the Serve proxy only (default: the ingress replica also listens on its "
+                        "own port, which skips the proxy hop; local Ray only)")
     p.set_defaults(func=run)
 
 
@@ -91,6 +99,10 @@ def run(args) -> int:
     if args.address:
         ray.init(address=args.address)
     else:
+        if not args.no_direct_ingress:
+            from serving.direct_ingress import enable
+
+            enable()  # read by Serve's processes at start: before ray.init
         ray.init(num_cpus=args.num_cpus, dashboard_host="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
     try:
@@ -100,6 +112,11 @@ def run(args) -> int:
         serve.run(app, name="genrec", route_prefix="/", blocking=False)
         print(f"genrec API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)   Ctrl-C to stop",
               flush=True)
+        from serving.direct_ingress import wait_for_ingress_urls
+
+        direct = wait_for_ingress_urls("genrec", None if host in ("0.0.0.0", "::") else host, 60)
+        if direct:
+            print(f"direct ingress (no proxy hop): {', '.join(direct)}", flush=True)
         t0 = time.monotonic()
         try:
             while not stop.wait(0.5):

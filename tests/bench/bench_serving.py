@@ -11,11 +11,17 @@ share a GIL with anything they measure; its CPU use is reported
   ingress runs (arm resolution, history read + generation in one backend
   call, the ``served`` record written and acked, metrics, JSON encoding), with
   a direct backend call instead of the Serve handle. So the difference is
-  HTTP + proxy + ingress routing/validation + handle hop + batch wait.
+  HTTP + Serve ingress routing/validation + handle hop + batch wait.
   ``overhead_p50_ms`` = median of the paired differences;
   ``overhead_p50_diff_ms`` = difference of the p50s. A stage table splits both.
-  ``healthz_p50_ms``: ``GET /healthz`` over the same client — the floor of HTTP +
-  Serve proxy + ingress replica with no work and no recommender hop.
+  Clients talk to the ingress replica's own port (Serve direct ingress,
+  :mod:`serving.direct_ingress`); the same request through the Serve HTTP
+  proxy runs in the same loop (``http_proxy_p50_ms_c1``, ``overhead_proxy_p50_ms``).
+* Floors, alternating, same client: ``healthz_p50_ms`` (``GET /healthz`` on the
+  ingress replica's port: Serve ingress, no work, no recommender hop),
+  ``healthz_proxy_p50_ms`` (the same through the proxy) and a trivial FastAPI
+  app on plain uvicorn in its own process (``floor_uvicorn_get_p50_ms``,
+  ``floor_uvicorn_post_p50_ms``: GET, and POST with a validated JSON body).
 * c16 / c64: p50/p99 and requests/s; ``batching_gain_c64`` = rps with dynamic
   batching / rps with batch size 1 (``configure_batching(1)`` on the same replica).
 * Overload: 500 concurrent clients for 40 s (15 s quick), all starting at once, each
@@ -55,6 +61,10 @@ STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if __name__ != "__main__":  # the Ray this suite starts serves HTTP on the ingress replica (serving.direct_ingress)
+    from serving.direct_ingress import enable as _enable_direct_ingress
+
+    _enable_direct_ingress()
 
 
 def _pct(xs, q) -> float:
@@ -165,7 +175,68 @@ def _freshness(url: str, n: int) -> tuple[list[float], list[float]]:
 
 # ---- c1: HTTP and the same work in-process, alternating -------------------------------------
 
-def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> dict:
+#: A trivial FastAPI app on plain uvicorn (own process): the HTTP floor of this machine and client.
+_UVICORN_FLOOR = """
+import sys, uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel
+class Req(BaseModel):
+    user_id: str
+    k: int = 10
+api = FastAPI()
+@api.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+@api.post("/echo")
+async def echo(body: Req):
+    return Response(b'{"ok": 1}', media_type="application/json")
+uvicorn.run(api, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def _floors(url: str, proxy_url: str, n: int) -> dict:
+    """p50 ms of ``GET /healthz`` on the ingress replica's own port, through the Serve proxy, and of a
+    trivial FastAPI app on plain uvicorn (GET and a validated POST), alternating, same client."""
+    import httpx
+
+    from infra.broker import free_port
+
+    port = free_port()
+    uvi = subprocess.Popen([sys.executable, "-c", _UVICORN_FLOOR, str(port)])
+    lat = {"healthz_direct": [], "healthz_proxy": [], "uvicorn_get": [], "uvicorn_post": []}
+    try:
+        uurl = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(uurl + "/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with httpx.Client(timeout=30) as c:
+            calls = {"healthz_direct": lambda: c.get(url + "/healthz"),
+                     "healthz_proxy": lambda: c.get(proxy_url + "/healthz"),
+                     "uvicorn_get": lambda: c.get(uurl + "/healthz"),
+                     "uvicorn_post": lambda: c.post(uurl + "/echo", json={"user_id": "u1", "k": 5})}
+            for i in range(n + 10):
+                for k, f in calls.items():
+                    t = time.perf_counter()
+                    r = f()
+                    ms = (time.perf_counter() - t) * 1000
+                    if r.status_code != 200:
+                        raise RuntimeError(f"floor {k}: HTTP {r.status_code}")
+                    if i >= 10:
+                        lat[k].append(ms)
+    finally:
+        uvi.terminate()
+        uvi.wait(10)
+    return {k: _pct(v, 50) for k, v in lat.items()}
+
+
+def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int, proxy_url: str | None = None) -> dict:
     import httpx
 
     from ingest.kafka_client import KafkaConfig
@@ -184,11 +255,13 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> 
         return backend.recommend([req])[0]
 
     loop = asyncio.new_event_loop()
-    http_ms, inproc, pairs, http_parts, inproc_parts = [], [], [], [], []
+    http_ms, inproc, pairs, http_parts, inproc_parts, proxy_ms, proxy_pairs = [], [], [], [], [], [], []
     try:
         with httpx.Client(base_url=url, timeout=60) as hc:
             for i in range(10):  # warm both paths
                 hc.post("/v1/recommend", json={"user_id": f"u{i}", "k": 5})
+                if proxy_url:
+                    hc.post(proxy_url + "/v1/recommend", json={"user_id": f"u{i}", "k": 5})
                 loop.run_until_complete(path.run(f"u{i}", 5, True, direct))
             t_c1 = time.perf_counter()
             for i in range(n):
@@ -205,12 +278,13 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> 
                     inproc.append(p_ms)
                     inproc_parts.append({**tim, "client_ms": p_ms})
                     pairs.append(h - p_ms)
+                if proxy_url:  # the same request through the Serve HTTP proxy (the default path), same run
+                    t = time.perf_counter()
+                    r = hc.post(proxy_url + "/v1/recommend", json={"user_id": user, "k": 5})
+                    if r.status_code == 200:
+                        proxy_ms.append((time.perf_counter() - t) * 1000)
+                        proxy_pairs.append(proxy_ms[-1] - p_ms)
             wall = time.perf_counter() - t_c1
-            floor = []   # GET /healthz: HTTP + proxy + ingress replica, no recommender hop, no work
-            for _ in range(max(50, n // 2)):
-                t = time.perf_counter()
-                hc.get("/healthz")
-                floor.append((time.perf_counter() - t) * 1000)
     finally:
         loop.close()
         log.close()
@@ -218,9 +292,10 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int) -> 
             f.stop()
     med = lambda rows: {k: _pct([x.get(k, np.nan) for x in rows], 50) for k in STAGES + ("client_ms",)}  # noqa: E731
     return {"lat": http_ms, "srv": [x["total_ms"] for x in http_parts], "inproc": inproc, "pairs": pairs,
-            "codes": {200: len(http_ms)}, "errors": n - len(http_ms), "rps": len(http_ms) / wall / 2,
+            "proxy": proxy_ms, "proxy_pairs": proxy_pairs,
+            "codes": {200: len(http_ms)}, "errors": n - len(http_ms), "rps": len(http_ms) / wall / (3 if proxy_url else 2),
             "parts": med(http_parts), "inproc_parts": med(inproc_parts), "cpu_s": float("nan"), "wall_s": wall,
-            "floor": floor}
+            }
 
 
 def _stage_table(c1: dict) -> str:
@@ -228,7 +303,7 @@ def _stage_table(c1: dict) -> str:
     hop = lambda d: d["recommender_ms"] - np.nan_to_num(d["batch_wait_ms"]) - d["history_ms"] - d["decode_ms"]  # noqa: E731
     hb = h.get("batch_wait_ms", float("nan"))
     rows = [("client-side total", h["client_ms"], p["client_ms"]),
-            ("HTTP + proxy + ingress routing/validation (client − ingress total)", h["client_ms"] - h["total_ms"], 0.0),
+            ("HTTP + Serve ingress routing/validation (client − ingress total)", h["client_ms"] - h["total_ms"], 0.0),
             ("arm resolution", h["resolve_ms"], p["resolve_ms"]),
             ("ingress → recommender handle hop (recommender − wait − history − decode)", hop(h), hop(p)),
             ("@serve.batch wait", hb, 0.0),
@@ -251,6 +326,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     from ingest.producer import EventProducer
     from ingest.topics import ensure_topics
     from serving.app import QUIET_LOGS
+    from serving.direct_ingress import enabled as direct_ingress_enabled, wait_for_ingress_urls
     from serving.serve_args import app_from_args
 
     load_at_start = os.getloadavg()
@@ -283,13 +359,16 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET_LOGS)
             serve.run(app_from_args(args), name="genrec", route_prefix="/", blocking=False)
-            url = f"http://127.0.0.1:{port}"
+            proxy_url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 300
-            while httpx.get(url + "/readyz", timeout=10).status_code != 200:
+            while httpx.get(proxy_url + "/readyz", timeout=10).status_code != 200:
                 if time.monotonic() > deadline:
                     raise RuntimeError("app not ready in 300 s")
                 time.sleep(0.5)
-            c1 = _c1_paired(url, args, experiments, n_c1, n_users)
+            direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
+            url = direct[0] if direct else proxy_url   # clients talk to the ingress replica's own port
+            floors = _floors(url, proxy_url, 50 if quick else 150)
+            c1 = _c1_paired(url, args, experiments, n_c1, n_users, proxy_url if direct else None)
             c16 = _load(url, 16, n_conc, "u", n_users)
             c64 = _load(url, 64, n_conc, "u", n_users)
             handle = serve.get_deployment_handle("Recommender", app_name="genrec")
@@ -308,7 +387,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "inproc_p50_ms": _pct(c1["inproc"], 50), "inproc_p99_ms": _pct(c1["inproc"], 99),
         "overhead_p50_ms": _pct(c1["pairs"], 50),
         "overhead_p50_diff_ms": _pct(c1["lat"], 50) - _pct(c1["inproc"], 50),
-        "healthz_p50_ms": _pct(c1["floor"], 50),
+        "http_proxy_p50_ms_c1": _pct(c1["proxy"], 50), "http_proxy_p99_ms_c1": _pct(c1["proxy"], 99),
+        "overhead_proxy_p50_ms": _pct(c1["proxy_pairs"], 50),
+        "healthz_p50_ms": floors["healthz_direct"], "healthz_proxy_p50_ms": floors["healthz_proxy"],
+        "floor_uvicorn_get_p50_ms": floors["uvicorn_get"], "floor_uvicorn_post_p50_ms": floors["uvicorn_post"],
         "c1_log_ms_p50": c1["parts"]["log_ms"], "c1_batch_wait_ms_p50": c1["parts"]["batch_wait_ms"],
         "c1_http_proxy_ms_p50": c1["parts"]["client_ms"] - c1["parts"]["total_ms"],
         "http_p50_ms_c16": _pct(c16["lat"], 50), "http_p99_ms_c16": _pct(c16["lat"], 99), "rps_c16": c16["rps"],
@@ -348,7 +430,9 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                        "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
                        "requests_concurrent": n_conc, "freshness_probes": n_fresh,
                        "loadavg_at_start": [round(x, 2) for x in load_at_start],
-                       "load_generator": "separate process, asyncio + aiohttp"},
+                       "load_generator": "separate process, asyncio + aiohttp",
+                       "http_path": "direct ingress (ingress replica's own port)" if url != proxy_url else "Serve proxy",
+                       "direct_ingress_env": direct_ingress_enabled()},
             "metrics": m, "tables": ["\n".join(table), _stage_table(c1)]}
 
 

@@ -1,4 +1,10 @@
-"""A real local Ray Serve app (one per test module) on the session's real broker."""
+"""A real local Ray Serve app (one per test module) on the session's real broker.
+
+Ray Serve reads its direct-ingress flags when its processes start, so they are
+set here, at collection, before any test of the session starts Ray: the app's
+ingress replica then serves HTTP on its own port (``serve_app.url``, what the
+benchmark measures) and the Serve proxy still serves it too (``serve_app.proxy_url``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ import uuid
 import pytest
 
 from infra.broker import free_port
+from serving.direct_ingress import enable as enable_direct_ingress
+
+enable_direct_ingress()
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 LEVEL_SIZES = (8, 8, 8)
@@ -47,8 +56,8 @@ def start_ray():
 
 
 class ServeApp:
-    def __init__(self, url: str, kafka, item_ids: list[str]):
-        self.url, self.kafka, self.item_ids = url, kafka, item_ids
+    def __init__(self, url: str, kafka, item_ids: list[str], proxy_url: str):
+        self.url, self.kafka, self.item_ids, self.proxy_url = url, kafka, item_ids, proxy_url
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +100,12 @@ def serve_app(broker):
         time.sleep(0.5)
     else:
         raise RuntimeError("the Serve app did not become ready in 180 s")
-    yield ServeApp(url, kafka, items)
+    from serving.direct_ingress import wait_for_ingress_urls
+
+    direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
+    if not direct:
+        raise RuntimeError("direct ingress is off: Ray was started before tests/serving/conftest.py set its flags")
+    yield ServeApp(direct[0], kafka, items, proxy_url=url)
     serve.shutdown()
     if started:
         import ray

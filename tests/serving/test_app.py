@@ -79,6 +79,20 @@ def test_events_and_items_validated_and_written(serve_app, client):
     assert "new-x" in {e.item_id for e in _read(serve_app.kafka, ITEM_EVENTS)}
 
 
+def test_direct_ingress_and_proxy_serve_the_same_app(serve_app, client):
+    """Clients talk to the ingress replica's own port; the Serve proxy's port serves the same app."""
+    assert serve_app.url != serve_app.proxy_url
+    with httpx.Client(base_url=serve_app.proxy_url, timeout=60) as proxy:
+        for c in (client, proxy):
+            r = c.post("/v1/recommend", json={"user_id": "both-paths", "k": 3})
+            assert r.status_code == 200, r.text
+            assert r.json()["arm"] and len(r.json()["items"]) == 3
+            assert c.get("/openapi.json").json()["info"]["title"] == "genrec"
+        a = client.post("/v1/recommend", json={"user_id": "both-paths", "k": 3}).json()
+        b = proxy.post("/v1/recommend", json={"user_id": "both-paths", "k": 3}).json()
+        assert (a["experiment"], a["arm"]) == (b["experiment"], b["arm"])
+
+
 def test_bad_recommend_requests_get_clear_4xx(client):
     for body, needle in [({"user_id": "u", "k": 0}, "greater than or equal"),
                          ({"user_id": "", "k": 3}, "at least 1"),
