@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=".genrec/tokenizer", help="output folder (default .genrec/tokenizer)")
     p.add_argument("--install-checkpoint", default="", help="checkpoint dir/URI of an item indexer")
     p.add_argument("--indexer-name", default="item-indexer")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; the text encoder runs that many "
+                   "worker threads of one intra-op thread each (0 = torch's default on one thread)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -97,7 +98,8 @@ def run(args) -> int:
         from actors.text_encoder import TextEncoderConfig, shared_encoder
 
         text_emb = np.zeros((len(items), 384), dtype=np.float32)
-        text_emb[has_text] = shared_encoder(TextEncoderConfig(quantize=args.encoder_quantize)).encode([t for t, h in zip(texts, has_text) if h])
+        enc = shared_encoder(TextEncoderConfig(quantize=args.encoder_quantize, threads=args.threads))
+        text_emb[has_text] = enc.encode([t for t, h in zip(texts, has_text) if h])
     if args.embeddings in ("collab", "fusion") or not has_text.all():
         if seqs is None:
             raise SystemExit("collaborative embeddings need user events: use --data, not --archive")

@@ -50,7 +50,7 @@ def run(ctx) -> None:
     import torch
 
     from actors.item_indexer import ItemIndexer, ItemIndexerConfig
-    from actors.text_encoder import shared_encoder
+    from actors.text_encoder import TextEncoderConfig, shared_encoder
     from ingest.contract import ITEM_EVENTS, ItemEvent, replace
     from ingest.producer import EventProducer, ProducerConfig
     from ingest.topics import ensure_topics
@@ -70,7 +70,9 @@ def run(ctx) -> None:
         live_new = [e for e in catalog_events if e.ts > start_ts][-10:]
         live_ids = {e.item_id for e in live_new}
 
-        enc = shared_encoder()
+        # sub-batches on 2 worker threads of one intra-op thread each (actors/text_encoder.py): both cores,
+        # without OpenMP barriers fighting the demo's other threads
+        enc = shared_encoder(TextEncoderConfig(threads=min(2, os.cpu_count() or 1)))
         texts = [e.content_text() for e in catalog_events]
         t0 = time.time()
         emb = enc.encode([t for t, e in zip(texts, catalog_events) if e.item_id not in live_ids])
