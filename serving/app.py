@@ -59,6 +59,7 @@ from ingest.contract import ITEM_EVENTS, USER_EVENTS
 from serving.admission import AdaptiveRetryAfter, RetryAfterConfig
 from serving.backend import ModelSpec, RecRequest, RecResult
 from serving.experiments import ExperimentRegistry
+from serving.loop_lag import LoopLagProbe
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.recommend_path import RecommendPath, ServedLog, Unavailable, await_kafka
 
@@ -244,6 +245,7 @@ class Ingress:
         self.path = RecommendPath(self.registry, ServedLog(settings.kafka, settings.produce_timeout_s), self.metrics)
         self.retry = AdaptiveRetryAfter(RetryAfterConfig(min_s=settings.retry_after_s,
                                                          max_s=max(settings.retry_after_s, settings.max_retry_after_s)))
+        self.loop_lag = LoopLagProbe()
         self.inflight = 0
         self.max_inflight = settings.max_inflight
         self.latency_target_ms = settings.latency_target_ms
@@ -313,6 +315,7 @@ class Ingress:
     async def recommend(self, body: RecommendRequest) -> Response:
         """Generate a session of ``k`` items for ``user_id`` from their fresh history."""
         t0 = time.perf_counter()
+        self.loop_lag.ensure_started()
         if body.k > self.s.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
         if self.inflight >= max(1, int(self.limit)):
@@ -323,7 +326,8 @@ class Ingress:
         self.metrics.inflight.set(self.inflight)
         self.metrics.admission_limit.set(self.limit)
         try:
-            out, timings = await self.path.run(body.user_id, body.k, body.exclude_seen, self._call, t0)
+            out, timings = await self.path.run(body.user_id, body.k, body.exclude_seen, self._call, t0,
+                                               extra=self._lag_timings)
         except Unavailable as e:
             if e.reason == "backpressure":
                 self.metrics.rejected.labels(route="recommend").inc()
@@ -335,6 +339,11 @@ class Ingress:
             self.metrics.inflight.set(self.inflight)
         self._adapt(timings["total_ms"])
         return Response(out, media_type="application/json")
+
+    def _lag_timings(self) -> dict:
+        """Ingress event-loop lag now (ms), reported with each answer (:mod:`serving.loop_lag`)."""
+        self.metrics.loop_lag.set(self.loop_lag.lag_ms / 1e3)
+        return {"loop_lag_ms": self.loop_lag.lag_ms}
 
     async def _call(self, req: RecRequest) -> RecResult:
         """The recommender through its deployment handle; failures become :class:`Unavailable` (→ 503)."""

@@ -49,6 +49,8 @@ class ServingMetrics:
         self.catalog_items = Gauge("genrec_catalog_items", "live items in the recommender's catalog", registry=r)
         self.admission_limit = Gauge("genrec_admission_limit", "current admission limit of /recommend",
                                      registry=r)
+        self.loop_lag = Gauge("genrec_ingress_loop_lag_seconds", "how late the ingress event loop wakes a timer "
+                              "(decaying max; serving.loop_lag)", registry=r)
         self.inflight = Gauge("genrec_inflight_requests", "recommend requests admitted and not yet answered",
                               registry=r)
 

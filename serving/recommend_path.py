@@ -95,8 +95,11 @@ class RecommendPath:
         self.registry, self.log, self.metrics = registry, served_log, metrics
 
     async def run(self, user_id: str, k: int, exclude_seen: bool, call: RecCall,
-                  t0: float | None = None) -> tuple[bytes, dict]:
-        """The encoded answer and its timings (ms). Raises :class:`Unavailable` when it cannot answer."""
+                  t0: float | None = None, extra: Callable[[], dict] | None = None) -> tuple[bytes, dict]:
+        """The encoded answer and its timings (ms). Raises :class:`Unavailable` when it cannot answer.
+
+        ``extra()``, when given, adds caller-measured timings (the ingress's event-loop lag) at answer time.
+        """
         t0 = time.perf_counter() if t0 is None else t0
         res = self.registry.resolve(user_id)
         rid = uuid.uuid4().hex
@@ -127,6 +130,8 @@ class RecommendPath:
         for key in ("history_ms", "decode_ms", "batch_size", "batch_wait_ms"):
             if key in st:
                 timings[key] = float(st[key])
+        if extra is not None:
+            timings.update(extra())
         body = _json.encode({"request_id": rid, "model_version": res.model_version, "experiment": res.experiment,
                              "arm": res.arm, "timings": timings,
                              "items": [{"item_id": i, "sid": s, "score": sc}

@@ -120,6 +120,9 @@ def run(ctx) -> None:
     from serving.serve_args import configs_from_args
 
     if not ray.is_initialized():
+        from serving.direct_ingress import enable
+
+        enable()  # Serve reads it at start: the ingress replica then also answers on its own port
         ray.init(num_cpus=2, include_dashboard=False, namespace="genrec-demo", log_to_driver=False,
                  configure_logging=False)
     args, notes = _app_args(ctx)
@@ -160,6 +163,12 @@ def run(ctx) -> None:
             if time.time() - t0 > 300:
                 raise RuntimeError("the Serve app did not become ready in 300 s")
             time.sleep(0.5)
+        from serving.direct_ingress import wait_for_ingress_urls
+
+        direct = wait_for_ingress_urls("genrec", "127.0.0.1", 30)
+        if direct:
+            ctx.say(f"Serve proxy at {url}; clients use the ingress replica's own port (direct ingress, no proxy hop)")
+            url = direct[0]
         ready = httpx.get(url + "/readyz", timeout=10).json()
         ctx.say(f"app ready at {url} in {time.time() - t0:.1f} s: {ready['catalog_items']:,} items in the live "
                 f"catalog, models {ready['models']} (OpenAPI at {url}/docs)")

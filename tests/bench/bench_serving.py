@@ -57,7 +57,7 @@ SUITE = "serving"
 ADMIN = "bench-admin-token-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",
-          "batch_size")
+          "batch_size", "loop_lag_ms")
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -129,6 +129,10 @@ def _load(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: 
     parts = r.pop("parts")
     r["parts"] = {k: _pct([x.get(k, np.nan) for x in parts], 50) if parts else float("nan") for k in STAGES}
     r["srv"] = [x["total_ms"] for x in parts]
+    r["lag"] = [x.get("loop_lag_ms", np.nan) for x in parts]
+    # recommender call minus the replica's own stages: the handle hop plus the wait behind the running batch
+    r["queued"] = [x["recommender_ms"] - x.get("decode_ms", 0) - x.get("batch_wait_ms", 0) - x.get("history_ms", 0)
+                   for x in parts]
     r["rps"] = len(r["lat"]) / r["wall_s"]
     return r
 
@@ -294,6 +298,8 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int, pro
     return {"lat": http_ms, "srv": [x["total_ms"] for x in http_parts], "inproc": inproc, "pairs": pairs,
             "proxy": proxy_ms, "proxy_pairs": proxy_pairs,
             "codes": {200: len(http_ms)}, "errors": n - len(http_ms), "rps": len(http_ms) / wall / (3 if proxy_url else 2),
+            "queued": [x["recommender_ms"] - x.get("decode_ms", 0) - x.get("batch_wait_ms", 0) - x.get("history_ms", 0)
+                       for x in http_parts],
             "parts": med(http_parts), "inproc_parts": med(inproc_parts), "cpu_s": float("nan"), "wall_s": wall,
             }
 
@@ -408,6 +414,9 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "overload_server_p99_ms": _pct(over["srv"], 99),
         "overload_server_p99_ms_after_5s": _pct([x for x, t in zip(over["srv"], over["started"]) if t > 5], 99),
         "overload_server_p99_ratio": _pct(over["srv"], 99) / _pct(c1["srv"], 99),
+        "overload_loop_lag_ms_p50": _pct(over["lag"], 50), "overload_loop_lag_ms_p99": _pct(over["lag"], 99),
+        "overload_hop_and_queue_ms_p50": _pct(over["queued"], 50),
+        "overload_client_minus_server_ms_p50": _pct(over["lat"], 50) - _pct(over["srv"], 50),
         "loadgen_cpu_c64": c64["cpu_s"] / c64["wall_s"], "loadgen_cpu_overload": over["cpu_s"] / over["wall_s"],
         "event_to_rec_p50_ms": _pct(ev_ms, 50), "event_to_rec_p99_ms": _pct(ev_ms, 99),
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
@@ -415,16 +424,17 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
             ("500 (overload)", over)]
     table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
-             "| ingress ms | recommender ms | batch wait ms | decode ms | served-log ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ingress ms | recommender ms | hop + queued behind batch ms | batch wait ms | decode ms | served-log ms "
+             "| ingress loop lag ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         pp = r["parts"]
         table.append(f"| {name} | {r['rps']:.1f} | {_pct(r['lat'], 50):.1f} | {_pct(r['lat'], 99):.1f} | "
                      f"{r['codes'].get(200, 0)} | {r['codes'].get(503, 0)} | "
                      f"{r['errors'] + sum(v for k, v in r['codes'].items() if k not in (200, 503))} | "
                      f"{r['cpu_s'] / r['wall_s']:.2f} | {pp['batch_size']:.0f} | {pp['total_ms']:.1f} | "
-                     f"{pp['recommender_ms']:.1f} | {pp['batch_wait_ms']:.1f} | {pp['decode_ms']:.1f} | "
-                     f"{pp['log_ms']:.1f} |")
+                     f"{pp['recommender_ms']:.1f} | {_pct(r.get('queued', []), 50):.1f} | {pp['batch_wait_ms']:.1f} | "
+                     f"{pp['decode_ms']:.1f} | {pp['log_ms']:.1f} | {pp['loop_lag_ms']:.1f} |")
     return {"config": {"items": n_items, "users": n_users, "level_sizes": level_sizes, "model": model_cfg,
                        "decode": decode, "max_batch_size": max_batch, "max_inflight": max_inflight,
                        "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
