@@ -77,6 +77,9 @@ class AppSettings:
     ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
     ``latency_target_ms``: when set, the admission limit adapts (AIMD) so that
     admitted requests stay near this latency; ``None`` keeps ``max_inflight`` fixed.
+    ``gil_switch_interval_s``: the ingress process's ``sys.setswitchinterval``. The served-log producer's
+    I/O thread needs the GIL several times per record; with the event loop busy under load, Python's
+    default 5 ms hand-over made each of those steps wait up to 5 ms. ``None`` keeps the default.
     ``ingress_slack`` / ``ingress_queue``: the ingress deployment takes ``max_inflight + ingress_slack``
     concurrent requests (other routes, fast 503s) and the Serve proxy queues ``ingress_queue`` more;
     beyond that the proxy itself answers 503 + ``Retry-After: shed_retry_after_s``. The ingress's own 503s carry an adaptive,
@@ -98,6 +101,7 @@ class AppSettings:
     shed_retry_after_s: int = 5
     ingress_queue: int = 64
     max_retry_after_s: int = 30
+    gil_switch_interval_s: float | None = 0.001
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
@@ -114,6 +118,9 @@ class AppSettings:
         if self.ingress_slack < 1 or self.ingress_queue < 1:
             raise ValueError(f"AppSettings.ingress_slack={self.ingress_slack} and ingress_queue={self.ingress_queue} "
                              "must be >= 1 (extra ingress concurrency / proxy queue beyond max_inflight)")
+        if self.gil_switch_interval_s is not None and not 0 < self.gil_switch_interval_s <= 0.1:
+            raise ValueError(f"AppSettings.gil_switch_interval_s={self.gil_switch_interval_s} must be in (0, 0.1] "
+                             "seconds (or None: keep Python's 0.005)")
         if not 1 <= self.max_k <= 1000:
             raise ValueError(f"AppSettings.max_k={self.max_k} must be in 1..1000")
 
@@ -237,6 +244,10 @@ class Ingress:
 
         self.rec = recommender
         self.s = settings
+        if settings.gil_switch_interval_s is not None:
+            import sys
+
+            sys.setswitchinterval(settings.gil_switch_interval_s)
         ensure_topics(settings.kafka)
         self.producer = EventProducer(settings.kafka, ProducerConfig(linger_ms=1))
         self.registry = ExperimentRegistry(source=settings.experiments or None) if settings.experiments \
