@@ -36,9 +36,17 @@ Latency (produce → in trie and faiss): text items are micro-batched by time �
 after a poll that holds text to encode, the indexer keeps polling for up to
 ``batch_wait_ms`` and then encodes everything in one length-sorted batch, so
 an item waits at most that long plus one batch encode; when the encoder falls
-behind, batches grow by themselves (up to ``max_batch``). Encoder knobs
-(threads, int8, max sequence length, content-hash cache) are in
-actors/text_encoder.py.
+behind, batches grow by themselves (up to ``max_batch``) and are encoded and
+published ``flush_items`` at a time, so the head of a backlog goes live
+first. The consumer asks the broker to answer a fetch within
+``fetch_max_wait_ms`` (10 ms; kafka-python's default of 500 ms held every
+item at the broker for up to half a second). ``stage_ms`` splits each
+item's latency into fetch (produce → polled: the broker, plus waiting while
+the indexer encodes the previous batch), batch (polled → micro-batch
+closed), encode (closed → its embeddings ready) and insert (quantize, trie,
+faiss, delta log); ``status()`` reports their p50/p99. Encoder knobs
+(worker threads, backend, int8, max sequence length, content-hash cache) are
+in actors/text_encoder.py.
 
 An unchanged re-send (same content hash) is skipped before encoding, so
 re-delivery is idempotent and cheap. ``python -m actors.item_indexer`` runs
@@ -96,6 +104,7 @@ class ItemIndexerConfig:
     encoder_max_seq_len: int = 128
     encoder_cache_size: int = 20_000
     batch_wait_ms: int = 20           # collect text items this long after a poll, then encode once
+    flush_items: int = 64             # encode + publish a backlog in slices of this many (earlier ones go live first)
     triton_url: str = ""
     triton_model: str = "minilm"
     use_gpu_index: bool = False
@@ -106,9 +115,9 @@ class ItemIndexerConfig:
         if self.checkpoint_every_s <= 0 or self.checkpoint_every_events < 1:
             raise ValueError(f"ItemIndexerConfig checkpoint_every_s={self.checkpoint_every_s} and "
                              f"checkpoint_every_events={self.checkpoint_every_events} must be positive")
-        if self.max_batch < 1 or self.candidates < 1 or self.max_text_chars < 1:
+        if min(self.max_batch, self.candidates, self.max_text_chars, self.flush_items) < 1:
             raise ValueError(f"ItemIndexerConfig max_batch={self.max_batch}, candidates={self.candidates}, "
-                             f"max_text_chars={self.max_text_chars} must be >= 1")
+                             f"max_text_chars={self.max_text_chars}, flush_items={self.flush_items} must be >= 1")
         if not 0 <= self.fetch_max_wait_ms <= 1000:
             raise ValueError(f"ItemIndexerConfig.fetch_max_wait_ms={self.fetch_max_wait_ms} must be in [0, 1000] "
                              "(it bounds how long new items sit at the broker; ~10 ms)")
@@ -315,6 +324,16 @@ class ItemIndexer:
         return ""
 
     def _flush(self, pending: list[_Pending]) -> None:
+        """Encode, quantize and add ``pending`` in order, ``flush_items`` at a time.
+
+        Slices keep the consumption order (so SIDs are the same as one big flush), and a backlog
+        becomes visible slice by slice instead of all at the end of one long encode.
+        """
+        step = self.config.flush_items
+        for s in range(0, len(pending), step):
+            self._flush_slice(pending[s:s + step])
+
+    def _flush_slice(self, pending: list[_Pending]) -> None:
         if not pending:
             return
         dim = self.tokenizer.dim

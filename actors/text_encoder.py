@@ -13,8 +13,14 @@ a second at ~100 items/s on 2 CPU cores), so instead of
 sentence-transformers' output to ~1e-6, see the tests), with:
 
 * one call into the Rust tokenizer for all texts of a batch (no padding, no
-  per-batch tensor conversion), then batches *sorted by token length* and
-  padded only to their own longest text;
+  per-batch tensor conversion), then batches *sorted by token length*;
+* the default ``backend='packed'`` runs models/packed_bert.py: the same BERT
+  weights, but every Linear and LayerNorm sees only real tokens (packed, no
+  padding rows), Q/K/V are one fused GEMM, and there is none of the
+  per-call overhead of ``transformers``' forward — which dominates the
+  indexer's small micro-batches (the ``sids`` benchmark's ``enc_ablation_*``
+  compare it with ``backend='hf'``, transformers' ``BertModel``, which pads
+  each sorted batch to its longest text);
 * a short ``max_seq_len`` (128 word pieces): item titles + genres/tags are
   10-70 pieces (MovieLens-100K: p50 33, max 71; the synthetic world: max 44),
   so nothing there is truncated, while a long description cannot make one
@@ -64,6 +70,7 @@ import numpy as np
 
 DIM = 384
 QUANTIZE_MODES = ("none", "int8")
+BACKENDS = ("packed", "hf")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class TextEncoderConfig:
     threads: int = 0
     quantize: str = "none"
     cache_size: int = 20_000
+    backend: str = "packed"      # "packed": models/packed_bert.py (no padding compute); "hf": transformers' BertModel
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -105,6 +113,8 @@ class TextEncoderConfig:
         if self.quantize == "int8" and self.device.startswith("cuda"):
             raise ValueError("TextEncoderConfig.quantize='int8' runs on CPU only; use quantize='none' with "
                              f"device={self.device!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TextEncoderConfig.backend={self.backend!r} must be one of {BACKENDS}")
         if self.cache_size < 0:
             raise ValueError(f"TextEncoderConfig.cache_size={self.cache_size} must be >= 0 (0 = no cache)")
 
@@ -167,6 +177,9 @@ class TextEncoder:
         _check_mean_pooling(model_dir)
         self._tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModel.from_pretrained(model_dir).eval()
+        if config.backend == "packed":
+            from models.packed_bert import PackedBert
+            model = PackedBert.from_bert(model)
         if config.quantize == "int8":
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
             with warnings.catch_warnings():          # the eager API warns that torchao is its successor
@@ -178,6 +191,8 @@ class TextEncoder:
         self._lock = threading.Lock()     # one encode at a time per model (shared by actor threads)
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.stats = {"encoded": 0, "cache_hits": 0, "forwards": 0}
+        if self._pool is not None:
+            self._warm_workers()
 
     # ------------------------------------------------------------------ public
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -216,6 +231,25 @@ class TextEncoder:
             self._cache.clear()
 
     # ------------------------------------------------------------------ internals
+    def _warm_workers(self) -> None:
+        """One tiny forward on *each* worker thread, so the first real items do not pay a thread's cold start.
+
+        (Seen on a loaded machine: a cold worker made the indexer's first micro-batch take seconds, and
+        every item produced meanwhile queued behind it.) The barrier holds each task until all have
+        started, which puts them on distinct threads.
+        """
+        n = self.config.threads
+        barrier = threading.Barrier(n)
+        ids = self._tok(["warm up"], add_special_tokens=True)["input_ids"]
+        lengths = np.asarray([len(ids[0])])
+        scratch = np.empty((1, DIM), dtype=np.float32)
+
+        def warm(_):
+            barrier.wait(timeout=60)
+            self._run_chunks([np.zeros(1, dtype=np.int64)], ids, lengths, scratch)
+
+        list(self._pool.map(warm, range(n)))
+
     def _remember(self, key: bytes, emb: np.ndarray) -> None:
         if self.config.cache_size <= 0:
             return
@@ -250,6 +284,9 @@ class TextEncoder:
         torch = self._torch
         with torch.inference_mode():
             for rows in chunks:
+                if self.config.backend == "packed":
+                    out[rows] = self._model.embed([ids[r] for r in rows]).float().cpu().numpy()   # [B, 384]
+                    continue
                 width = int(lengths[rows].max())
                 tok = np.full((len(rows), width), self._pad_id, dtype=np.int64)   # [B, T]
                 mask = np.zeros((len(rows), width), dtype=np.int64)              # [B, T]

@@ -238,9 +238,30 @@ def test_kill_mid_stream_then_restart_equals_no_fault_run(kafka, tokenizer, tmp_
         ref.close()
 
 
+def test_flushing_a_backlog_in_slices_gives_the_same_catalog(kafka, tokenizer):
+    emb = _world_emb(120, 5)
+    emb[60:80] = emb[0]                                  # identical vectors: de-duplication slots in order
+    with EventProducer(kafka) as p:
+        for i in range(120):
+            p.send(_item(i, emb[i]))
+        p.send(ItemEvent(item_id="it7", ts=5_000, op="retire"))
+        p.send(_item(200, emb[0]))
+    prints = []
+    for name, n in (("whole", 512), ("slices", 7)):
+        idx = ItemIndexer(kafka, tokenizer, ItemIndexerConfig(name=name, flush_items=n, batch_wait_ms=0))
+        try:
+            idx.run_until_caught_up()
+            assert len(idx.catalog) == 120 and idx.stats["retired"] == 1
+            prints.append(idx.catalog.fingerprint())
+        finally:
+            idx.close(checkpoint=False)
+    assert prints[0] == prints[1]
+
+
 @pytest.mark.parametrize("kw, word", [({"fetch_max_wait_ms": 5000}, "fetch_max_wait_ms"),
                                       ({"encoder_threads": -1}, "encoder_threads"),
-                                      ({"batch_wait_ms": -1}, "batch_wait_ms")])
+                                      ({"batch_wait_ms": -1}, "batch_wait_ms"),
+                                      ({"flush_items": 0}, "flush_items")])
 def test_bad_config_is_named(kw, word):
     with pytest.raises(ValueError, match=word):
         ItemIndexerConfig(**kw)

@@ -17,12 +17,13 @@ def fp32():
     return TextEncoder(TextEncoderConfig(device="cpu", batch_size=4))
 
 
-def test_matches_sentence_transformers_output(fp32):
+@pytest.mark.parametrize("backend", ["packed", "hf"])
+def test_matches_sentence_transformers_output(backend):
     from sentence_transformers import SentenceTransformer
 
     want = SentenceTransformer(bundled_model_dir(), device="cpu").encode(
         TEXTS, normalize_embeddings=True, convert_to_numpy=True)
-    got = fp32.encode(TEXTS)
+    got = TextEncoder(TextEncoderConfig(device="cpu", batch_size=4, backend=backend)).encode(TEXTS)
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -60,6 +61,7 @@ def test_int8_is_batch_invariant_and_close_to_fp32(fp32):
 
 @pytest.mark.parametrize("kw, word", [({"quantize": "fp8"}, "quantize"), ({"max_seq_len": 4}, "max_seq_len"),
                                       ({"threads": -1}, "threads"), ({"cache_size": -1}, "cache_size"),
+                                      ({"backend": "onnx"}, "backend"),
                                       ({"quantize": "int8", "device": "cuda"}, "CPU only")])
 def test_bad_config_is_named(kw, word):
     with pytest.raises(ValueError, match=word):

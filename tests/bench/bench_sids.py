@@ -226,11 +226,12 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                           f"{metrics[f'encode_{m}_items_per_cpu_s_2t']:.1f} |" for m in ("fp32", "int8")) +
                 f"\n| fp32, 2 OpenMP intra-op threads | | {metrics['encode_fp32_items_per_s_2t_intraop']:.1f} | "
                 f"/ {metrics['encode_fp32_items_per_cpu_s_2t_intraop']:.1f} |")
-    ablations = ("| encoder variant (1 thread) | items per CPU-s | cosine to default (min) |\n|---|---|---|\n" +
+    ablations = ("| encoder variant (1 thread) | items per CPU-s | cosine to hf (min) |\n|---|---|---|\n" +
                  "\n".join(f"| {v} | {metrics[f'enc_ablation_{v}_items_per_cpu_s']:.1f} | "
                            f"{metrics[f'enc_ablation_{v}_cosine_min']:.6f} |"
-                           for v in ("default", "eager_attention", "no_grad", "unsorted", "calls_of_24",
-                                     "bf16_autocast")))
+                           for v in ("hf", "hf_eager_attention", "hf_no_grad", "hf_unsorted", "hf_calls_of_24",
+                                     "hf_calls_of_4", "hf_bf16_autocast", "packed", "packed_calls_of_24",
+                                     "packed_calls_of_4")))
     stages = ("| stage (text items, fp32, 2 workers) | p50 ms | p99 ms |\n|---|---|---|\n" +
               "\n".join(f"| {k} | {metrics[f'new_item_stage_{k}_p50_ms']:.1f} | "
                         f"{metrics[f'new_item_stage_{k}_p99_ms']:.1f} |"
@@ -253,11 +254,13 @@ def _encoder_bench(texts: list[str], emb: np.ndarray, quick: bool, threads: int)
     * fp32 vs int8 items/s at 1 and 2 threads: ``_2t`` = two worker threads
       with one intra-op thread each (the indexer's default), ``_2t_intraop`` =
       one caller thread with two OpenMP intra-op threads;
-    * ablations at one thread, items per CPU-second and cosine to the default
-      path (``enc_ablation_*``): eager instead of SDPA attention, ``no_grad``
-      instead of ``inference_mode``, batches in arrival order instead of
-      length-sorted, bf16 autocast (on 48 texts: it is slow without
-      AVX512-BF16), and calls of 24 texts (the size of a latency-run micro-batch);
+    * ablations at one thread, items per CPU-second and cosine to transformers'
+      BertModel with SDPA attention on length-sorted batches of 64 (``hf``):
+      eager instead of SDPA attention, ``no_grad`` instead of
+      ``inference_mode``, batches in arrival order instead of length-sorted,
+      bf16 autocast (on 48 texts: it is slow without AVX512-BF16), calls of
+      24 and of 4 texts (latency-run micro-batches), and the same with the
+      packed forward of models/packed_bert.py (the encoder's default backend);
     * ``encode_tokenize_us_per_item``: the one batched tokenizer call.
     """
     import torch
@@ -310,8 +313,12 @@ def _ablations(enc, sample: list[str]) -> dict[str, float]:
 
     from actors.text_encoder import bundled_model_dir
 
-    tok, model = enc._tok, enc._model
+    from models.packed_bert import PackedBert
+
+    tok = enc._tok
+    model = AutoModel.from_pretrained(bundled_model_dir()).eval()             # SDPA attention (the default)
     eager = AutoModel.from_pretrained(bundled_model_dir(), attn_implementation="eager").eval()
+    packed = PackedBert.from_bert(model)
 
     def forward(texts, m=model, sort=True, grad=torch.inference_mode, autocast=False, bs=64):
         ids = tok(texts, add_special_tokens=True, truncation=True, max_length=128, return_attention_mask=False,
@@ -322,6 +329,9 @@ def _ablations(enc, sample: list[str]) -> dict[str, float]:
         with grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             for s in range(0, len(order), bs):
                 rows = order[s:s + bs]
+                if m is packed:
+                    res[rows] = packed.embed([ids[r] for r in rows]).float().numpy()
+                    continue
                 w = int(lengths[rows].max())
                 t = torch.zeros((len(rows), w), dtype=torch.int64)            # [B, T]
                 mask = torch.zeros((len(rows), w), dtype=torch.int64)         # [B, T]
@@ -334,9 +344,13 @@ def _ablations(enc, sample: list[str]) -> dict[str, float]:
                 res[rows] = pooled.float().numpy()
         return res
 
-    variants = {"default": ({}, sample), "eager_attention": ({"m": eager}, sample),
-                "no_grad": ({"grad": torch.no_grad}, sample), "unsorted": ({"sort": False}, sample),
-                "calls_of_24": ({"bs": 24, "sort": False}, sample), "bf16_autocast": ({"autocast": True}, sample[:48])}
+    variants = {"hf": ({}, sample), "hf_eager_attention": ({"m": eager}, sample),
+                "hf_no_grad": ({"grad": torch.no_grad}, sample), "hf_unsorted": ({"sort": False}, sample),
+                "hf_calls_of_24": ({"bs": 24, "sort": False}, sample),
+                "hf_bf16_autocast": ({"autocast": True}, sample[:48]),
+                "packed": ({"m": packed}, sample), "packed_calls_of_24": ({"m": packed, "bs": 24, "sort": False}, sample),
+                "packed_calls_of_4": ({"m": packed, "bs": 4, "sort": False}, sample),
+                "hf_calls_of_4": ({"bs": 4, "sort": False}, sample)}
     out: dict[str, float] = {}
     ref = forward(sample)
     for name, (kw, texts) in variants.items():
