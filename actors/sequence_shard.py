@@ -149,6 +149,8 @@ class _Stats:
     first_poll_loop_cpu: float = 0.0     # the loop thread's own CPU seconds, at the same two moments
     last_apply_loop_cpu: float = 0.0
     checkpoint_cpu_s: float = 0.0        # CPU seconds spent by checkpoint writer threads, in total
+    poll_cpu_s: float = 0.0              # loop thread CPU in poll_records (kafka-python fetch + decode)
+    apply_cpu_s: float = 0.0             # loop thread CPU in apply_columns (de-dup, lookups, scatter)
     last_error: str | None = None
 
 
@@ -239,15 +241,20 @@ class ShardRuntime:
 
     def step(self) -> int:
         """One poll → apply → maybe checkpoint. Returns messages consumed (for in-process drivers)."""
+        c0 = time.thread_time()
         batch = self.consumer.poll_records()
         if batch.consumed:
             polled_at = time.time()
             st = self.stats
+            c1 = time.thread_time()
             if st.first_poll_at is None:
                 st.first_poll_at, st.first_poll_n = polled_at, batch.consumed
-                st.first_poll_cpu, st.first_poll_loop_cpu = time.process_time(), time.thread_time()
+                st.first_poll_cpu, st.first_poll_loop_cpu = time.process_time(), c1
+            else:
+                st.poll_cpu_s += c1 - c0
             runs = [(r.partition, _columns(r.records), r.timestamps) for r in batch.runs]
             res = self.state.apply_columns([r[:2] for r in runs], lock=self._lock)
+            st.apply_cpu_s += time.thread_time() - c1
             self.offsets.update(batch.next_offsets)
             now = time.time()  # visible to histories() from here on
             st.applied += res.applied
@@ -404,7 +411,10 @@ class ShardRuntime:
         applied, ``ingest_*`` Kafka message timestamp → applied, ``apply_*``
         ``poll_records()`` returned → applied (the shard's own share). Costs
         since the first non-empty poll: ``cpu_us_per_event`` (whole process),
-        ``loop_cpu_us_per_event`` (the consume thread alone),
+        ``loop_cpu_us_per_event`` (the consume thread alone), split into
+        ``poll_cpu_us_per_event`` (non-empty ``poll_records()``: kafka-python's
+        fetch and record parsing, then decoding) and ``apply_cpu_us_per_event``
+        (de-dup, id lookups, scatter);
         ``checkpoint_cpu_ms_total`` (writer threads); ``checkpoint_pause_ms``
         is the snapshot the loop itself takes, ``checkpoint_ms`` the whole write.
         """
@@ -449,6 +459,8 @@ class ShardRuntime:
             "apply_p99_ms": round(float(np.percentile(fa, 99)), 2),
             "cpu_us_per_event": round(cpu_us, 3),
             "loop_cpu_us_per_event": round(loop_us, 3),
+            "poll_cpu_us_per_event": round(st.poll_cpu_s / timed * 1e6, 3) if timed > 0 else 0.0,
+            "apply_cpu_us_per_event": round(st.apply_cpu_s / max(st.consumed, 1) * 1e6, 3),
             "checkpoint_cpu_ms_total": round(st.checkpoint_cpu_s * 1000, 1),
             "checkpoint_age_s": round(now - self.stats.last_checkpoint, 2),
             "checkpoints": self.stats.checkpoints,

@@ -194,6 +194,23 @@ class SequenceState:
                 self.item_sid = grown
         return i
 
+    def _add_items(self, item_ids: Sequence[str]) -> None:
+        """Register the ids not known yet, in order of first appearance (bulk :meth:`_item_of`)."""
+        get = self.item_index.get
+        fresh = [it for it in dict.fromkeys(item_ids) if get(it) is None]
+        if not fresh:
+            return
+        n0, n1 = len(self.item_ids), len(self.item_ids) + len(fresh)
+        if n1 > len(self.item_sid):
+            size = len(self.item_sid)
+            while size < n1:
+                size *= 2
+            grown = np.full(size, -1, np.int32)
+            grown[:n0] = self.item_sid[:n0]
+            self.item_sid = grown
+        self.item_index.update(zip(fresh, range(n0, n1)))
+        self.item_ids += fresh
+
     def set_item_sids(self, item_ids: Sequence[str], slots: Sequence[int]) -> int:
         """Record the semantic-ID slot of items (from the item indexer); returns how many are known here.
 
@@ -275,21 +292,20 @@ class SequenceState:
         missing = np.flatnonzero(rows < 0)
         if len(missing):  # new users, numbered in order of first appearance
             new_uids = _pick(uids, missing.tolist())
+            fresh = list(dict.fromkeys(new_uids))
             with lock:  # a reader must never find a user whose row is not allocated yet
-                for u in dict.fromkeys(new_uids):
-                    self.user_row[u] = len(self.user_ids)
-                    self.user_ids.append(u)
-                    res.new_users += 1
-                if len(self.user_ids) > self.item.shape[0]:
-                    self._grow(len(self.user_ids), self.width)
+                if len(self.user_ids) + len(fresh) > self.item.shape[0]:
+                    self._grow(len(self.user_ids) + len(fresh), self.width)
+                self.user_row.update(zip(fresh, range(len(self.user_ids), len(self.user_ids) + len(fresh))))
+                self.user_ids += fresh
+            res.new_users = len(fresh)
             rows[missing] = np.fromiter(map(self.user_row.__getitem__, new_uids), np.int64, len(missing))
         items = np.fromiter(map(self.item_index.get, iids, repeat(-1)), np.int32, n)  # [n]
         missing = np.flatnonzero(items < 0)
         if len(missing):
             new_iids = _pick(iids, missing.tolist())
             with lock:  # set_item_sids() may register items from another thread
-                for it in dict.fromkeys(new_iids):
-                    self._item_of(it)
+                self._add_items(new_iids)
             items[missing] = np.fromiter(map(self.item_index.__getitem__, new_iids), np.int32, len(missing))
         if None in watches:
             watches = [-1 if w is None else w for w in watches]

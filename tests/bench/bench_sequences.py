@@ -124,8 +124,9 @@ def _consumer_config():
     return ConsumerConfig(max_batch=5000, poll_timeout_ms=20, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
 
 
-def _raw_consume(kafka, n: int) -> tuple[float, float]:
-    """kafka-python alone over the whole topic: (events/s, process CPU µs per event), both after the first poll."""
+def _raw_consume(kafka, n: int) -> tuple[float, float, float]:
+    """kafka-python alone over the whole topic: (events/s, process CPU µs per event, this thread's CPU µs
+    per event), all after the first poll."""
     from kafka import KafkaConsumer, TopicPartition
 
     from ingest.contract import USER_EVENTS
@@ -136,16 +137,19 @@ def _raw_consume(kafka, n: int) -> tuple[float, float]:
     tps = [TopicPartition(kafka.topic(USER_EVENTS), p) for p in range(N_PARTITIONS)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    got, first_n, t_first, cpu_first = 0, 0, None, 0.0
+    got, first_n, t_first, cpu_first, thread_first = 0, 0, None, 0.0, 0.0
     while got < n:
         polled = c.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
         k = sum(len(v) for v in polled.values())
         if k and t_first is None:
-            t_first, first_n, cpu_first = time.perf_counter(), k, time.process_time()
+            t_first, first_n = time.perf_counter(), k
+            cpu_first, thread_first = time.process_time(), time.thread_time()
         got += k
-    t_end, cpu_end = time.perf_counter(), time.process_time()
+    t_end, cpu_end, thread_end = time.perf_counter(), time.process_time(), time.thread_time()
     c.close()
-    return (got - first_n) / max(t_end - t_first, 1e-9), (cpu_end - cpu_first) / max(got - first_n, 1) * 1e6
+    k = max(got - first_n, 1)
+    return ((got - first_n) / max(t_end - t_first, 1e-9), (cpu_end - cpu_first) / k * 1e6,
+            (thread_end - thread_first) / k * 1e6)
 
 
 def _process_settings() -> dict:
@@ -169,7 +173,7 @@ def _like_a_shard_process() -> None:
     tune_gc(defaults["gc_gen0_threshold"])
 
 
-def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float]:
+def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float, float]:
     """:func:`_raw_consume` inside a Ray worker with the shard's process settings (same process kind)."""
     from ingest.kafka_client import KafkaConfig
 
@@ -293,7 +297,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 st = _wait_offsets(sup, n_events, 600)["shards"][0]
                 applied.append(((st["consumed"] - st["first_poll_n"]) / max(
                     st["last_apply_at"] - st["first_poll_at"], 1e-9), st["cpu_us_per_event"],
-                    st["loop_cpu_us_per_event"], st["checkpoint_cpu_ms_total"] * 1000 / n_events))
+                    st["loop_cpu_us_per_event"], st["checkpoint_cpu_ms_total"] * 1000 / n_events,
+                    st["poll_cpu_us_per_event"], st["apply_cpu_us_per_event"]))
                 if rep % 2 == 1:
                     raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
             try:
@@ -308,7 +313,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["cpu_us_per_event_raw"] = float(np.median(r_cpu))
                 metrics["applied_over_raw_cpu"] = float(np.median(r_cpu / a_cpu))
                 metrics["cpu_us_per_event_shard_loop"] = float(np.median([a[2] for a in applied]))
+                metrics["cpu_us_per_event_raw_thread"] = float(np.median([r[2] for r in raws]))
                 metrics["cpu_us_per_event_checkpoint"] = float(np.median([a[3] for a in applied]))
+                metrics["cpu_us_per_event_shard_poll"] = float(np.median([a[4] for a in applied]))
+                metrics["cpu_us_per_event_shard_apply"] = float(np.median([a[5] for a in applied]))
                 metrics["bytes_per_slot"] = st["bytes_per_slot"]
                 shard = sup.shards[0]
                 ray.get(shard.ping.remote())
@@ -377,6 +385,11 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
              f"{metrics['raw_consume_eps']:,.0f} | {metrics['cpu_us_per_event_raw']:.2f} |\n"
              f"| sequence shard: poll + validate + de-dup + apply + checkpoint (1 actor) | "
              f"{metrics['applied_eps']:,.0f} | {metrics['cpu_us_per_event_applied']:.2f} |\n"
+             f"| … of which the loop's poll_records() (kafka-python fetch + columns decode) | | "
+             f"{metrics['cpu_us_per_event_shard_poll']:.2f} |\n"
+             f"| … of which apply_columns() (de-dup, id lookups, ring scatter) | | "
+             f"{metrics['cpu_us_per_event_shard_apply']:.2f} |\n"
+             f"| … of which checkpoint writer thread | | {metrics['cpu_us_per_event_checkpoint']:.2f} |\n"
              f"| shard / raw | {metrics['applied_over_raw']:.2f} (rounds {metrics['applied_over_raw_rounds_min']:.2f}"
              f"–{metrics['applied_over_raw_rounds_max']:.2f}) | {metrics['applied_over_raw_cpu']:.2f} |")
     return {"config": config, "metrics": metrics, "tables": [table]}
