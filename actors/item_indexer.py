@@ -261,32 +261,35 @@ class ItemIndexer:
         if self.config.batch_wait_ms and _has_text(batch.messages):
             self._collect_more(batch, polled)
         self._closed_ms = time.time() * 1000.0
-        with self.lock:
-            pending: list[_Pending] = []
-            for m, t_polled in zip(batch.messages, polled):
-                ev: ItemEvent = m.record
-                if ev.op == "retire":
-                    self._flush(pending)
-                    pending = []
+        # the catalog is written by this thread only; ``self.lock`` is held just while it changes, so
+        # readers (delta_since, snapshot, search) are never blocked behind an encode
+        pending: list[_Pending] = []
+        for m, t_polled in zip(batch.messages, polled):
+            ev: ItemEvent = m.record
+            if ev.op == "retire":
+                self._flush(pending)
+                pending = []
+                with self.lock:
                     gone = self.catalog.retire([ev.item_id])
-                    self.stats["retired"] += len(gone)
-                    continue
-                reason = self._check(ev)
-                if reason:
-                    self._dead(m.partition, m.offset, m.key, ev, reason)
-                    continue
-                ck = content_key(ev)
-                idx = self.catalog.index_of(ev.item_id)
-                if idx is not None and self.catalog.is_live(ev.item_id) and self.catalog.content_key(idx) == ck \
-                        and not any(p.item_id == ev.item_id for p in pending):
-                    self.stats["unchanged"] += 1         # idempotent re-delivery: nothing to encode
-                    continue
-                pending.append(_Pending(ev.item_id, m.partition, m.offset, m.key, ev, m.timestamp_ms, ck, t_polled))
-            self._flush(pending)
+                self.stats["retired"] += len(gone)
+                continue
+            reason = self._check(ev)
+            if reason:
+                self._dead(m.partition, m.offset, m.key, ev, reason)
+                continue
+            ck = content_key(ev)
+            idx = self.catalog.index_of(ev.item_id)
+            if idx is not None and self.catalog.is_live(ev.item_id) and self.catalog.content_key(idx) == ck \
+                    and not any(p.item_id == ev.item_id for p in pending):
+                self.stats["unchanged"] += 1         # idempotent re-delivery: nothing to encode
+                continue
+            pending.append(_Pending(ev.item_id, m.partition, m.offset, m.key, ev, m.timestamp_ms, ck, t_polled))
+        self._flush(pending)
+        with self.lock:
             self.offsets.update(batch.next_offsets)
             self.stats["events"] += batch.consumed
             self.stats["dead_lettered"] += batch.dead_lettered
-            self._since_ckpt += batch.consumed
+        self._since_ckpt += batch.consumed
         self._maybe_checkpoint()
         return batch.consumed
 
@@ -365,22 +368,23 @@ class ItemIndexer:
             return
         t_encoded = time.time() * 1000.0
         cands = self.tokenizer.encode_candidates(emb, self.config.candidates)      # [N, C, L]
-        res = self.catalog.upsert([p.item_id for p in pending], cands, emb, [p.ckey for p in pending])
-        self.stats["added"] += len(res.added)
-        self.stats["updated"] += len(res.updated)
-        self.stats["unchanged"] += len(res.unchanged)
+        with self.lock:                               # readers see the catalog and the timings change together
+            res = self.catalog.upsert([p.item_id for p in pending], cands, emb, [p.ckey for p in pending])
+            now = time.time() * 1000.0
+            self.stats["added"] += len(res.added)
+            self.stats["updated"] += len(res.updated)
+            self.stats["unchanged"] += len(res.unchanged)
+            done = set(res.added) | set(res.updated)
+            for p in pending:
+                if p.item_id in done:
+                    self.latencies_ms.append(now - p.ts_ms)
+                    self.stage_ms["fetch"].append(p.polled_ms - p.ts_ms)
+                    self.stage_ms["batch"].append(self._closed_ms - p.polled_ms)
+                    self.stage_ms["encode"].append(t_encoded - self._closed_ms)
+                    self.stage_ms["insert"].append(now - t_encoded)
         for p in pending:
             if p.item_id in res.rejected:
                 self._dead(p.partition, p.offset, p.key, p.record, res.rejected[p.item_id])
-        now = time.time() * 1000.0
-        done = set(res.added) | set(res.updated)
-        for p in pending:
-            if p.item_id in done:
-                self.latencies_ms.append(now - p.ts_ms)
-                self.stage_ms["fetch"].append(p.polled_ms - p.ts_ms)
-                self.stage_ms["batch"].append(self._closed_ms - p.polled_ms)
-                self.stage_ms["encode"].append(t_encoded - self._closed_ms)
-                self.stage_ms["insert"].append(now - t_encoded)
 
     def _dead(self, partition: int, offset: int, key: bytes | None, ev: ItemEvent, reason: str) -> None:
         self._dlq.send(dead_letter(ITEM_EVENTS, partition, offset, key, encode_record(ev), reason),
