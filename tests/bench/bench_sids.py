@@ -400,7 +400,8 @@ def _pcts(prefix: str, values) -> dict[str, float]:
 
 
 def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str, quantize: str = "none",
-                 encoder_threads: int | None = None, intra_op: int = 1, probe: bool = False) -> dict[str, float]:
+                 encoder_threads: int | None = None, intra_op: int = 1, probe: bool = False,
+                 backend: str = "packed", **indexer_kw) -> dict[str, float]:
     import uuid
 
     import torch
@@ -418,13 +419,14 @@ def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str,
     e_new = emb[len(old):]
     external = os.environ.get("KAFKA_BOOTSTRAP")
     broker = None if external else EmbeddedBroker().__enter__()
-    cfg = ItemIndexerConfig(name="bench", poll_timeout_ms=5)
+    cfg = ItemIndexerConfig(name="bench", poll_timeout_ms=5, **indexer_kw)
     threads = cfg.encoder_threads if encoder_threads is None else encoder_threads
     try:
         kafka = KafkaConfig(bootstrap=external or broker.bootstrap, namespace=f"bench-{uuid.uuid4().hex[:8]}.")
         ensure_topics(kafka, TopicsConfig(partitions={ITEM_EVENTS: 1, DEAD_LETTERS: 1}))
         # a fresh encoder: its content-hash cache must not already hold the new items' texts
-        idx = ItemIndexer(kafka, tok, cfg, encoder=TextEncoder(TextEncoderConfig(quantize=quantize, threads=threads)))
+        idx = ItemIndexer(kafka, tok, cfg, encoder=TextEncoder(TextEncoderConfig(quantize=quantize, threads=threads,
+                                                                         backend=backend)))
         # the existing catalog, loaded directly (its embeddings are known)
         e_old = emb[: len(old)]
         idx.catalog.upsert([x.item_id for x in old], tok.encode_candidates(e_old, 8), e_old)
