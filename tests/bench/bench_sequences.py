@@ -16,7 +16,11 @@ All on one embedded tansu broker and a local Ray, in one run:
   the eps figures are medians. Because the machine is shared, the suite
   also reports process CPU time per event of both (``cpu_us_per_event_*``)
   and their ratio ``applied_over_raw_cpu`` (raw CPU / shard CPU per event):
-  the throughput the shard would reach relative to raw on an idle core.
+  the throughput the shard would reach relative to raw on an idle core. The shard's loop-thread
+  CPU is split into ``cpu_us_per_event_shard_poll`` (``poll_records()``: kafka-python's fetch and
+  record parsing, the same work as the raw consumer's, plus the columns decode) and
+  ``cpu_us_per_event_shard_apply`` (de-dup, id lookups, ring scatter); compare the poll share with
+  ``cpu_us_per_event_raw_thread`` (the raw consumer's own thread).
 * **freshness** — a separate producer process sends a steady 5,000 events/s
   (``linger_ms=1``, ``acks=all``) with ``ts`` = its wall clock at send time;
   the driver polls ``histories()`` of 64 probe users through the Ray actor
