@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import msgspec
 from fastapi import FastAPI, Header, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,11 +60,12 @@ from ingest.contract import ITEM_EVENTS, USER_EVENTS
 from serving.admission import AdaptiveRetryAfter, RetryAfterConfig
 from serving.backend import ModelSpec, RecRequest, RecResult
 from serving.experiments import ExperimentRegistry
-from serving.loop_lag import LoopLagProbe
+from serving.loop_lag import LoopLagProbe, freeze_startup_heap
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.recommend_path import RecommendPath, ServedLog, Unavailable, await_kafka
 
 log = logging.getLogger(__name__)
+_REJECT_JSON = msgspec.json.Encoder()
 
 MAX_BATCH_RECORDS = 1000
 
@@ -77,9 +79,6 @@ class AppSettings:
     ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
     ``latency_target_ms``: when set, the admission limit adapts (AIMD) so that
     admitted requests stay near this latency; ``None`` keeps ``max_inflight`` fixed.
-    ``gil_switch_interval_s``: the ingress process's ``sys.setswitchinterval``. The served-log producer's
-    I/O thread needs the GIL several times per record; with the event loop busy under load, Python's
-    default 5 ms hand-over made each of those steps wait up to 5 ms. ``None`` keeps the default.
     ``ingress_slack`` / ``ingress_queue``: the ingress deployment takes ``max_inflight + ingress_slack``
     concurrent requests (other routes, fast 503s) and the Serve proxy queues ``ingress_queue`` more;
     beyond that the proxy itself answers 503 + ``Retry-After: shed_retry_after_s``. The ingress's own 503s carry an adaptive,
@@ -101,7 +100,6 @@ class AppSettings:
     shed_retry_after_s: int = 5
     ingress_queue: int = 64
     max_retry_after_s: int = 30
-    gil_switch_interval_s: float | None = 0.001
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
@@ -118,9 +116,6 @@ class AppSettings:
         if self.ingress_slack < 1 or self.ingress_queue < 1:
             raise ValueError(f"AppSettings.ingress_slack={self.ingress_slack} and ingress_queue={self.ingress_queue} "
                              "must be >= 1 (extra ingress concurrency / proxy queue beyond max_inflight)")
-        if self.gil_switch_interval_s is not None and not 0 < self.gil_switch_interval_s <= 0.1:
-            raise ValueError(f"AppSettings.gil_switch_interval_s={self.gil_switch_interval_s} must be in (0, 0.1] "
-                             "seconds (or None: keep Python's 0.005)")
         if not 1 <= self.max_k <= 1000:
             raise ValueError(f"AppSettings.max_k={self.max_k} must be in 1..1000")
 
@@ -233,6 +228,46 @@ def _unavailable(detail: str, retry_after: int) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": str(retry_after)})
 
 
+#: The Ingress instance of this replica process (set in its constructor) for :class:`RecommendGate`.
+_INGRESS: list = []
+
+
+class RecommendGate:
+    """ASGI middleware: a ``POST /v1/recommend`` beyond the admission limit gets its 503 before FastAPI.
+
+    Why: under overload most requests are rejected, and rejected clients come
+    back in bursts (``Retry-After`` has whole-second resolution, so everyone
+    turned away in the same instant returns in the same instant). Measured in
+    the ingress replica: such a burst kept its event loop busy for up to
+    ~0.4 s — routing, reading and validating every body only to answer 503 —
+    and the admitted requests in flight on that loop waited behind it. Here
+    the 503 (same body and adaptive ``Retry-After`` as the route's own) is sent
+    without routing, body read or validation. The route keeps its own check,
+    which stays authoritative (admission can change while a body is read).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and _INGRESS and scope["path"] == "/v1/recommend"
+                and scope["method"] == "POST"):
+            ing = _INGRESS[0]
+            if ing.inflight >= max(1, int(ing.limit)):
+                ing.metrics.rejected.labels(route="recommend").inc()
+                body = _REJECT_JSON.encode({"detail": f"overloaded: {ing.inflight} requests in flight; retry later"})
+                await send({"type": "http.response.start", "status": 503,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"retry-after", str(ing.retry.rejected()).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(RecommendGate)
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -244,10 +279,6 @@ class Ingress:
 
         self.rec = recommender
         self.s = settings
-        if settings.gil_switch_interval_s is not None:
-            import sys
-
-            sys.setswitchinterval(settings.gil_switch_interval_s)
         ensure_topics(settings.kafka)
         self.producer = EventProducer(settings.kafka, ProducerConfig(linger_ms=1))
         self.registry = ExperimentRegistry(source=settings.experiments or None) if settings.experiments \
@@ -262,6 +293,8 @@ class Ingress:
         self.latency_target_ms = settings.latency_target_ms
         self.limit = float(settings.max_inflight)
         self._report_cache: dict[str, tuple[float, dict]] = {}
+        _INGRESS[:] = [self]  # RecommendGate answers overload before FastAPI
+        freeze_startup_heap()  # last: no full GC pass walks the start-up heap again (serving.loop_lag)
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve ``user_config`` update (``serve deploy`` with a new config): reload experiments in place."""

@@ -143,6 +143,9 @@ class Recommender:
         self.batches = 0
         self.batched_requests = 0
         self.started = time.time()
+        from serving.loop_lag import freeze_startup_heap
+
+        freeze_startup_heap()  # model + catalog: no full GC pass walks them in the middle of a batch
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, items: list[tuple[RecRequest, float]]) -> list[RecResult]:

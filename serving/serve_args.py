@@ -39,8 +39,7 @@ def configs_from_args(args: dict):
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
-             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s",
-             "gil_switch_interval_s"}
+             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -81,10 +80,7 @@ def configs_from_args(args: dict):
                            latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
                                               else None), max_k=int(args.get("max_k", 100)),
                            **{k: int(args[k]) for k in ("ingress_slack", "ingress_queue", "shed_retry_after_s")
-                              if args.get(k) is not None},
-                           **({"gil_switch_interval_s": (float(args["gil_switch_interval_s"])
-                                                         if args["gil_switch_interval_s"] else None)}
-                              if "gil_switch_interval_s" in args else {}))
+                              if args.get(k) is not None})
     return settings, rec
 
 
