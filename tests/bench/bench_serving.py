@@ -33,6 +33,8 @@ share a GIL with anything they measure; its CPU use is reported
   ``overload_p99_ratio`` = client-side p99 of admitted requests / unloaded
   client-side p99 (c1, same run); ``overload_server_p99_ratio`` the same for
   the ingress-measured time.
+  ``overload_half_batch_*``: the same 500 clients with ``max_inflight`` halved (admin API, same app):
+  shorter batches and a shorter wait behind the running one, at a lower throughput.
 * Freshness through the API: ``event_to_rec_p99_ms`` — from posting click
   events on a user's recommended items until a recommend no longer returns
   them (exclude-seen: the events are in the history); ``item_to_rec_p99_ms`` —
@@ -383,6 +385,13 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             handle.configure_batching.remote(max_batch).result()
             # overload: the fixed admission limit (one batch) and the adaptive, jittered Retry-After
             over = _load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40)
+            # the same overload with half a batch admitted: shorter batches, less wait behind the running one
+            auth = {"Authorization": f"Bearer {ADMIN}"}
+            httpx.post(url + "/v1/admin/admission", json={"max_inflight": max_inflight // 2}, headers=auth,
+                       timeout=30).raise_for_status()
+            over_half = _load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40)
+            httpx.post(url + "/v1/admin/admission", json={"max_inflight": max_inflight}, headers=auth,
+                       timeout=30).raise_for_status()
             ev_ms, item_ms = _freshness(url, n_fresh)
         finally:
             serve.shutdown()
@@ -414,6 +423,13 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "overload_server_p99_ms": _pct(over["srv"], 99),
         "overload_server_p99_ms_after_5s": _pct([x for x, t in zip(over["srv"], over["started"]) if t > 5], 99),
         "overload_server_p99_ratio": _pct(over["srv"], 99) / _pct(c1["srv"], 99),
+        "overload_half_batch_200": over_half["codes"].get(200, 0),
+        "overload_half_batch_rps": over_half["rps"],
+        "overload_half_batch_non_503_errors": over_half["errors"] + sum(
+            v for k, v in over_half["codes"].items() if k not in (200, 503)),
+        "overload_half_batch_admitted_p99_ms": _pct(over_half["lat"], 99),
+        "overload_half_batch_p99_ratio": _pct(over_half["lat"], 99) / _pct(c1["lat"], 99),
+        "overload_rps": over["rps"],
         "overload_loop_lag_ms_p50": _pct(over["lag"], 50), "overload_loop_lag_ms_p99": _pct(over["lag"], 99),
         "overload_hop_and_queue_ms_p50": _pct(over["queued"], 50),
         "overload_client_minus_server_ms_p50": _pct(over["lat"], 50) - _pct(over["srv"], 50),
@@ -422,7 +438,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
     }
     rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
-            ("500 (overload)", over)]
+            ("500 (overload)", over), ("500 (overload, half a batch admitted)", over_half)]
     table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
              "| ingress ms | recommender ms | hop + queued behind batch ms | batch wait ms | decode ms | served-log ms "
              "| ingress loop lag ms |",
