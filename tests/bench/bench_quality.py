@@ -40,7 +40,7 @@ DATASETS = ("ml100k", "synthetic")
 SYNTHETIC = dict(n_users=1500, n_items=2000, n_topics=16, seed=7)
 
 #: Training budget per model run, CPU seconds of this process (both models, every seed).
-BUDGET_FULL, BUDGET_QUICK = 400.0, 20.0
+BUDGET_FULL, BUDGET_QUICK = 800.0, 20.0
 #: Budget of each run in the SID-settings table (one seed, generator only).
 SID_BUDGET_FULL, SID_BUDGET_QUICK = 60.0, 10.0
 THREADS = 1  # on a CPU-second budget one thread wastes nothing on synchronisation
