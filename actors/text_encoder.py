@@ -270,9 +270,11 @@ class TextEncoder:
             self._run_chunks(chunks, ids, lengths, out)
             self.stats["forwards"] += len(chunks)
             return out
-        # workers take sub-batches from a queue, longest first; at least two per worker when there are enough
-        # texts (>= 8 each), so a worker that drew short texts picks up another instead of idling
-        n = max(-(-len(order) // bs), min(2 * self.config.threads, len(order) // 8), 1)
+        # workers take sub-batches from a queue, longest first: one per worker as soon as each gets >= 4 texts
+        # (a 100 items/s stream brings 5-20 per micro-batch), two per worker once each gets >= 8, so a worker
+        # that drew short texts picks up another instead of idling
+        u, w = len(order), self.config.threads
+        n = max(-(-u // bs), min(2 * w, u // 8), min(w, u // 4), 1)
         chunks = [c for c in np.array_split(order, n) if len(c)][::-1]
         list(self._pool.map(lambda c: self._run_chunks([c], ids, lengths, out), chunks))
         self.stats["forwards"] += len(chunks)

@@ -88,5 +88,7 @@ def test_fp32_workers_split_sub_batches_and_match_the_caller_path(fp32):
     assert two.stats["forwards"] == 2 and two.stats["encoded"] == len(texts)
     np.testing.assert_allclose(got, fp32.encode(texts), atol=1e-5)
     assert torch.get_num_threads() == before
-    small = two.encode(["just one text"])                                   # too few to split: one forward
-    assert two.stats["forwards"] == 3 and small.shape == (1, 384)
+    two.encode([f"{t} (again)" for t in TEXTS[:5]] + ["four more", "short texts", "to split", "in two"])
+    assert two.stats["forwards"] == 4                                       # 9 texts: one sub-batch per worker
+    small = two.encode(["just one text", "and a second"])                   # too few to split: one forward
+    assert two.stats["forwards"] == 5 and small.shape == (2, 384)
