@@ -29,16 +29,28 @@ default one recommender batch per replica; optionally an adaptive AIMD limit
 that keeps admitted latency near ``latency_target_ms``); beyond that it
 answers ``503`` at once (admitted requests keep their latency instead of
 everybody queueing), with an adaptive, jittered ``Retry-After``
-(:mod:`serving.admission`) that spreads the rejected clients' returns. The
-recommender's ``max_queued_requests`` back-pressure maps to the same answer,
-and beyond ``max_inflight + ingress_slack`` (+ a short proxy queue) the Serve
-proxy itself sheds with 503 + ``Retry-After: shed_retry_after_s``.
+(:mod:`serving.admission`) that spreads the rejected clients' returns; that
+503 comes from :class:`RecommendGate`, before FastAPI routes, reads or
+validates the body. The recommender's ``max_queued_requests`` back-pressure
+maps to the same answer, and beyond ``max_inflight + ingress_slack`` (+ a
+short queue) Serve itself sheds with 503 + ``Retry-After: shed_retry_after_s``
+(in the proxy, or with direct ingress in the replica's own server).
+Under overload an admitted request waits behind the batch that is running when
+it arrives (up to one batch), then runs in the next one; ``max_inflight``
+trades that wait (shorter batches) against throughput (BENCHMARKS: half a
+batch admitted gives p99 424 vs 703 ms at 23 vs 38 answers/s).
 
-Measured limits (BENCHMARKS.md, ``serving``): on the shared 2-core machine the
-Serve proxy + ingress round trip of an empty ``GET /healthz`` alone costs
-~7-10 ms, and a POST body costs the replica one more call back into the proxy
-(Ray Serve 2.60 fetches ASGI body messages with ``receive_asgi_messages``), so
-the HTTP + Serve overhead at concurrency 1 stays well above 5 ms.
+Measured (BENCHMARKS.md, ``serving``, 2-core machine shared with other work):
+clients talk to the ingress replica's own port (Serve direct ingress,
+:mod:`serving.direct_ingress`), which took the HTTP + Serve overhead at
+concurrency 1 from 44 ms (through the Serve proxy, same run) to 23 ms; an
+empty ``GET /healthz`` costs 3.1 ms there vs 12 ms through the proxy and
+2.4-2.8 ms on plain uvicorn. What remains is the ingress -> recommender
+handle hop (~14 ms: a Ray actor call between two processes) and ~7 ms of
+HTTP + Serve request handling + body + validation, so the 5 ms target is
+not met on this machine. Ray's workers start at nice 15; a serving cluster
+started here runs them at nice 0 (same module), without which every replica
+got a few percent of a core beside other work.
 """
 
 
