@@ -185,13 +185,8 @@ class SequenceState:
     def _item_of(self, item_id: str) -> int:
         i = self.item_index.get(item_id)
         if i is None:
-            i = len(self.item_ids)
-            self.item_index[item_id] = i
-            self.item_ids.append(item_id)
-            if i >= len(self.item_sid):
-                grown = np.full(len(self.item_sid) * 2, -1, np.int32)
-                grown[: len(self.item_sid)] = self.item_sid
-                self.item_sid = grown
+            self._add_items((item_id,))
+            i = self.item_index[item_id]
         return i
 
     def _add_items(self, item_ids: Sequence[str]) -> None:
