@@ -240,6 +240,16 @@ def _unavailable(detail: str, retry_after: int) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": str(retry_after)})
 
 
+def _overload_rejection(ing) -> tuple[str, int] | None:
+    """``(detail, Retry-After seconds)`` when the ingress ``ing`` is at its ``/recommend`` admission limit
+    (counted as a rejection), else None: the one admission check, shared by the route and
+    :class:`RecommendGate`."""
+    if ing.inflight < max(1, int(ing.limit)):
+        return None
+    ing.metrics.rejected.labels(route="recommend").inc()
+    return f"overloaded: {ing.inflight} requests in flight; retry later", ing.retry.rejected()
+
+
 #: The Ingress instance of this replica process (set in its constructor) for :class:`RecommendGate`.
 _INGRESS: list = []
 
@@ -264,14 +274,14 @@ class RecommendGate:
     async def __call__(self, scope, receive, send):
         if (scope["type"] == "http" and _INGRESS and scope["path"] == "/v1/recommend"
                 and scope["method"] == "POST"):
-            ing = _INGRESS[0]
-            if ing.inflight >= max(1, int(ing.limit)):
-                ing.metrics.rejected.labels(route="recommend").inc()
-                body = _REJECT_JSON.encode({"detail": f"overloaded: {ing.inflight} requests in flight; retry later"})
+            rejected = _overload_rejection(_INGRESS[0])
+            if rejected is not None:
+                detail, retry_after = rejected
+                body = _REJECT_JSON.encode({"detail": detail})
                 await send({"type": "http.response.start", "status": 503,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode()),
-                                        (b"retry-after", str(ing.retry.rejected()).encode())]})
+                                        (b"retry-after", str(retry_after).encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -374,9 +384,9 @@ class Ingress:
         self.loop_lag.ensure_started()
         if body.k > self.s.max_k:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
-        if self.inflight >= max(1, int(self.limit)):
-            self.metrics.rejected.labels(route="recommend").inc()
-            raise _unavailable(f"overloaded: {self.inflight} requests in flight; retry later", self.retry.rejected())
+        rejected = _overload_rejection(self)
+        if rejected is not None:
+            raise _unavailable(*rejected)
         self.retry.admitted()
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
