@@ -137,6 +137,8 @@ class SequenceState:
         self.sid = np.full((rows, width), -1, np.int32)
         self.head = np.zeros(rows, np.int64)
         self.last_ts = np.full(rows, -1, np.int64)
+        self._dirty = np.zeros(rows, np.bool_)  # [rows] written since the last reusing snapshot
+        self._snap: dict | None = None          # that snapshot's column buffers, [rows, W] each
 
     _COLS = ("item", "etype", "ts", "watch", "sid")
     _FILL = {"item": -1, "etype": -1, "ts": 0, "watch": -1, "sid": -1}
@@ -157,7 +159,7 @@ class SequenceState:
             new = np.full((r1, w1), self._FILL[name], old.dtype)
             new[:r0, :w0] = old
             setattr(self, name, new)
-        for name, fill in (("head", 0), ("last_ts", -1)):
+        for name, fill in (("head", 0), ("last_ts", -1), ("_dirty", True)):
             old = getattr(self, name)
             new = np.full(r1, fill, old.dtype)
             new[:r0] = old
@@ -365,6 +367,7 @@ class SequenceState:
         self.watch.reshape(-1)[flat] = watches[ev]
         self.sid.reshape(-1)[flat] = self.item_sid[it]
         self.head[uniq] += counts
+        self._dirty[uniq] = True
         last = starts + counts - 1
         self.last_ts[uniq] = tss[order[last]]
 
@@ -446,22 +449,78 @@ class SequenceState:
         """Compact snapshot: only the stored events (ragged), the id tables and the de-dup windows."""
         return b"".join(self.encode_snapshot(self.snapshot_parts()))
 
-    def snapshot_parts(self) -> dict:
-        """A consistent, cheap copy of everything a checkpoint holds (arrays gathered, lists copied).
+    def snapshot_parts(self, reuse: bool = False) -> dict:
+        """A consistent copy of everything a checkpoint holds, cheap enough for the consume loop.
 
-        Taking it costs a few milliseconds; :meth:`encode_snapshot` (the slow
-        part) can then run on another thread while this state keeps changing.
+        :meth:`encode_snapshot` (the slow part) can then run on another thread
+        while this state keeps changing.
+
+        ``reuse=False``: fresh copies of the ``[n, W]`` columns and id lists.
+        ``reuse=True`` (the shard's periodic checkpoints): the columns go into
+        buffers kept from the previous reusing snapshot and only the rows
+        written since then (``_dirty``, set by every scatter) are copied, into
+        memory that is already mapped — no allocation, no page faults, and at
+        a million users only the active ones are touched; :meth:`precopy`
+        shrinks what is left to copy here to a few rows. The id lists are
+        not copied at all: ``user_ids`` and ``item_ids`` only ever grow by
+        appending, so their first ``n_users`` / ``n_items`` entries never
+        change. The caller must be done with the previous reusing snapshot's
+        parts (the shard writes one checkpoint at a time). A growth of the
+        arrays reallocates the buffers (one full copy).
         """
-        n = self.num_users
+        n, n_items = self.num_users, len(self.item_ids)
+        if reuse:
+            snap = self._snap_buffers()
+            dirty = np.flatnonzero(self._dirty[:n])                                           # [d]
+            for name in self._COLS:
+                if len(dirty) > n // 2:   # most rows: one memcpy beats a gather + scatter
+                    np.copyto(snap[name][:n], getattr(self, name)[:n])
+                elif len(dirty):
+                    snap[name][dirty] = getattr(self, name)[dirty]
+            self._dirty[:] = False
+            cols = {name: snap[name][:n] for name in self._COLS}
+            users, items = self.user_ids, self.item_ids
+        else:
+            cols = {name: getattr(self, name)[:n].copy() for name in self._COLS}   # [n, W] memcpy
+            users, items = list(self.user_ids), list(self.item_ids)
         return {
-            "head": self.head[:n].copy(), "last_ts": self.last_ts[:n].copy(),
-            **{name: getattr(self, name)[:n].copy() for name in self._COLS},   # [n, W] memcpy
-            "item_sid": self.item_sid[: len(self.item_ids)].copy(),
-            "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
+            "head": self.head[:n].copy(), "last_ts": self.last_ts[:n].copy(), **cols,
+            "item_sid": self.item_sid[:n_items].copy(),
+            "user_ids": users, "n_users": n, "item_ids": items, "n_items": n_items,
             "lanes": {str(k): v.view() for k, v in self.lanes.items()},   # chunk refs, not ids
             "events_applied": self.events_applied, "duplicates": self.duplicates,
             "capacity": self.config.capacity,
         }
+
+    def precopy(self, max_rows: int) -> int:
+        """Copy up to ``max_rows`` rows written since the last reusing snapshot into its buffers, ahead of it.
+
+        Iterative pre-copy (as in live migration of virtual machines, Clark et
+        al., NSDI 2005): the shard calls this on a few consecutive loop steps
+        before a checkpoint, so the snapshot itself (``snapshot_parts(reuse=True)``)
+        only copies the rows written in between — the consume loop never stops
+        for a whole-state copy. A row copied here and written again later is
+        simply dirty again; so any number of calls leaves the snapshot exact.
+        Must not run while a previous reusing snapshot's parts are still being
+        read (the shard only calls it with no checkpoint write in flight).
+        Returns how many dirty rows are left.
+        """
+        snap, n = self._snap_buffers(), self.num_users
+        dirty = np.flatnonzero(self._dirty[:n])                                               # [d]
+        part = dirty[:max_rows]
+        if len(part):
+            for name in self._COLS:
+                snap[name][part] = getattr(self, name)[part]
+            self._dirty[part] = False
+        return len(dirty) - len(part)
+
+    def _snap_buffers(self) -> dict:
+        """The reusing snapshot's column buffers, (re)allocated — every row dirty — when the arrays grew."""
+        snap = self._snap
+        if snap is None or snap["item"].shape != self.item.shape:
+            snap = self._snap = {name: np.empty_like(getattr(self, name)) for name in self._COLS}  # [rows, W]
+            self._dirty[:] = True
+        return snap
 
     @staticmethod
     def encode_snapshot(parts: dict) -> list:
@@ -489,8 +548,8 @@ class SequenceState:
         arrays = {name: np.ascontiguousarray(a, a.dtype.newbyteorder("<")) for name, a in arrays.items()}
         meta = {
             "capacity": parts["capacity"],
-            "user_ids": _join_ids(parts["user_ids"]),
-            "item_ids": _join_ids(parts["item_ids"]),
+            "user_ids": _join_ids(parts["user_ids"][:parts["n_users"]]),
+            "item_ids": _join_ids(parts["item_ids"][:parts["n_items"]]),
             "lanes": {k: _join_view(*v) for k, v in parts["lanes"].items()},
             "events_applied": parts["events_applied"],
             "duplicates": parts["duplicates"],

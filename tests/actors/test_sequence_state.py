@@ -246,3 +246,37 @@ def test_lane_view_is_a_stable_snapshot_while_the_lane_goes_on():
     assert window_ids(*view) == before                               # the view did not move
     assert not lane.add_if_all_new(["x", "h"]) and lane.fifo == ["d", "e", "f", "g", "h"]  # dup: unchanged
     assert lane.add_if_all_new(["p", "q", "r", "s", "t", "u"]) and lane.fifo == ["q", "r", "s", "t", "u"]
+
+
+def test_reusing_snapshots_equal_fresh_ones_through_growth_and_wrap():
+    """snapshot_parts(reuse=True) copies only rows written since the previous reusing snapshot (or precopy)
+    into kept buffers and takes the id lists by length: its checkpoint bytes must equal a fresh snapshot's at
+    every point — across pre-copies, new users, column growth, ring wrap-around, and while the state changes
+    after it."""
+    cfg = SequenceConfig(capacity=8, dedup_window=50, initial_users=4, initial_width=2)
+    s = SequenceState(cfg)
+    rng = np.random.default_rng(0)
+    evs = _events(3000, n_users=60, seed=9)
+    pos, pending = 0, []
+    while pos < len(evs):
+        k = int(rng.integers(1, 400))
+        s.apply(evs[pos:pos + k], int(rng.integers(0, 3)))
+        pos += k
+        if rng.random() < 0.5:  # pre-copy some rows, then write more (some of them again)
+            left = s.precopy(int(rng.integers(1, 30)))
+            assert left == int(s._dirty[:s.num_users].sum())
+            s.apply(_events(50, n_users=80, seed=pos + 1)[::3], 2)
+        fresh = b"".join(SequenceState.encode_snapshot(s.snapshot_parts()))
+        reused = s.snapshot_parts(reuse=True)
+        assert b"".join(SequenceState.encode_snapshot(reused)) == fresh
+        pending.append((reused, fresh))
+        if len(pending) > 1:  # the previous reusing snapshot is released before the next one is taken
+            pending.pop(0)
+        more = [UserEvent(event_id=f"x{pos}-{j}", user_id=f"u{j}", item_id=f"new{pos}", type="click", ts=9 ** 9 + pos)
+                for j in range(0, 70, 7)]
+        s.apply(more, 0)  # the state moves on (new users and items too); the snapshot taken above must not
+        assert b"".join(SequenceState.encode_snapshot(pending[-1][0])) == pending[-1][1]
+    assert s.width == cfg.capacity and s.item.shape[0] > 4  # both dimensions grew, rings wrapped
+    assert (s.head > cfg.capacity).any()
+    restored = SequenceState.from_bytes(b"".join(SequenceState.encode_snapshot(s.snapshot_parts(reuse=True))), cfg)
+    assert restored.snapshot() == s.snapshot()
