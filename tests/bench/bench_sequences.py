@@ -21,6 +21,14 @@ All on one embedded tansu broker and a local Ray, in one run:
   record parsing, the same work as the raw consumer's, plus the columns decode) and
   ``cpu_us_per_event_shard_apply`` (de-dup, id lookups, ring scatter); compare the poll share with
   ``cpu_us_per_event_raw_thread`` (the raw consumer's own thread).
+  A second baseline runs in the same rounds: the bare consumer with genrec's **lean record decoder**
+  (:mod:`ingest.fast_records`: kafka-python's fetch and networking unchanged, but a v2 record batch
+  parsed in one tight loop into the same ``ConsumerRecord`` tuples, instead of kafka-python's
+  per-record pure-Python objects; every ``ContractConsumer``, the shard's included, uses it by
+  default). ``applied_over_raw`` (vs stock kafka-python, the issue's baseline) says what the
+  product gains over stock kafka-python; ``applied_over_raw_lean`` / ``raw_lean_consume_eps`` say
+  what the shard's own work (decode, validate, de-dup, apply, checkpoint) costs beside a consumer
+  that parses records the same way.
 * **freshness** — a separate producer process sends a steady 5,000 events/s
   (``linger_ms=1``, ``acks=all``) with ``ts`` = its wall clock at send time;
   the driver polls ``histories()`` of 64 probe users through the Ray actor
@@ -28,16 +36,21 @@ All on one embedded tansu broker and a local Ray, in one run:
   changes: produce time → visible to a reader (an upper bound: probe
   interval and RPC included). Beside it, in the same run: ``producer_ack_*``
   is send → broker ack of every 10th send (what producer and broker alone
-  cost); ``raw_consumer_freshness_*`` is send → ``poll()`` of a bare
-  kafka-python consumer with the shard's ConsumerConfig following the same
-  stream in a Ray worker (the floor any consumer sees on this broker and
-  machine); ``probe_rpc_*`` the probe's own call time. From the shard's
+  cost); ``probe_rpc_*`` the probe's own call time. ``raw_consumer_freshness_*``
+  is send → ``poll()`` of a bare kafka-python consumer with the shard's
+  ConsumerConfig (lean decoder included) following a second stream of the
+  same rate, length and producer settings in a Ray worker, in its **own
+  phase right after the shard's** (the shard stopped): the floor any consumer
+  sees on this broker and machine. (Until 2026-11-25 it ran *during* the
+  shard's phase, a third busy process on two cores that both slowed the
+  shard and inflated its own floor.) From the shard's
   status (its last ~5 s): ``applied_freshness_*`` event time → applied,
   ``ingest_*`` message timestamp → applied, ``apply_*`` poll return →
   applied (the shard's own share).
 
 Environment knobs (defaults in brackets): ``GENREC_BENCH_ROUNDS`` [5, quick 3],
-``GENREC_BENCH_FETCH_MAX_WAIT_MS`` [20], ``GENREC_BENCH_PROBE_MS`` [5].
+``GENREC_BENCH_FETCH_MAX_WAIT_MS`` [20], ``GENREC_BENCH_PROBE_MS`` [5],
+``GENREC_BENCH_CHECKPOINT_S`` [5: figures in BENCHMARKS.md use 5; other values are for diagnosis].
 * **reads** — ``histories()`` of 64 random users through a Ray actor call.
 * **memory** — bytes per allocated event slot of the ring arrays.
 
@@ -63,6 +76,7 @@ N_PARTITIONS = 4
 ROUNDS = os.environ.get("GENREC_BENCH_ROUNDS")
 FETCH_MAX_WAIT_MS = int(os.environ.get("GENREC_BENCH_FETCH_MAX_WAIT_MS", "20"))
 PROBE_MS = float(os.environ.get("GENREC_BENCH_PROBE_MS", "5"))
+CHECKPOINT_S = float(os.environ.get("GENREC_BENCH_CHECKPOINT_S", "5"))  # diagnostics only; results use 5
 
 
 def _event_bytes(n: int, n_users: int, n_items: int, seed: int, prefix: str):
@@ -128,16 +142,20 @@ def _consumer_config():
     return ConsumerConfig(max_batch=5000, poll_timeout_ms=20, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
 
 
-def _raw_consume(kafka, n: int) -> tuple[float, float, float]:
+def _raw_consume(kafka, n: int, lean: bool = False) -> tuple[float, float, float]:
     """kafka-python alone over the whole topic: (events/s, process CPU µs per event, this thread's CPU µs
-    per event), all after the first poll."""
+    per event), all after the first poll. ``lean``: with genrec's record decoder
+    (:mod:`ingest.fast_records`) installed, as every ContractConsumer has it."""
     from kafka import KafkaConsumer, TopicPartition
 
     from ingest.contract import USER_EVENTS
+    from ingest.fast_records import install_lean_records
     from ingest.kafka_client import connect
 
     cfg = _consumer_config()
     c = connect(KafkaConsumer, kafka, enable_auto_commit=False, **cfg.client_kwargs())
+    if lean and not install_lean_records(c):
+        raise RuntimeError("the lean record decoder could not be installed in the raw baseline")
     tps = [TopicPartition(kafka.topic(USER_EVENTS), p) for p in range(N_PARTITIONS)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
@@ -177,26 +195,29 @@ def _like_a_shard_process() -> None:
     tune_gc(defaults["gc_gen0_threshold"])
 
 
-def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int) -> tuple[float, float, float]:
+def _raw_consume_in_worker(bootstrap: str, namespace: str, n: int, lean: bool = False) -> tuple[float, float, float]:
     """:func:`_raw_consume` inside a Ray worker with the shard's process settings (same process kind)."""
     from ingest.kafka_client import KafkaConfig
 
     _like_a_shard_process()
-    return _raw_consume(KafkaConfig(bootstrap=bootstrap, namespace=namespace), n)
+    return _raw_consume(KafkaConfig(bootstrap=bootstrap, namespace=namespace), n, lean)
 
 
 def _raw_freshness_in_worker(bootstrap: str, namespace: str, seconds: float) -> dict:
     """A bare kafka-python consumer (same ConsumerConfig as the shard) following the live stream in a Ray
     worker: message timestamp (producer send time) → returned by ``poll()``, percentiles in ms. This is
-    the floor any consumer on this broker and machine sees, measured beside the shard in the same run."""
+    the floor any consumer sees on this broker and machine, measured in the same run (its own phase)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from ingest.contract import USER_EVENTS
+    from ingest.fast_records import install_lean_records
     from ingest.kafka_client import KafkaConfig, connect
 
     _like_a_shard_process()
     kafka, cfg = KafkaConfig(bootstrap=bootstrap, namespace=namespace), _consumer_config()
     c = connect(KafkaConsumer, kafka, enable_auto_commit=False, **cfg.client_kwargs())
+    if cfg.lean_records:
+        install_lean_records(c)
     tps = [TopicPartition(kafka.topic(USER_EVENTS), p) for p in range(N_PARTITIONS)]
     c.assign(tps)
     c.seek_to_end(*tps)
@@ -213,6 +234,13 @@ def _raw_freshness_in_worker(bootstrap: str, namespace: str, seconds: float) -> 
     c.close()
     a = np.asarray(lat or [float("nan")])
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "n": len(lat)}
+
+
+def _start_producer(kafka, rate: float, seconds: float, n_users: int) -> subprocess.Popen:
+    """The steady producer process (:func:`_produce_main`)."""
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--produce", kafka.bootstrap,
+                             kafka.namespace, str(rate), str(seconds), str(n_users)],
+                            stdout=subprocess.PIPE, text=True)
 
 
 def _wait_offsets(sup, n: int, timeout_s: float) -> dict:
@@ -254,9 +282,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     config = {"rounds": rounds, "events": n_events, "users": n_users, "partitions": N_PARTITIONS, "shards": 1,
               "max_batch": consumer.max_batch, "poll_timeout_ms": consumer.poll_timeout_ms,
               "fetch_max_wait_ms": consumer.fetch_max_wait_ms, "checkpoint_every_events": 50_000,
-              "checkpoint_every_s": 5.0, "capacity": 256, "freshness_rate_target": fresh_rate,
+              "checkpoint_every_s": CHECKPOINT_S, "capacity": 256, "freshness_rate_target": fresh_rate,
               "freshness_seconds": fresh_s, "producer_linger_ms": 1, "producer_acks": "all",
               "probe_users": 64, "probe_interval_ms": PROBE_MS, "reads": n_reads,
+              "floor_phase": "after the shard's (shard stopped)",
               **{f"both_{k}": v for k, v in _process_settings().items()},
               "loadavg_at_start": [round(x, 2) for x in load_at_start]}
     metrics: dict[str, float] = {}
@@ -284,16 +313,22 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             # Raw and pipeline alternate (one of each per round, the order flipping every round so
             # neither always runs first); medians over rounds, and CPU time per event beside the rates
             # because the machine is shared.
-            raws, applied = [], []
+            raws, leans, applied = [], [], []
             sup = None
+
+            def baselines(rep: int) -> None:  # plain and lean raw runs, their order flipping too
+                for lean in ((False, True) if rep % 4 < 2 else (True, False)):
+                    (leans if lean else raws).append(
+                        ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events, lean)))
+
             for rep in range(rounds):
                 if sup is not None:
                     sup.shutdown(checkpoint=False)
                 if rep % 2 == 0:
-                    raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
+                    baselines(rep)
                 sup = SequenceSupervisor(SupervisorConfig(
                     kafka=kafka, checkpoint=CheckpointConfig(uri=os.path.join(tmp, str(rep)), every_events=50_000,
-                                                             every_s=5.0),
+                                                             every_s=CHECKPOINT_S),
                     num_shards=1, sequence=SequenceConfig(capacity=256), consumer=consumer, monitor_s=0,
                     freshness_window_s=5.0, fetch_max_wait_ms=FETCH_MAX_WAIT_MS, group_id=f"bench-{rep}",
                     name_prefix=f"bench{rep}-"))
@@ -304,7 +339,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     st["loop_cpu_us_per_event"], st["checkpoint_cpu_ms_total"] * 1000 / n_events,
                     st["poll_cpu_us_per_event"], st["apply_cpu_us_per_event"]))
                 if rep % 2 == 1:
-                    raws.append(ray.get(raw_task.remote(kafka.bootstrap, kafka.namespace, n_events)))
+                    baselines(rep)
             try:
                 a_eps, a_cpu = np.array([a[0] for a in applied]), np.array([a[1] for a in applied])
                 r_eps, r_cpu = np.array([r[0] for r in raws]), np.array([r[1] for r in raws])
@@ -313,6 +348,13 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["applied_over_raw"] = float(np.median(a_eps / r_eps))
                 metrics["applied_over_raw_rounds_min"] = float(np.min(a_eps / r_eps))
                 metrics["applied_over_raw_rounds_max"] = float(np.max(a_eps / r_eps))
+                l_eps, l_cpu = np.array([r[0] for r in leans]), np.array([r[1] for r in leans])
+                metrics["raw_lean_consume_eps"] = float(np.median(l_eps))
+                metrics["applied_over_raw_lean"] = float(np.median(a_eps / l_eps))
+                metrics["applied_over_raw_lean_rounds_min"] = float(np.min(a_eps / l_eps))
+                metrics["applied_over_raw_lean_rounds_max"] = float(np.max(a_eps / l_eps))
+                metrics["cpu_us_per_event_raw_lean"] = float(np.median(l_cpu))
+                metrics["applied_over_raw_lean_cpu"] = float(np.median(l_cpu / a_cpu))
                 metrics["cpu_us_per_event_applied"] = float(np.median(a_cpu))
                 metrics["cpu_us_per_event_raw"] = float(np.median(r_cpu))
                 metrics["applied_over_raw_cpu"] = float(np.median(r_cpu / a_cpu))
@@ -339,11 +381,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 # -- freshness under a steady 5,000 events/s ------------------------------------
                 probe = [f"u{i}" for i in range(64)]
                 last = ray.get(shard.histories.remote(probe, 1))["last_ts"].copy()
-                raw_fresh = raw_fresh_task.remote(kafka.bootstrap, kafka.namespace, fresh_s + 3)
-                time.sleep(1.0)  # let the raw follower start and seek to the end first
-                proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--produce", kafka.bootstrap,
-                                         kafka.namespace, str(fresh_rate), str(fresh_s), str(n_users)],
-                                        stdout=subprocess.PIPE, text=True)
+                checkpoints_before = sup.status()["shards"][0]["checkpoints"]
+                proc = _start_producer(kafka, fresh_rate, fresh_s, n_users)
                 samples, rpc = [], []
                 t_end = time.monotonic() + fresh_s + 30
                 while time.monotonic() < t_end:
@@ -364,9 +403,6 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["freshness_samples"] = len(samples)
                 metrics["producer_ack_p50_ms"] = out["ack_p50_ms"]
                 metrics["producer_ack_p99_ms"] = out["ack_p99_ms"]
-                rf = ray.get(raw_fresh, timeout=120)
-                metrics["raw_consumer_freshness_p50_ms"] = rf["p50"]
-                metrics["raw_consumer_freshness_p99_ms"] = rf["p99"]
                 metrics["probe_rpc_p50_ms"] = _pct(rpc, 50)
                 metrics["probe_rpc_p99_ms"] = _pct(rpc, 99)
                 st = sup.status()["shards"][0]
@@ -379,14 +415,26 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["checkpoint_ms"] = st["checkpoint_ms"]
                 metrics["checkpoint_pause_ms"] = st["checkpoint_pause_ms"]
                 metrics["checkpoint_bytes_per_user"] = st["checkpoint_bytes"] / max(st["users"], 1)
+                metrics["checkpoints_in_freshness_phase"] = st["checkpoints"] - checkpoints_before
             finally:
                 sup.shutdown()
+            # -- the floor: a bare consumer alone on the same kind of stream (shard stopped) -------
+            raw_fresh = raw_fresh_task.remote(kafka.bootstrap, kafka.namespace, fresh_s + 3)
+            time.sleep(1.0)  # let the raw follower start and seek to the end first
+            proc = _start_producer(kafka, fresh_rate, fresh_s, n_users)
+            rf = ray.get(raw_fresh, timeout=120)
+            out = json.loads(proc.communicate(timeout=60)[0].strip().splitlines()[-1])
+            metrics["raw_consumer_freshness_p50_ms"] = rf["p50"]
+            metrics["raw_consumer_freshness_p99_ms"] = rf["p99"]
+            metrics["floor_phase_producer_ack_p99_ms"] = out["ack_p99_ms"]
     finally:
         if started_ray:
             ray.shutdown()
     table = ("| stage (median of " f"{rounds} alternating rounds) | events/s | CPU µs/event |\n|---|---|---|\n"
              f"| kafka-python raw poll (1 consumer, 4 partitions) | "
              f"{metrics['raw_consume_eps']:,.0f} | {metrics['cpu_us_per_event_raw']:.2f} |\n"
+             f"| raw poll with genrec's lean record decoder (ingest.fast_records) | "
+             f"{metrics['raw_lean_consume_eps']:,.0f} | {metrics['cpu_us_per_event_raw_lean']:.2f} |\n"
              f"| sequence shard: poll + validate + de-dup + apply + checkpoint (1 actor) | "
              f"{metrics['applied_eps']:,.0f} | {metrics['cpu_us_per_event_applied']:.2f} |\n"
              f"| … of which the loop's poll_records() (kafka-python fetch + columns decode) | | "
@@ -395,7 +443,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
              f"{metrics['cpu_us_per_event_shard_apply']:.2f} |\n"
              f"| … of which checkpoint writer thread | | {metrics['cpu_us_per_event_checkpoint']:.2f} |\n"
              f"| shard / raw | {metrics['applied_over_raw']:.2f} (rounds {metrics['applied_over_raw_rounds_min']:.2f}"
-             f"–{metrics['applied_over_raw_rounds_max']:.2f}) | {metrics['applied_over_raw_cpu']:.2f} |")
+             f"–{metrics['applied_over_raw_rounds_max']:.2f}) | {metrics['applied_over_raw_cpu']:.2f} |\n"
+             f"| shard / raw with the lean decoder | {metrics['applied_over_raw_lean']:.2f} (rounds "
+             f"{metrics['applied_over_raw_lean_rounds_min']:.2f}–{metrics['applied_over_raw_lean_rounds_max']:.2f}) | "
+             f"{metrics['applied_over_raw_lean_cpu']:.2f} |")
     return {"config": config, "metrics": metrics, "tables": [table]}
 
 
