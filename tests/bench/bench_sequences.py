@@ -40,10 +40,18 @@ All on one embedded tansu broker and a local Ray, in one run:
   is send → ``poll()`` of a bare kafka-python consumer with the shard's
   ConsumerConfig (lean decoder included) following a second stream of the
   same rate, length and producer settings in a Ray worker, in its **own
-  phase right after the shard's** (the shard stopped): the floor any consumer
-  sees on this broker and machine. (Until 2026-11-25 it ran *during* the
-  shard's phase, a third busy process on two cores that both slowed the
-  shard and inflated its own floor.) From the shard's
+  phase right after the shard's** (the shard stopped) and on a fresh topic
+  of the same partition count: the floor any consumer sees on this broker
+  and machine. (Until 2026-11-25 it ran *during* the shard's phase, a third
+  busy process on two cores that both slowed the shard and inflated its own
+  floor.) Why a fresh topic: the embedded broker's (tansu, memory storage)
+  fetch latency grows with the number of record batches in a partition —
+  a bare consumer following three consecutive 10 s streams of this kind on
+  one topic measured p50 27 → 49 → 79 ms with flat producer acks — while a
+  preload of a few hundred large batches (the throughput topic's 200k
+  events) makes no difference; so the floor starts from the same condition
+  as the shard's phase did, and both phases' tails grow alike within their
+  20 s. From the shard's
   status (its last ~5 s): ``applied_freshness_*`` event time → applied,
   ``ingest_*`` message timestamp → applied, ``apply_*`` poll return →
   applied (the shard's own share).
@@ -418,10 +426,14 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics["checkpoints_in_freshness_phase"] = st["checkpoints"] - checkpoints_before
             finally:
                 sup.shutdown()
-            # -- the floor: a bare consumer alone on the same kind of stream (shard stopped) -------
-            raw_fresh = raw_fresh_task.remote(kafka.bootstrap, kafka.namespace, fresh_s + 3)
+            # -- the floor: a bare consumer alone on the same kind of stream (shard stopped), on a fresh
+            # topic: tansu's fetch latency grows with the number of record batches a partition holds
+            # (see the docstring), and the shard's topic now holds the whole small-batch stream above.
+            floor = KafkaConfig(bootstrap=broker.bootstrap, namespace=f"{kafka.namespace}floor.")
+            ensure_topics(floor, TopicsConfig(partitions={USER_EVENTS: N_PARTITIONS}))
+            raw_fresh = raw_fresh_task.remote(floor.bootstrap, floor.namespace, fresh_s + 3)
             time.sleep(1.0)  # let the raw follower start and seek to the end first
-            proc = _start_producer(kafka, fresh_rate, fresh_s, n_users)
+            proc = _start_producer(floor, fresh_rate, fresh_s, n_users)
             rf = ray.get(raw_fresh, timeout=120)
             out = json.loads(proc.communicate(timeout=60)[0].strip().splitlines()[-1])
             metrics["raw_consumer_freshness_p50_ms"] = rf["p50"]
