@@ -175,3 +175,48 @@ def test_install_refuses_an_unknown_consumer():
         pass
 
     assert install_lean_records(NotKafkaPython()) is False
+
+
+def _v2_batch(offset: int, n: int, attrs_or: int = 0) -> bytes:
+    """One built v2 batch, with attribute bits OR-ed in afterwards (CRC recomputed): timestamp type
+    LOG_APPEND_TIME (0x08) or a control batch (0x20) — what a broker, not a producer, writes."""
+    import struct
+
+    from kafka.record.default_records import DefaultRecordBatch
+    from kafka.record.memory_records import MemoryRecordsBuilder
+    from kafka.record.util import calc_crc32c
+
+    b = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20, offset=offset)
+    for i in range(n):
+        b.append(1_767_225_600_000 + 37 * i, b"k%d" % i, b"v" * (i % 90), [("h", None)] if i % 3 else [])
+    b.close()
+    data = bytearray(b.buffer())
+    if attrs_or:
+        at, crc_at = DefaultRecordBatch.ATTRIBUTES_OFFSET, DefaultRecordBatch.CRC_OFFSET
+        struct.pack_into(">h", data, at, struct.unpack_from(">h", data, at)[0] | attrs_or)
+        struct.pack_into(">I", data, crc_at, calc_crc32c(bytes(data[at:])))
+    return bytes(data)
+
+
+def test_log_append_time_and_control_batches_like_kafka_python():
+    from kafka.consumer.fetcher import Fetcher
+
+    data = _v2_batch(0, 40) + _v2_batch(40, 30, attrs_or=0x08) + _v2_batch(70, 1, attrs_or=0x20) + _v2_batch(71, 9)
+    plain, plain_state = _parse(Fetcher.PartitionRecords, data)
+    lean, lean_state = _parse(LeanPartitionRecords, data)
+    assert [m._asdict() for m in lean] == [m._asdict() for m in plain] and lean_state == plain_state
+    assert len(lean) == 79 and 70 not in {m.offset for m in lean}          # the control batch is skipped
+    appended = [m for m in lean if 40 <= m.offset < 70]
+    assert {m.timestamp_type for m in appended} == {1} and len({m.timestamp for m in appended}) == 1
+
+
+def test_deserializers_take_kafka_pythons_own_path():
+    from kafka.consumer.fetcher import Fetcher
+    from kafka.record import MemoryRecords
+
+    data = _v2_batch(0, 25)
+    got = {}
+    for cls in (Fetcher.PartitionRecords, LeanPartitionRecords):
+        pr = cls(0, TopicPartition("t", 0), MemoryRecords(data), value_deserializer=len, on_drain=lambda _: None)
+        got[cls] = [m._asdict() for m in pr.take()]
+    assert got[LeanPartitionRecords] == got[Fetcher.PartitionRecords] and got[LeanPartitionRecords][5]["value"] == 5
