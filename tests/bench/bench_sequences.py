@@ -11,7 +11,7 @@ All on one embedded tansu broker and a local Ray, in one run:
   same ``KafkaConfig.common()`` and the same process settings (CPU priority,
   GIL switch interval, GC tuning: ``both_*`` in the config). Both rates are counted from the return of
   the first non-empty poll to the last message, so start-up costs are
-  excluded equally. A round is one raw run next to one shard run;
+  excluded equally. A round is one raw run (stock and lean, order flipping) next to one shard run;
   ``applied_over_raw`` is the median of the per-round ratios (target ≥ 0.8),
   the eps figures are medians. Because the machine is shared, the suite
   also reports process CPU time per event of both (``cpu_us_per_event_*``)
@@ -51,10 +51,14 @@ All on one embedded tansu broker and a local Ray, in one run:
   preload of a few hundred large batches (the throughput topic's 200k
   events) makes no difference; so the floor starts from the same condition
   as the shard's phase did, and both phases' tails grow alike within their
-  20 s. From the shard's
-  status (its last ~5 s): ``applied_freshness_*`` event time → applied,
-  ``ingest_*`` message timestamp → applied, ``apply_*`` poll return →
-  applied (the shard's own share).
+  20 s (``floor_phase_producer_ack_p99_ms``: that phase's producer acks).
+  From the shard's status (its last ~5 s): ``applied_freshness_*`` event
+  time → applied, ``ingest_*`` message timestamp → applied, ``apply_*`` poll
+  return → applied (the shard's own share); ``checkpoint_pause_ms`` the
+  last checkpoint's stop of the consume loop (the snapshot: rows written
+  since the previous one, after up to 8 pre-copy steps), ``checkpoint_ms``
+  its whole write on the writer thread, ``checkpoints_in_freshness_phase``
+  how many fell inside the phase (every 5 s, as in production defaults).
 
 Environment knobs (defaults in brackets): ``GENREC_BENCH_ROUNDS`` [5, quick 3],
 ``GENREC_BENCH_FETCH_MAX_WAIT_MS`` [20], ``GENREC_BENCH_PROBE_MS`` [5],
