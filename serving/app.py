@@ -1,4 +1,4 @@
-"""The HTTP API: a FastAPI ingress deployment in front of the recommender (Ray Serve).
+"""The HTTP API: a FastAPI ingress deployment with (or in front of) the recommender (Ray Serve).
 
 Routes (all under ``/v1`` except the probes; every one is in the OpenAPI schema with examples):
 
@@ -22,7 +22,9 @@ gets 503 too. So no client sees a session without its ``served`` record, and a
 record never exists for a request the recommender did not answer. (A record
 *can* exist for a response lost on the wire after the ack — the one window no
 server can close; the reward joiner treats such a session as one without
-feedback.)
+feedback.) In the colocated topology the recommender dies with the ingress: its in-flight
+requests get no answer (the proxy answers 500, a direct client sees the connection drop), and
+for a request killed between its ack and its response that same window applies.
 
 Overload: the ingress admits at most ``max_inflight`` recommend requests (by
 default one recommender batch per replica; optionally an adaptive AIMD limit
@@ -40,17 +42,21 @@ it arrives (up to one batch), then runs in the next one; ``max_inflight``
 trades that wait (shorter batches) against throughput (BENCHMARKS: half a
 batch admitted gives p99 424 vs 703 ms at 23 vs 38 answers/s).
 
-Measured (BENCHMARKS.md, ``serving``, 2-core machine shared with other work):
-clients talk to the ingress replica's own port (Serve direct ingress,
-:mod:`serving.direct_ingress`), which took the HTTP + Serve overhead at
-concurrency 1 from 44 ms (through the Serve proxy, same run) to 23 ms; an
-empty ``GET /healthz`` costs 3.1 ms there vs 12 ms through the proxy and
-2.4-2.8 ms on plain uvicorn. What remains is the ingress -> recommender
-handle hop (~14 ms: a Ray actor call between two processes) and ~7 ms of
-HTTP + Serve request handling + body + validation, so the 5 ms target is
-not met on this machine. Ray's workers start at nice 15; a serving cluster
-started here runs them at nice 0 (same module), without which every replica
-got a few percent of a core beside other work.
+Topology (:data:`TOPOLOGIES`, ``AppSettings.topology``). ``colocated`` (default): every
+ingress replica builds its own recommender (the :class:`serving.recommender.Recommender`
+class as a plain object behind :class:`serving.local_handle.LocalHandle`), so ``/recommend``
+never leaves the process that parsed it. ``split``: the FastAPI ingress deployment calls a
+separate batching recommender deployment through a Serve handle over Serve's gRPC transport
+(``rec_transport``); the two scale apart. Measured on the 2-core dev machine (trivial
+deployments, one script): the handle hop alone costs 3.4 ms over gRPC and 5.2 ms over Ray
+actor calls, against the 5 ms budget of HTTP + Serve overhead; a one-deployment app answers
+a trivial POST in 1.9 ms. The ``serving`` benchmark measures both topologies in one run.
+
+Measured before (BENCHMARKS.md, ``serving``): clients talk to the ingress replica's own port
+(Serve direct ingress, :mod:`serving.direct_ingress`), which took the HTTP + Serve overhead at
+concurrency 1 from 44 ms (through the Serve proxy, same run) to 23 ms in the split topology;
+Ray's workers start at nice 15 and a serving cluster started here runs them at nice 0
+(same module), without which every replica got a few percent of a core beside other work.
 """
 
 
@@ -72,7 +78,7 @@ from ingest.contract import ITEM_EVENTS, USER_EVENTS
 from serving.admission import AdaptiveRetryAfter, RetryAfterConfig
 from serving.backend import ModelSpec, RecRequest, RecResult
 from serving.experiments import ExperimentRegistry
-from serving.loop_lag import LoopLagProbe, freeze_startup_heap
+from serving.loop_lag import ONE_LOOP_ENV, LoopLagProbe, tune_replica_process
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.recommend_path import RecommendPath, ServedLog, Unavailable, await_kafka
 
@@ -80,6 +86,14 @@ log = logging.getLogger(__name__)
 _REJECT_JSON = msgspec.json.Encoder()
 
 MAX_BATCH_RECORDS = 1000
+
+
+#: ``colocated``: every ingress replica holds its own recommender (model, catalog, history feed,
+#: ``@serve.batch``): a /recommend never leaves the process that parsed it. ``split``: a FastAPI
+#: ingress deployment calls a separate batching recommender deployment through a Serve handle, so
+#: the two scale apart (e.g. CPU ingress replicas in front of GPU recommender replicas) at the cost
+#: of one inter-process hop per request (measured: :mod:`serving.local_handle`).
+TOPOLOGIES = {"colocated", "split"}
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,14 @@ class AppSettings:
     shed_retry_after_s: int = 5
     ingress_queue: int = 64
     max_retry_after_s: int = 30
+    topology: str = "colocated"
+    rec_transport: str = "grpc"
 
     def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"AppSettings.topology={self.topology!r}: use one of {sorted(TOPOLOGIES)}")
+        if self.rec_transport not in ("grpc", "ray"):
+            raise ValueError(f"AppSettings.rec_transport={self.rec_transport!r}: use 'grpc' or 'ray'")
         if self.max_inflight < 1:
             raise ValueError(f"AppSettings.max_inflight={self.max_inflight} must be >= 1")
         if self.latency_target_ms is not None and self.latency_target_ms <= 0:
@@ -295,11 +315,17 @@ api.add_middleware(RecommendGate)
 class Ingress:
     """The HTTP front: validation, experiments, exposure log, metrics."""
 
-    def __init__(self, recommender, settings: AppSettings):
+    def __init__(self, recommender, settings: AppSettings, rec_cfg=None):
         from ingest.producer import EventProducer, ProducerConfig
         from ingest.topics import ensure_topics
 
-        self.rec = recommender
+        if recommender is None:  # colocated: this replica's own recommender, called in-process
+            from serving.local_handle import LocalHandle
+            from serving.recommender import Recommender
+
+            self.rec = LocalHandle(Recommender.func_or_class(rec_cfg))
+        else:  # split: the recommender deployment; gRPC transport unless told otherwise
+            self.rec = recommender.options(_by_reference=settings.rec_transport == "ray")
         self.s = settings
         ensure_topics(settings.kafka)
         self.producer = EventProducer(settings.kafka, ProducerConfig(linger_ms=1))
@@ -316,7 +342,7 @@ class Ingress:
         self.limit = float(settings.max_inflight)
         self._report_cache: dict[str, tuple[float, dict]] = {}
         _INGRESS[:] = [self]  # RecommendGate answers overload before FastAPI
-        freeze_startup_heap()  # last: no full GC pass walks the start-up heap again (serving.loop_lag)
+        tune_replica_process()  # last: frozen start-up heap, 1 ms GIL switches, fewer young GCs (serving.loop_lag)
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve ``user_config`` update (``serve deploy`` with a new config): reload experiments in place."""
@@ -405,6 +431,11 @@ class Ingress:
             self.metrics.inflight.set(self.inflight)
         self._adapt(timings["total_ms"])
         return Response(out, media_type="application/json")
+
+    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
+        """Change the recommender's batch size live (the benchmark compares batched vs batch size 1 in one
+        run; in the split topology this reaches one recommender replica)."""
+        return await self.rec.configure_batching.remote(max_batch_size, batch_wait_timeout_s)
 
     def _lag_timings(self) -> dict:
         """Ingress event-loop lag now (ms), reported with each answer (:mod:`serving.loop_lag`)."""
@@ -603,11 +634,6 @@ class Ingress:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
-#: Serve replicas run user code on a second event loop in a second thread, and a handle's router on
-#: a third; every request then crosses threads (call_soon_threadsafe + GIL hand-offs) at each hop.
-#: The ingress does only async work, so it runs both on the replica's main loop. (The recommender
-#: keeps the default: its blocking batch must not stall the loop that receives the next batch.)
-ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 #: No per-request access log lines from the replicas (or, passed to ``serve.start``, the proxy): Serve
@@ -625,12 +651,19 @@ def build_app(settings: AppSettings, rec_cfg):
     # The proxy sheds load before the ingress replica: beyond max_ongoing (the admitted /recommend
     # plus room for the other routes and for fast 503s) and a short queue, Serve's router answers
     # 503 + Retry-After itself, without a replica call (a rejected request then costs the proxy only).
-    ingress = Ingress.options(num_replicas=settings.num_replicas,
-                              max_ongoing_requests=settings.max_inflight + settings.ingress_slack,
-                              max_queued_requests=settings.ingress_queue,
-                              backpressure_config={"status_code": 503, "retry_after_s": settings.shed_retry_after_s},
-                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}},
-                              logging_config=QUIET_LOGS)
+    opts = dict(max_ongoing_requests=settings.max_inflight + settings.ingress_slack,
+                max_queued_requests=settings.ingress_queue,
+                backpressure_config={"status_code": 503, "retry_after_s": settings.shed_retry_after_s},
+                logging_config=QUIET_LOGS)
+    if settings.topology == "colocated":
+        # one deployment: each ingress replica is also a recommender (its resources, GPU included)
+        rec_opts = dep.ray_actor_options or {}
+        ingress = Ingress.options(num_replicas=settings.num_replicas, **opts, ray_actor_options={
+            "num_cpus": rec_opts.get("num_cpus", 0.5), "num_gpus": rec_opts.get("num_gpus", 0),
+            "runtime_env": {"env_vars": ONE_LOOP_ENV}})
+        return ingress.bind(None, settings, rec_cfg)
+    ingress = Ingress.options(num_replicas=settings.num_replicas, **opts,
+                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}})
     dep = dep.options(logging_config=QUIET_LOGS)
     return ingress.bind(dep.bind(rec_cfg), settings)
 

@@ -39,6 +39,42 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
+#: Serve replicas run user code on a second event loop in a second thread, and a handle's router on
+#: a third; every request then crosses threads (call_soon_threadsafe + GIL hand-offs) at each hop.
+#: Our replicas do only async work on their loop (the decode runs on :mod:`serving.decode_worker`'s
+#: thread), so they run user code and router on the replica's main loop.
+ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+#: A serving replica's thread switch interval (s) and young-generation GC threshold (see below).
+SWITCH_INTERVAL_S = 0.001
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_replica_process(switch_interval_s: float = SWITCH_INTERVAL_S, gen0_threshold: int = GC_GEN0_THRESHOLD) -> int:
+    """A serving replica's process settings, applied at the end of its start-up; returns the frozen count.
+
+    * :func:`freeze_startup_heap`.
+    * ``sys.setswitchinterval(1 ms)`` instead of CPython's 5 ms: a replica runs
+      its event loop beside the decode thread (:mod:`serving.decode_worker`),
+      the Kafka producer's I/O thread (the ``served``-log acks) and the feed
+      threads; a thread that wants the GIL while another computes waits up to
+      one interval. Measured at 500 clients (colocated ingress, one run each):
+      decode p99 150 → 84 ms and admitted p99 4.5 s → 0.57 s together with the
+      next two settings and the 100 ms feed polls (:mod:`serving.live_state`).
+    * gen-0 collections every 20,000 allocations instead of 700: a request
+      allocates thousands of short-lived objects (HTTP, pydantic, tensors'
+      Python wrappers), and each young collection is a pause on whatever
+      thread triggers it.
+    """
+    import sys
+
+    frozen = freeze_startup_heap()
+    sys.setswitchinterval(switch_interval_s)
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, g1, g2)
+    return frozen
+
+
 class LoopLagProbe:
     """Start with :meth:`ensure_started` from inside the loop to watch (idempotent)."""
 

@@ -1,11 +1,15 @@
 """The recommender deployment: dynamic batching around a :class:`serving.backend.RecommenderBackend`.
 
-* ``@serve.batch`` collects concurrent requests of one replica into a batch
-  (``max_batch_size``, ``batch_wait_timeout_s``). The batch runs *on* the
-  replica's event loop, not in a worker thread: measured here, a decode thread
-  fighting the loop for the GIL let only ~1.3 requests reach each batch at 16
-  concurrent clients, while a blocking batch lets the next one collect
-  everything that arrived meanwhile (~10-13 per batch, 2x the throughput).
+* Dynamic batching (``max_batch_size``, ``batch_wait_timeout_s``) by a
+  :class:`serving.decode_worker.DecodeWorker` (``batching="worker"``, the
+  default): the decode runs on its own thread and a batch takes everything that
+  arrived while the previous one decoded, so the event loop stays free for
+  answers, ``served``-log acks and 503s. ``batching="serve"`` keeps
+  ``@serve.batch`` with the batch *on* the event loop (a decode thread under
+  ``@serve.batch`` shrinks batches to ~1 request: it forms the next batch as
+  soon as the current one is handed off; see :mod:`serving.decode_worker`).
+* The class is a Serve deployment in the ``split`` topology and a plain object
+  inside each ingress replica in the ``colocated`` one (:mod:`serving.local_handle`).
 * ``max_ongoing_requests`` is sized with the batch (2 × ``max_batch_size``:
   one batch running, one filling) — Serve's default of 5 would cap every
   batch at 5 and collapse under concurrency (DESIGN §7). ``max_queued_requests``
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from ray import serve
 
 from serving.backend import ModelSpec, RecRequest, RecResult
+from serving.decode_worker import DecodeWorker
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class RecommenderConfig:
     max_queued_requests: int = 256
     num_replicas: int = 1
     torch_threads: int = 1
+    batching: str = "worker"
     device: str = "auto"
     num_cpus: float = 0.5
 
@@ -82,6 +88,9 @@ class RecommenderConfig:
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError(f"RecommenderConfig.max_queued_requests={self.max_queued_requests}: use -1 "
                              "(unbounded) or a positive bound")
+        if self.batching not in ("worker", "serve"):
+            raise ValueError(f"RecommenderConfig.batching={self.batching!r}: use 'worker' (decode thread, batches "
+                             "form when it is free) or 'serve' (@serve.batch, decode on the event loop)")
         if self.num_replicas < 1:
             raise ValueError(f"RecommenderConfig.num_replicas={self.num_replicas} must be >= 1")
 
@@ -140,12 +149,14 @@ class Recommender:
         self.backend = build_backend(cfg)
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.worker = DecodeWorker(self.backend.recommend, cfg.max_batch_size, cfg.batch_wait_timeout_s) \
+            if cfg.batching == "worker" else None
         self.batches = 0
         self.batched_requests = 0
         self.started = time.time()
-        from serving.loop_lag import freeze_startup_heap
+        from serving.loop_lag import tune_replica_process
 
-        freeze_startup_heap()  # model + catalog: no full GC pass walks them in the middle of a batch
+        tune_replica_process()  # model + catalog frozen out of full GCs; 1 ms GIL switches (serving.loop_lag)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, items: list[tuple[RecRequest, float]]) -> list[RecResult]:
@@ -159,6 +170,8 @@ class Recommender:
 
     async def recommend(self, req: RecRequest) -> RecResult:
         """One request, batched with whatever else is in flight on this replica."""
+        if self.worker is not None:
+            return (await self.worker.submit((req,)))[0]
         return await self._batched((req, time.perf_counter()))
 
     async def recommend_unbatched(self, req: RecRequest) -> RecResult:
@@ -170,13 +183,18 @@ class Recommender:
         self._batched.set_max_batch_size(max_batch_size)
         if batch_wait_timeout_s is not None:
             self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        if self.worker is not None:
+            self.worker.configure(max_batch_size, batch_wait_timeout_s)
         return {"max_batch_size": max_batch_size}
 
     def status(self) -> dict:
         import os
 
         st = self.backend.status()
-        st.update({"pid": os.getpid(), "batches": self.batches, "batched_requests": self.batched_requests,
+        w = self.worker
+        st.update({"pid": os.getpid(), "batches": self.batches + (w.batches if w else 0),
+                   "batched_requests": self.batched_requests + (w.requests if w else 0),
+                   "batching": self.cfg.batching, "decode_pending": w.pending if w else 0,
                    "uptime_s": round(time.time() - self.started, 1),
                    "feeds": [{"type": type(f).__name__, "lag": getattr(f, "lag", 0),
                               "applied": getattr(f, "applied", 0), "last_error": getattr(f, "last_error", None)}
@@ -221,10 +239,15 @@ def recommender_deployment(cfg: RecommenderConfig):
         gpus = 0.0
     if gpus and cfg.device == "auto":
         cfg = replace(cfg, device="cuda")
+    from serving.loop_lag import ONE_LOOP_ENV
+
+    actor = {"num_cpus": cfg.num_cpus, "num_gpus": gpus}
+    if cfg.batching == "worker":  # the loop only routes; a blocking @serve.batch keeps Serve's own loop free
+        actor["runtime_env"] = {"env_vars": ONE_LOOP_ENV}
     return Recommender.options(
         num_replicas=cfg.num_replicas,
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        ray_actor_options=actor,
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=2,
     ), cfg

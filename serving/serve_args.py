@@ -18,7 +18,9 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
     ingress_slack: 1024              # ingress concurrency beyond max_inflight (its 503s carry adaptive Retry-After)
     ingress_queue: 64                # proxy queue in front of the ingress; beyond it the proxy sheds
     shed_retry_after_s: 5            # Retry-After of the proxy's own 503s
-    recommender_replicas: 1
+    recommender_replicas: 1          # split topology: recommender replicas behind the ingress
+    topology: colocated              # or split: ingress and batching recommender as two deployments
+    rec_transport: grpc              # split: the ingress -> recommender handle's transport (or ray)
     indexer_actor: null              # name of a running item indexer actor: serve its SIDs (catalog deltas)
     indexer_namespace: null
 """
@@ -39,7 +41,8 @@ def configs_from_args(args: dict):
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
-             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s"}
+             "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s",
+             "topology", "rec_transport"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -80,7 +83,8 @@ def configs_from_args(args: dict):
                            latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
                                               else None), max_k=int(args.get("max_k", 100)),
                            **{k: int(args[k]) for k in ("ingress_slack", "ingress_queue", "shed_retry_after_s")
-                              if args.get(k) is not None})
+                              if args.get(k) is not None},
+                           **{k: str(args[k]) for k in ("topology", "rec_transport") if args.get(k) is not None})
     return settings, rec
 
 

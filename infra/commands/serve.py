@@ -25,7 +25,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the HTTP API (Ray Serve) in the foreground",
-                       description="Deploy the genrec Serve app (FastAPI ingress + batched recommender) from a "
+                       description="Deploy the genrec Serve app (FastAPI ingress + batching recommender, in one deployment or two: "
+                                   "--topology) from a "
                                    "Serve config file and run until Ctrl-C. Without KAFKA_BOOTSTRAP or "
                                    "--bootstrap an embedded tansu broker is started.")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML (default: %(default)s)")
@@ -40,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--num-cpus", type=float, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
     p.add_argument("--for-seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    p.add_argument("--topology", choices=("colocated", "split"), default=None,
+                   help="colocated: every ingress replica holds its own recommender (lowest latency); split: a "
+                        "FastAPI ingress deployment in front of a batching recommender deployment, scaled apart "
+                        "(default from the config: colocated)")
     p.add_argument("--no-direct-ingress", action="store_true",
                    help="serve through the Serve proxy only (default: the ingress replica also listens on its "
                         "own port, which skips the proxy hop; local Ray only)")
@@ -82,6 +87,8 @@ def run(args) -> int:
         app_args["experiments"] = args.experiments
     if args.admin_token:
         app_args["admin_token"] = args.admin_token
+    if args.topology:
+        app_args["topology"] = args.topology
     if args.model:
         models = []
         for m in args.model:

@@ -6,12 +6,18 @@ process (this file run as a script: asyncio + aiohttp), so the clients do not
 share a GIL with anything they measure; its CPU use is reported
 (``loadgen_cpu_*``: CPU seconds per wall second, 1.0 = one core).
 
+* The app runs in its default ``colocated`` topology (every ingress replica holds
+  its own recommender and decode worker: :mod:`serving.local_handle`,
+  :mod:`serving.decode_worker`). At the end the same app is redeployed ``split``
+  (FastAPI ingress → batching recommender deployment over Serve's gRPC handle)
+  and c1 is measured again, like for like: ``overhead_p50_ms_split``, a second stage table.
 * c1, like for like: request *i* goes over HTTP, then the *same work* runs in
   this process — the very :class:`serving.recommend_path.RecommendPath` the
   ingress runs (arm resolution, history read + generation in one backend
   call, the ``served`` record written and acked, metrics, JSON encoding), with
-  a direct backend call instead of the Serve handle. So the difference is
-  HTTP + Serve ingress routing/validation + handle hop + batch wait.
+  a direct backend call instead of the decode worker / Serve handle. So the difference is
+  HTTP + Serve ingress routing/validation + the hand-off to the decode thread (colocated) or the
+  handle hop (split) + batch wait.
   ``overhead_p50_ms`` = median of the paired differences;
   ``overhead_p50_diff_ms`` = difference of the p50s. A stage table splits both.
   Clients talk to the ingress replica's own port (Serve direct ingress,
@@ -361,7 +367,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         args = {"bootstrap": broker.bootstrap, "namespace": ns, "experiments": experiments,
                 "level_sizes": level_sizes, "models": [{"version": "v1", "seed": 1, "config": model_cfg}],
                 "max_batch_size": max_batch, "batch_wait_timeout_s": 0.0, "max_inflight": max_inflight,
-                "max_queued_requests": 256, "admin_token": ADMIN}
+                "max_queued_requests": 256, "admin_token": ADMIN, "topology": "colocated"}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             port = free_port()
@@ -379,7 +385,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             c1 = _c1_paired(url, args, experiments, n_c1, n_users, proxy_url if direct else None)
             c16 = _load(url, 16, n_conc, "u", n_users)
             c64 = _load(url, 64, n_conc, "u", n_users)
-            handle = serve.get_deployment_handle("Recommender", app_name="genrec")
+            handle = serve.get_deployment_handle("Ingress", app_name="genrec")
             handle.configure_batching.remote(1).result()
             c64_unbatched = _load(url, 64, n_conc, "u", n_users)
             handle.configure_batching.remote(max_batch).result()
@@ -393,6 +399,18 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             httpx.post(url + "/v1/admin/admission", json={"max_inflight": max_inflight}, headers=auth,
                        timeout=30).raise_for_status()
             ev_ms, item_ms = _freshness(url, n_fresh)
+            # the split topology (ingress and batching recommender as two deployments, gRPC handle), c1 only
+            serve.delete("genrec")
+            split_args = {**args, "topology": "split"}
+            serve.run(app_from_args(split_args), name="genrec", route_prefix="/", blocking=False)
+            deadline = time.monotonic() + 300
+            while httpx.get(proxy_url + "/readyz", timeout=10).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("split app not ready in 300 s")
+                time.sleep(0.5)
+            split_direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
+            c1_split = _c1_paired(split_direct[0] if split_direct else proxy_url, split_args, experiments,
+                                  max(n_c1 // 2, 20), n_users)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -434,6 +452,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "overload_hop_and_queue_ms_p50": _pct(over["queued"], 50),
         "overload_client_minus_server_ms_p50": _pct(over["lat"], 50) - _pct(over["srv"], 50),
         "loadgen_cpu_c64": c64["cpu_s"] / c64["wall_s"], "loadgen_cpu_overload": over["cpu_s"] / over["wall_s"],
+        "http_p50_ms_c1_split": _pct(c1_split["lat"], 50), "inproc_p50_ms_split": _pct(c1_split["inproc"], 50),
+        "overhead_p50_ms_split": _pct(c1_split["pairs"], 50),
         "event_to_rec_p50_ms": _pct(ev_ms, 50), "event_to_rec_p99_ms": _pct(ev_ms, 99),
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
     }
@@ -459,7 +479,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                        "load_generator": "separate process, asyncio + aiohttp",
                        "http_path": "direct ingress (ingress replica's own port)" if url != proxy_url else "Serve proxy",
                        "direct_ingress_env": direct_ingress_enabled()},
-            "metrics": m, "tables": ["\n".join(table), _stage_table(c1)]}
+            "metrics": m, "tables": ["\n".join(table), _stage_table(c1), _stage_table(c1_split).replace(
+                "| c1 stage (median ms) |", "| c1 stage, split topology (median ms) |")]}
 
 
 if __name__ == "__main__":

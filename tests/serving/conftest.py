@@ -61,8 +61,11 @@ class ServeApp:
 
 
 @pytest.fixture(scope="module")
-def serve_app(broker):
-    """Broker topics with a seeded catalog, then the genrec Serve app on a free loopback port."""
+def serve_app(broker, request):
+    """Broker topics with a seeded catalog, then the genrec Serve app on a free loopback port.
+
+    The app's topology is the test module's ``TOPOLOGY`` (default ``colocated``, the app's default).
+    """
     import httpx
     from ray import serve
 
@@ -85,6 +88,7 @@ def serve_app(broker):
     app = app_from_args({
         "bootstrap": broker, "namespace": ns, "experiments": EXPERIMENTS, "admin_token": ADMIN_TOKEN,
         "level_sizes": list(LEVEL_SIZES), "max_inflight": 16, "max_batch_size": 8,
+        "topology": getattr(request.module, "TOPOLOGY", "colocated"),
         "models": [{"version": "v1", "seed": 1, "config": {"d_model": 32, "max_history": 20}},
                    {"version": "v2", "seed": 2, "config": {"d_model": 32, "max_history": 20}}],
     })
@@ -111,3 +115,71 @@ def serve_app(broker):
         import ray
 
         ray.shutdown()
+
+
+def _replica_names(deployment: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if f"#{deployment}#" in a["name"] and a["name"].startswith("SERVE_REPLICA"))
+
+
+def kill_replica_under_load(app: ServeApp, deployment: str, url: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """4 clients send /recommend to ``url``; after 2 s the one replica of ``deployment`` is killed (no
+    restart by Ray: Serve must replace it). Runs until 8 answers came after the kill. Returns
+    ``[(user, status or -1 for a connection error)]`` and the user ids of the ``served`` records written.
+    Asserts the replica was replaced and that only 200 / 503 / connection errors / 5xx of the killed
+    request itself were seen."""
+    import asyncio
+
+    import httpx
+    import ray
+
+    from ingest.contract import SERVED
+
+    before = _replica_names(deployment)
+    assert len(before) == 1, before
+    results: list[tuple[str, int]] = []
+    state = {"killed_at": None, "ok_after": 0}
+    t0 = time.monotonic()
+
+    async def worker(c, w):
+        n = 0
+        while True:
+            user = f"kill-{w}-{n}"
+            n += 1
+            try:
+                r = await c.post("/v1/recommend", json={"user_id": user, "k": 3})
+                code = r.status_code
+            except httpx.HTTPError:
+                code = -1
+            results.append((user, code))
+            if state["killed_at"] is not None and code == 200:
+                state["ok_after"] += 1
+            if state["ok_after"] >= 8 or time.monotonic() - t0 > 150:
+                return
+            if code != 200:
+                await asyncio.sleep(0.1)
+
+    async def killer():
+        await asyncio.sleep(2.0)
+        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        state["killed_at"] = time.monotonic()
+
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            await asyncio.gather(killer(), *(worker(c, w) for w in range(4)))
+
+    asyncio.run(go())
+    codes = {c: sum(1 for _, x in results if x == c) for c in {c for _, c in results}}
+    print(f"kill {deployment}: codes {codes}")
+    assert state["ok_after"] >= 8, "no answers after the kill: the replica was not replaced"
+    after = _replica_names(deployment)
+    assert after and after != before
+    time.sleep(0.5)
+    from ingest.consumer_loop import ConsumerConfig, ContractConsumer
+
+    with ContractConsumer(app.kafka, SERVED, config=ConsumerConfig(poll_timeout_ms=100)) as c:
+        logged = [s.user_id for b in c.drain(until_empty_polls=2, timeout_s=30) for s in b.records()
+                  if s.user_id.startswith("kill-")]
+    return results, logged

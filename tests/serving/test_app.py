@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from ingest.contract import ITEM_EVENTS, SERVED, USER_EVENTS
-from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, N_ITEMS
+from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, N_ITEMS, kill_replica_under_load
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -241,60 +241,16 @@ def test_fuzz_openapi_no_5xx(serve_app):
     assert any(400 <= c < 500 for c in seen) and any(c < 300 for c in seen)
 
 
-def _replica_names():
-    import ray
-
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if "Recommender" in a["name"] and a["name"].startswith("SERVE_REPLICA"))
-
-
 def test_killed_replica_is_replaced_and_served_log_matches_answers(serve_app):
-    """Kill the recommender replica under load: Serve replaces it; answered ⇔ served record."""
-    import ray
-
-    before = _replica_names()
-    assert len(before) == 1
-    results: list[tuple[str, int]] = []
-    state = {"killed_at": None, "ok_after": 0}
-
-    async def worker(c, w):
-        n = 0
-        while True:
-            user = f"kill-{w}-{n}"
-            n += 1
-            try:
-                r = await c.post("/v1/recommend", json={"user_id": user, "k": 3})
-                code = r.status_code
-            except httpx.HTTPError:
-                code = -1
-            results.append((user, code))
-            if state["killed_at"] is not None and code == 200:
-                state["ok_after"] += 1
-            if state["ok_after"] >= 8 or time.monotonic() - t0 > 150:
-                return
-            if code != 200:
-                await asyncio.sleep(0.1)
-
-    async def killer():
-        await asyncio.sleep(2.0)
-        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
-        state["killed_at"] = time.monotonic()
-
-    async def go():
-        async with httpx.AsyncClient(base_url=serve_app.url, timeout=60) as c:
-            await asyncio.gather(killer(), *(worker(c, w) for w in range(4)))
-
-    t0 = time.monotonic()
-    asyncio.run(go())
-    assert state["ok_after"] >= 8, "no answers after the kill: the replica was not replaced"
-    after = _replica_names()
-    assert after and after != before
-    codes = {c for _, c in results}
-    print("kill test: codes", {c: sum(1 for _, x in results if x == c) for c in codes})
-    assert codes <= {200, 503}, codes
+    """Colocated: kill the replica (ingress + recommender) under load; Serve replaces it. Every answer has
+    its ``served`` record; a record without an answer can only belong to a request that was in flight in the
+    killed process (its connection died: the ack came, the response never left) — never to a 503."""
+    results, logged = kill_replica_under_load(serve_app, "Ingress", serve_app.proxy_url)
     answered = {u for u, c in results if c == 200}
-    time.sleep(0.5)
-    logged = [s.user_id for s in _read(serve_app.kafka, SERVED) if s.user_id.startswith("kill-")]
+    refused = {u for u, c in results if c == 503}
+    died = {u for u, c in results if c not in (200, 503)}
     assert len(logged) == len(set(logged)), "a request was logged twice"
-    assert set(logged) == answered, (f"answered without record: {sorted(answered - set(logged))[:5]}; "
-                                     f"record without answer: {sorted(set(logged) - answered)[:5]}")
+    assert answered <= set(logged), f"answered without record: {sorted(answered - set(logged))[:5]}"
+    assert not (set(logged) & refused), f"record for a 503: {sorted(set(logged) & refused)[:5]}"
+    assert set(logged) - answered <= died, sorted(set(logged) - answered - died)[:5]
+    assert len(died) <= 16, f"{len(died)} requests died with the replica; at most one batch (8) in flight + slack"
