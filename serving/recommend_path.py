@@ -25,8 +25,8 @@ FastAPI's ``response_model`` stays on the route for the OpenAPI schema only.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from typing import Awaitable, Callable
 
 import msgspec
@@ -35,6 +35,23 @@ from ingest.contract import Served
 from serving.backend import RecRequest, RecResult
 
 _json = msgspec.json.Encoder()
+
+
+_ids = random.Random()  # seeded from os.urandom once, at import: one per process
+
+
+def new_request_id() -> str:
+    """A random 128-bit request id (32 hex digits), drawn without a system call.
+
+    Why not ``uuid.uuid4()``: it reads ``os.urandom`` on every call, a system call
+    that releases the GIL, and getting the GIL back waits for the decode thread's
+    switch interval (the convoy effect). Profiled in a colocated replica at 500
+    clients (py-spy, 15 s): ``uuid4`` held 10 % of the event loop's busy samples,
+    about 0.4 ms per admitted request. A
+    request id must be unique, not unpredictable: 128 bits from a per-process
+    Mersenne Twister seeded from ``os.urandom`` are.
+    """
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class Unavailable(Exception):
@@ -102,7 +119,7 @@ class RecommendPath:
         """
         t0 = time.perf_counter() if t0 is None else t0
         res = self.registry.resolve(user_id)
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         t1 = time.perf_counter()
         out = await call(RecRequest(user_id, k, res.model_version, res.decode, exclude_seen))
         t2 = time.perf_counter()

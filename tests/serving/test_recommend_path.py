@@ -60,3 +60,11 @@ def test_answer_follows_its_acked_served_record_and_failures_leave_none(broker, 
     assert [(r.request_id, r.user_id, r.items, r.arm) for r in records] == \
         [(ans["request_id"], "user-1", ["a", "b"], ans["arm"])]
     assert b"genrec_served_total" in metrics.render()
+
+
+def test_request_ids_are_32_hex_digits_and_unique():
+    from serving.recommend_path import new_request_id
+
+    ids = [new_request_id() for _ in range(20_000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
