@@ -329,6 +329,16 @@ def _stage_table(c1: dict) -> str:
     return "\n".join(out)
 
 
+def _wait_ready(proxy_url: str, what: str, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(proxy_url + "/readyz", timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def run(quick: bool = False, dataset: str | None = None) -> dict:
     import httpx
     import ray
@@ -374,11 +384,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET_LOGS)
             serve.run(app_from_args(args), name="genrec", route_prefix="/", blocking=False)
             proxy_url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300
-            while httpx.get(proxy_url + "/readyz", timeout=10).status_code != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("app not ready in 300 s")
-                time.sleep(0.5)
+            _wait_ready(proxy_url, "app")
             direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
             url = direct[0] if direct else proxy_url   # clients talk to the ingress replica's own port
             floors = _floors(url, proxy_url, 50 if quick else 150)
@@ -403,11 +409,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             serve.delete("genrec")
             split_args = {**args, "topology": "split"}
             serve.run(app_from_args(split_args), name="genrec", route_prefix="/", blocking=False)
-            deadline = time.monotonic() + 300
-            while httpx.get(proxy_url + "/readyz", timeout=10).status_code != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("split app not ready in 300 s")
-                time.sleep(0.5)
+            _wait_ready(proxy_url, "split app")
             split_direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
             c1_split = _c1_paired(split_direct[0] if split_direct else proxy_url, split_args, experiments,
                                   max(n_c1 // 2, 20), n_users)
