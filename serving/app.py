@@ -301,7 +301,8 @@ class RecommendGate:
                 await send({"type": "http.response.start", "status": 503,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode()),
-                                        (b"retry-after", str(retry_after).encode())]})
+                                        (b"retry-after", str(retry_after).encode()),
+                                        (b"x-genrec-shed", b"gate")]})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -341,7 +342,13 @@ class Ingress:
         self.latency_target_ms = settings.latency_target_ms
         self.limit = float(settings.max_inflight)
         self._report_cache: dict[str, tuple[float, dict]] = {}
-        _INGRESS[:] = [self]  # RecommendGate answers overload before FastAPI
+        # RecommendGate answers overload before FastAPI. Through the imported module, not the name:
+        # Serve ships this class by value (``serving.app.Ingress`` is the Deployment, so cloudpickle
+        # cannot refer to the class), and a by-value function carries a *copy* of the globals it uses:
+        # ``_INGRESS[:] = ...`` here would fill a list that the gate, imported by reference, never sees.
+        import serving.app as this_module
+
+        this_module._INGRESS[:] = [self]
         tune_replica_process()  # last: frozen start-up heap, 1 ms GIL switches, fewer young GCs (serving.loop_lag)
 
     def reconfigure(self, user_config: dict) -> None:

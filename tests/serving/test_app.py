@@ -211,6 +211,9 @@ def test_overload_gives_503_with_retry_after(serve_app):
     assert set(codes) <= {200, 503}, codes
     assert codes.count(503) >= 1 and codes.count(200) >= 1
     assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in rs if r.status_code == 503)
+    # the cheap path is live in the replica: some 503s came from RecommendGate, before FastAPI
+    # (it was dead code when the Ingress set its gate reference through a by-value copy of the globals)
+    assert any(r.headers.get("x-genrec-shed") == "gate" for r in rs if r.status_code == 503)
 
 
 def test_fuzz_openapi_no_5xx(serve_app):
