@@ -19,6 +19,20 @@ drawn integer in ``[base, 2·base]`` seconds (capped at ``max_s``), so the retur
 over a window instead of arriving in one burst (the "full jitter" remedy for
 retry storms; Brooker, "Exponential Backoff And Jitter", AWS Architecture
 Blog, 2015). Without overload the base decays back to ``min_s``.
+
+Sub-second spread (``spread_s``). Jitter in whole seconds does not break a
+herd: clients rejected in the same instant and told 1, 2 or 3 s all come back
+at that instant plus whole seconds, so the phase of the first burst is kept
+for ever. Measured on the 2-core dev machine with 500 well-mannered clients
+that start together (the ``serving`` benchmark's overload phase): a herd
+arrived at every whole second, its ~200 rejections took the replica's event
+loop (and the GIL it shares with the decode thread) for 60–90 ms, and the
+batch decoding at that moment took 80–120 ms instead of 25 ms: these batches
+were the whole p99 of admitted requests. So each rejection is also *answered*
+after a uniform random delay in ``[0, spread_s)`` (:meth:`AdaptiveRetryAfter.answer_delay`):
+one round trip later the returns are spread over the second. The delay is a
+timer on the event loop (no CPU while it waits); the admission decision is
+made on arrival, so no admitted request waits for it.
 """
 
 from __future__ import annotations
@@ -31,14 +45,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RetryAfterConfig:
-    """``min_s``/``max_s``: bounds of the base delay (seconds, integers on the wire); ``window_s``: update period."""
+    """``min_s``/``max_s``: bounds of the base delay (seconds, integers on the wire); ``window_s``: update period;
+    ``spread_s``: a rejection is answered after a uniform random delay in ``[0, spread_s)`` (breaks herds)."""
 
     min_s: int = 1
     max_s: int = 30
     window_s: float = 0.5
     jitter: bool = True
+    spread_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.spread_s <= 10:
+            raise ValueError(f"RetryAfterConfig.spread_s={self.spread_s} must be in [0, 10] seconds "
+                             "(0: answer rejections at once)")
         if not 1 <= self.min_s <= self.max_s:
             raise ValueError(f"RetryAfterConfig: need 1 <= min_s ({self.min_s}) <= max_s ({self.max_s}); "
                              "Retry-After is a whole number of seconds")
@@ -61,10 +80,14 @@ class AdaptiveRetryAfter:
 
     def _tick(self) -> None:
         now = self._clock()
-        if now - self._t < self.cfg.window_s:
+        windows = int((now - self._t) / self.cfg.window_s)
+        if windows < 1:
             return
-        ratio = (self._rejected + 1) / (self._admitted + 1)
+        # a window without rejections at least halves the base (sqrt(1/4)), and so does every window that
+        # passed without any call at all: the delay decays when the overload is over, traffic or not
+        ratio = (self._rejected + 1) / (self._admitted + 1) if self._rejected else min(0.25, 1 / (self._admitted + 1))
         self.base = min(float(self.cfg.max_s), max(float(self.cfg.min_s), self.base * math.sqrt(ratio)))
+        self.base = max(float(self.cfg.min_s), self.base * 0.5 ** (windows - 1))
         self._t, self._admitted, self._rejected = now, 0, 0
 
     def admitted(self) -> None:
@@ -82,3 +105,7 @@ class AdaptiveRetryAfter:
             return lo
         hi = min(2 * lo, self.cfg.max_s)
         return self._rng.randint(min(lo, max(self.cfg.min_s, hi // 2)), hi)  # near max_s: [max_s/2, max_s]
+
+    def answer_delay(self) -> float:
+        """Seconds to hold a rejection before answering it: uniform in ``[0, spread_s)`` (see the module doc)."""
+        return self._rng.random() * self.cfg.spread_s if self.cfg.spread_s > 0 else 0.0

@@ -60,3 +60,29 @@ def test_a_burst_within_one_window_is_spread_at_once():
     vals = [ra.rejected() for _ in range(484)]   # 500 clients at once, 16 admitted
     assert vals[0] <= 2 and max(vals[-50:]) >= 8
     assert len(set(vals)) >= 8
+
+
+def test_the_delay_decays_over_idle_windows_too():
+    """After an overload ends with no traffic at all, the next rejected client is not told the old delay."""
+    clk = Clock()
+    ra = AdaptiveRetryAfter(RetryAfterConfig(min_s=1, max_s=30, window_s=0.5), seed=0, clock=clk)
+    for _ in range(8):
+        for _ in range(300):
+            ra.rejected()
+        ra.admitted()
+        clk.t += 0.51
+    assert ra.base > 8
+    clk.t += 3.0                      # six silent windows
+    ra.admitted()
+    assert ra.base == 1.0
+
+
+def test_rejections_are_answered_after_a_sub_second_spread():
+    ra = AdaptiveRetryAfter(RetryAfterConfig(spread_s=0.8), seed=3)
+    delays = [ra.answer_delay() for _ in range(2000)]
+    assert all(0 <= d < 0.8 for d in delays)
+    assert max(delays) > 0.7 and min(delays) < 0.1       # spread over the whole window
+    assert 0.35 < sum(delays) / len(delays) < 0.45
+    assert AdaptiveRetryAfter(RetryAfterConfig(spread_s=0)).answer_delay() == 0.0
+    with pytest.raises(ValueError, match="spread_s"):
+        RetryAfterConfig(spread_s=-1)
