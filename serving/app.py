@@ -108,7 +108,9 @@ class AppSettings:
     ``ingress_slack`` / ``ingress_queue``: the ingress deployment takes ``max_inflight + ingress_slack``
     concurrent requests (other routes, fast 503s) and the Serve proxy queues ``ingress_queue`` more;
     beyond that the proxy itself answers 503 + ``Retry-After: shed_retry_after_s``. The ingress's own 503s carry an adaptive,
-    jittered Retry-After in ``[retry_after_s, max_retry_after_s]`` (:mod:`serving.admission`).
+    jittered Retry-After in ``[retry_after_s, max_retry_after_s]`` (:mod:`serving.admission`), and each is
+    answered after a uniform random delay in ``[0, reject_spread_s)`` so that a herd of clients rejected
+    together does not return together (0 answers at once).
     """
 
     kafka: object                      # ingest.kafka_client.KafkaConfig
@@ -126,6 +128,7 @@ class AppSettings:
     shed_retry_after_s: int = 5
     ingress_queue: int = 64
     max_retry_after_s: int = 30
+    reject_spread_s: float = 1.0
     topology: str = "colocated"
     rec_transport: str = "grpc"
 
@@ -138,6 +141,9 @@ class AppSettings:
             raise ValueError(f"AppSettings.max_inflight={self.max_inflight} must be >= 1")
         if self.latency_target_ms is not None and self.latency_target_ms <= 0:
             raise ValueError(f"AppSettings.latency_target_ms={self.latency_target_ms} must be > 0 (or None: off)")
+        if not 0 <= self.reject_spread_s <= 10:
+            raise ValueError(f"AppSettings.reject_spread_s={self.reject_spread_s} must be in [0, 10] seconds "
+                             "(0: answer 503s at once)")
         if self.retry_after_s < 1:
             raise ValueError(f"AppSettings.retry_after_s={self.retry_after_s} must be >= 1 second")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -270,6 +276,14 @@ def _overload_rejection(ing) -> tuple[str, int] | None:
     return f"overloaded: {ing.inflight} requests in flight; retry later", ing.retry.rejected()
 
 
+async def _spread(ing) -> None:
+    """Hold a rejection for a random sub-second delay before answering it, so that clients rejected
+    together do not come back together (:mod:`serving.admission`, ``spread_s``)."""
+    delay = ing.retry.answer_delay()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 #: The Ingress instance of this replica process (set in its constructor) for :class:`RecommendGate`.
 _INGRESS: list = []
 
@@ -297,6 +311,7 @@ class RecommendGate:
             rejected = _overload_rejection(_INGRESS[0])
             if rejected is not None:
                 detail, retry_after = rejected
+                await _spread(_INGRESS[0])
                 body = _REJECT_JSON.encode({"detail": detail})
                 await send({"type": "http.response.start", "status": 503,
                             "headers": [(b"content-type", b"application/json"),
@@ -320,11 +335,17 @@ class Ingress:
         from ingest.producer import EventProducer, ProducerConfig
         from ingest.topics import ensure_topics
 
-        if recommender is None:  # colocated: this replica's own recommender, called in-process
+        if recommender is None:  # colocated: this replica's own recommender (a child process by default)
             from serving.local_handle import LocalHandle
-            from serving.recommender import Recommender
 
-            self.rec = LocalHandle(Recommender.func_or_class(rec_cfg))
+            if rec_cfg.batching == "process":
+                from serving.decode_process import RecommenderProcess
+
+                self.rec = LocalHandle(RecommenderProcess(rec_cfg))
+            else:
+                from serving.recommender import Recommender
+
+                self.rec = LocalHandle(Recommender.func_or_class(rec_cfg))
         else:  # split: the recommender deployment; gRPC transport unless told otherwise
             self.rec = recommender.options(_by_reference=settings.rec_transport == "ray")
         self.s = settings
@@ -335,7 +356,8 @@ class Ingress:
         self.metrics = ServingMetrics()
         self.path = RecommendPath(self.registry, ServedLog(settings.kafka, settings.produce_timeout_s), self.metrics)
         self.retry = AdaptiveRetryAfter(RetryAfterConfig(min_s=settings.retry_after_s,
-                                                         max_s=max(settings.retry_after_s, settings.max_retry_after_s)))
+                                                         max_s=max(settings.retry_after_s, settings.max_retry_after_s),
+                                                         spread_s=settings.reject_spread_s))
         self.loop_lag = LoopLagProbe()
         self.inflight = 0
         self.max_inflight = settings.max_inflight
@@ -350,6 +372,13 @@ class Ingress:
 
         this_module._INGRESS[:] = [self]
         tune_replica_process()  # last: frozen start-up heap, 1 ms GIL switches, fewer young GCs (serving.loop_lag)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose recommender process died is replaced (its in-flight
+        requests were answered 503, with no ``served`` record)."""
+        target = getattr(self.rec, "target", None)
+        if target is not None and not getattr(target, "alive", True):
+            raise RuntimeError("the recommender process of this replica died; Serve replaces the replica")
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve ``user_config`` update (``serve deploy`` with a new config): reload experiments in place."""
@@ -419,6 +448,7 @@ class Ingress:
             raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
         rejected = _overload_rejection(self)
         if rejected is not None:
+            await _spread(self)
             raise _unavailable(*rejected)
         self.retry.admitted()
         self.inflight += 1
@@ -665,7 +695,8 @@ def build_app(settings: AppSettings, rec_cfg):
     if settings.topology == "colocated":
         # one deployment: each ingress replica is also a recommender (its resources, GPU included)
         rec_opts = dep.ray_actor_options or {}
-        ingress = Ingress.options(num_replicas=settings.num_replicas, **opts, ray_actor_options={
+        ingress = Ingress.options(num_replicas=settings.num_replicas, **opts, health_check_period_s=2,
+                                  health_check_timeout_s=30, ray_actor_options={
             "num_cpus": rec_opts.get("num_cpus", 0.5), "num_gpus": rec_opts.get("num_gpus", 0),
             "runtime_env": {"env_vars": ONE_LOOP_ENV}})
         return ingress.bind(None, settings, rec_cfg)

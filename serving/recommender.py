@@ -1,15 +1,17 @@
 """The recommender deployment: dynamic batching around a :class:`serving.backend.RecommenderBackend`.
 
 * Dynamic batching (``max_batch_size``, ``batch_wait_timeout_s``) by a
-  :class:`serving.decode_worker.DecodeWorker` (``batching="worker"``, the
-  default): the decode runs on its own thread and a batch takes everything that
+  :class:`serving.decode_worker.DecodeWorker` (``batching="worker"``; also what
+  ``"process"``, the default, means in a Recommender deployment): the decode runs on its own thread and a batch takes everything that
   arrived while the previous one decoded, so the event loop stays free for
   answers, ``served``-log acks and 503s. ``batching="serve"`` keeps
   ``@serve.batch`` with the batch *on* the event loop (a decode thread under
   ``@serve.batch`` shrinks batches to ~1 request: it forms the next batch as
   soon as the current one is handed off; see :mod:`serving.decode_worker`).
-* The class is a Serve deployment in the ``split`` topology and a plain object
-  inside each ingress replica in the ``colocated`` one (:mod:`serving.local_handle`).
+* The class is a Serve deployment in the ``split`` topology. In the ``colocated``
+  one each ingress replica runs it in a child process (``batching="process"``,
+  :mod:`serving.decode_process`: decoding gets a GIL of its own), or as a plain
+  object in its own process (``"worker"``/``"serve"``; :mod:`serving.local_handle`).
 * ``max_ongoing_requests`` is sized with the batch (2 × ``max_batch_size``:
   one batch running, one filling) — Serve's default of 5 would cap every
   batch at 5 and collapse under concurrency (DESIGN §7). ``max_queued_requests``
@@ -67,7 +69,7 @@ class RecommenderConfig:
     max_queued_requests: int = 256
     num_replicas: int = 1
     torch_threads: int = 1
-    batching: str = "worker"
+    batching: str = "process"
     device: str = "auto"
     num_cpus: float = 0.5
 
@@ -88,9 +90,10 @@ class RecommenderConfig:
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError(f"RecommenderConfig.max_queued_requests={self.max_queued_requests}: use -1 "
                              "(unbounded) or a positive bound")
-        if self.batching not in ("worker", "serve"):
-            raise ValueError(f"RecommenderConfig.batching={self.batching!r}: use 'worker' (decode thread, batches "
-                             "form when it is free) or 'serve' (@serve.batch, decode on the event loop)")
+        if self.batching not in ("process", "worker", "serve"):
+            raise ValueError(f"RecommenderConfig.batching={self.batching!r}: use 'process' (colocated: decode in "
+                             "a child process with its own GIL), 'worker' (decode thread, batches form when it "
+                             "is free) or 'serve' (@serve.batch, decode on the event loop)")
         if self.num_replicas < 1:
             raise ValueError(f"RecommenderConfig.num_replicas={self.num_replicas} must be >= 1")
 
@@ -149,8 +152,9 @@ class Recommender:
         self.backend = build_backend(cfg)
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        # a Recommender deployment is a process of its own already: "process" batches on a decode thread here
         self.worker = DecodeWorker(self.backend.recommend, cfg.max_batch_size, cfg.batch_wait_timeout_s) \
-            if cfg.batching == "worker" else None
+            if cfg.batching in ("worker", "process") else None
         self.batches = 0
         self.batched_requests = 0
         self.started = time.time()
@@ -227,22 +231,41 @@ class Recommender:
         return os.getpid()
 
 
+def cluster_has_gpu(device: str = "auto") -> bool:
+    """Whether recommender replicas will decode on a GPU: the Ray cluster has one and ``device`` allows it."""
+    if device not in ("auto", "cuda"):
+        return False
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
+    except Exception:  # noqa: BLE001 - no cluster info: CPU
+        return False
+
+
+#: Default ``max_batch_size`` by device. On a CPU a batch's decode time grows with its size (measured
+#: here, one thread: 13 ms for 1 request, 15 for 4, 19 for 16), and under overload an admitted request
+#: waits for the batch that is running and then runs in the next one, so its latency is about two batch
+#: decodes: small batches with one batch queued behind them (``max_inflight`` = 2 batches) kept the
+#: admitted p99 under 2x the unloaded one at 500 clients, where batches of 16 did not (BENCHMARKS.md,
+#: ``serving``). On a GPU a decode step costs about the same for 1 or 32 rows; 32 is a starting point
+#: there, not a measured optimum.
+DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 32}
+
+
+def default_max_batch_size(device: str = "auto") -> int:
+    return DEFAULT_MAX_BATCH["gpu" if cluster_has_gpu(device) else "cpu"]
+
+
 def recommender_deployment(cfg: RecommenderConfig):
     """The deployment with its options set from the config (GPU when the cluster has one)."""
-    import ray
-
-    gpus = 0.0
-    try:
-        if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 and cfg.device in ("auto", "cuda"):
-            gpus = 1.0
-    except Exception:  # noqa: BLE001 - no cluster info: CPU
-        gpus = 0.0
+    gpus = 1.0 if cluster_has_gpu(cfg.device) else 0.0
     if gpus and cfg.device == "auto":
         cfg = replace(cfg, device="cuda")
     from serving.loop_lag import ONE_LOOP_ENV
 
     actor = {"num_cpus": cfg.num_cpus, "num_gpus": gpus}
-    if cfg.batching == "worker":  # the loop only routes; a blocking @serve.batch keeps Serve's own loop free
+    if cfg.batching in ("worker", "process"):  # the loop only routes; a blocking @serve.batch keeps Serve's own loop free
         actor["runtime_env"] = {"env_vars": ONE_LOOP_ENV}
     return Recommender.options(
         num_replicas=cfg.num_replicas,

@@ -12,12 +12,14 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
       - {version: v1, path: /models/v1.pt}
       - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
     history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
-    max_batch_size: 16
+    max_batch_size: null             # default by device: 4 on CPU, 32 on GPU (serving.recommender.DEFAULT_MAX_BATCH)
     batch_wait_timeout_s: 0.0        # take what is queued: no wait when the queue is empty
-    max_inflight: null               # default max_batch_size x recommender_replicas (one batch each)
+    max_inflight: null               # default 2 x max_batch_size x recommender_replicas (one batch running,
+                                     # one queued, per recommender); beyond it: 503 + Retry-After
     ingress_slack: 1024              # ingress concurrency beyond max_inflight (its 503s carry adaptive Retry-After)
     ingress_queue: 64                # proxy queue in front of the ingress; beyond it the proxy sheds
     shed_retry_after_s: 5            # Retry-After of the proxy's own 503s
+    reject_spread_s: 1.0             # the ingress answers each of its 503s after a random delay in [0, this)
     recommender_replicas: 1          # split topology: recommender replicas behind the ingress
     topology: colocated              # or split: ingress and batching recommender as two deployments
     rec_transport: grpc              # split: the ingress -> recommender handle's transport (or ray)
@@ -35,14 +37,14 @@ def configs_from_args(args: dict):
     from ingest.kafka_client import KafkaConfig
     from serving.app import AppSettings
     from serving.backend import ModelSpec
-    from serving.recommender import RecommenderConfig
+    from serving.recommender import RecommenderConfig, default_max_batch_size
 
     args = dict(args or {})
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
              "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s",
-             "topology", "rec_transport"}
+             "reject_spread_s", "topology", "rec_transport"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -70,7 +72,8 @@ def configs_from_args(args: dict):
         kafka=kafka, level_sizes=level_sizes, models=tuple(models), history=args.get("history", "kafka"),
         shard_names=tuple(args.get("shard_names") or ()), shard_namespace=args.get("shard_namespace"),
         num_partitions=int(args.get("num_partitions", 0)), max_history=int(args.get("max_history", 50)),
-        max_batch_size=int(args.get("max_batch_size", 16)),
+        max_batch_size=int(default_max_batch_size(args.get("device", "auto")) if args.get("max_batch_size") is None
+                           else args["max_batch_size"]),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.0)),
         max_queued_requests=int(args.get("max_queued_requests", 256)),
         num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"),
@@ -78,10 +81,12 @@ def configs_from_args(args: dict):
     exp = _resolve_path(args.get("experiments") or "")
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
-                           max_inflight=int(args.get("max_inflight") or rec.max_batch_size * rec.num_replicas),
+                           max_inflight=int(args.get("max_inflight") or 2 * rec.max_batch_size * rec.num_replicas),
                            num_replicas=int(args.get("ingress_replicas", 1)),
                            latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
                                               else None), max_k=int(args.get("max_k", 100)),
+                           **({"reject_spread_s": float(args["reject_spread_s"])}
+                              if args.get("reject_spread_s") is not None else {}),
                            **{k: int(args[k]) for k in ("ingress_slack", "ingress_queue", "shed_retry_after_s")
                               if args.get(k) is not None},
                            **{k: str(args[k]) for k in ("topology", "rec_transport") if args.get(k) is not None})

@@ -15,6 +15,9 @@ def test_serve_config_file_builds_valid_configs(monkeypatch):
     settings, rec = configs_from_args(args)
     assert [m.version for m in rec.models] == ["v1", "v2"]
     assert rec.max_ongoing_requests == 2 * rec.max_batch_size  # sized with the batch
+    # no GPU here: the CPU default batch, and two batches admitted per replica (one decoding, one queued)
+    assert (rec.max_batch_size, settings.max_inflight) == (4, 8)
+    assert rec.batching == "process"
     assert settings.experiments.endswith("infra/experiments.yaml")
     from serving.experiments import ExperimentsConfig
 

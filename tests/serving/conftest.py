@@ -124,9 +124,35 @@ def _replica_names(deployment: str) -> list[str]:
                   if f"#{deployment}#" in a["name"] and a["name"].startswith("SERVE_REPLICA"))
 
 
-def kill_replica_under_load(app: ServeApp, deployment: str, url: str) -> tuple[list[tuple[str, int]], list[str]]:
+def recommender_child_pids() -> list[int]:
+    """Pids of the recommender child processes of colocated Ingress replicas (serving.decode_process)."""
+    import os
+
+    def cmd(pid) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if "spawn_main" not in cmd(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        if "ServeReplica:genrec:Ingress" in cmd(ppid):
+            out.append(int(pid))
+    return out
+
+
+def kill_replica_under_load(app: ServeApp, deployment: str, url: str,
+                            kill=None, prefix: str = "kill-") -> tuple[list[tuple[str, int]], list[str]]:
     """4 clients send /recommend to ``url``; after 2 s the one replica of ``deployment`` is killed (no
-    restart by Ray: Serve must replace it). Runs until 8 answers came after the kill. Returns
+    restart by Ray: Serve must replace it), or ``kill()`` is called instead. Runs until 8 answers came after the kill. Returns
     ``[(user, status or -1 for a connection error)]`` and the user ids of the ``served`` records written.
     Asserts the replica was replaced and that only 200 / 503 / connection errors / 5xx of the killed
     request itself were seen."""
@@ -146,7 +172,7 @@ def kill_replica_under_load(app: ServeApp, deployment: str, url: str) -> tuple[l
     async def worker(c, w):
         n = 0
         while True:
-            user = f"kill-{w}-{n}"
+            user = f"{prefix}{w}-{n}"
             n += 1
             try:
                 r = await c.post("/v1/recommend", json={"user_id": user, "k": 3})
@@ -163,7 +189,10 @@ def kill_replica_under_load(app: ServeApp, deployment: str, url: str) -> tuple[l
 
     async def killer():
         await asyncio.sleep(2.0)
-        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        if kill is None:
+            ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        else:
+            kill()
         state["killed_at"] = time.monotonic()
 
     async def go():
@@ -181,5 +210,5 @@ def kill_replica_under_load(app: ServeApp, deployment: str, url: str) -> tuple[l
 
     with ContractConsumer(app.kafka, SERVED, config=ConsumerConfig(poll_timeout_ms=100)) as c:
         logged = [s.user_id for b in c.drain(until_empty_polls=2, timeout_s=30) for s in b.records()
-                  if s.user_id.startswith("kill-")]
+                  if s.user_id.startswith(prefix)]
     return results, logged

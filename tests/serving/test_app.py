@@ -12,7 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from ingest.contract import ITEM_EVENTS, SERVED, USER_EVENTS
-from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, N_ITEMS, kill_replica_under_load
+from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, N_ITEMS, kill_replica_under_load, \
+    recommender_child_pids
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -257,3 +258,22 @@ def test_killed_replica_is_replaced_and_served_log_matches_answers(serve_app):
     assert not (set(logged) & refused), f"record for a 503: {sorted(set(logged) & refused)[:5]}"
     assert set(logged) - answered <= died, sorted(set(logged) - answered - died)[:5]
     assert len(died) <= 16, f"{len(died)} requests died with the replica; at most one batch (8) in flight + slack"
+
+
+def test_killed_recommender_process_replaces_the_replica_and_served_log_matches_answers(serve_app):
+    """Colocated: SIGKILL the replica's recommender child process under load. Its waiting requests get 503
+    (no session, no record), the replica's health check fails and Serve replaces it. Every answer has its
+    ``served`` record; no record exists for a request that was not answered 200."""
+    import os
+    import signal
+
+    pids = recommender_child_pids()
+    assert len(pids) == 1, f"one colocated replica, one recommender process: {pids}"
+    results, logged = kill_replica_under_load(serve_app, "Ingress", serve_app.proxy_url,
+                                              kill=lambda: os.kill(pids[0], signal.SIGKILL), prefix="childkill-")
+    answered = {u for u, c in results if c == 200}
+    assert len(logged) == len(set(logged)), "a request was logged twice"
+    assert answered <= set(logged), f"answered without record: {sorted(answered - set(logged))[:5]}"
+    assert set(logged) <= answered, f"record without an answer: {sorted(set(logged) - answered)[:5]}"
+    assert {c for _, c in results} <= {200, 503, -1} | set(range(500, 600))
+    assert recommender_child_pids() and recommender_child_pids() != pids

@@ -1,0 +1,305 @@
+"""The recommender of a colocated ingress replica in a child process: decoding with a GIL of its own.
+
+Why: in the ``colocated`` topology (:mod:`serving.local_handle`) the decode
+thread (:mod:`serving.decode_worker`) shares one GIL with everything else in
+the replica: the event loop parsing HTTP and answering 503s, the ``served``-log
+producer's I/O thread, the history and catalog feeds. Measured on the 2-core
+dev machine at 500 clients (``/tmp``-free reproduction: the ``serving``
+benchmark's overload phase, per-process CPU from ``/proc``): the replica used
+0.72 of a core while the other core sat mostly idle, and a batch of 15 that
+decodes in 19 ms alone took 27–37 ms at the median and over 100 ms at the
+tail; those slow batches were the p99 of admitted requests. A separate Serve
+deployment (the ``split`` topology) has a GIL of its own too, but its handle hop
+costs ~8 ms per request at concurrency 1.
+
+What: :class:`RecommenderProcess` spawns one child process that builds the
+same :class:`serving.recommender.Recommender` (backend, live catalog feeds,
+model versions) and serves it over a ``multiprocessing`` pipe (~0.1 ms a
+round trip here). ``recommend`` calls are batched in the child exactly as
+:class:`serving.decode_worker.DecodeWorker` batches them: a batch takes
+everything that arrived while the previous one decoded, up to
+``max_batch_size``, with an optional ``batch_wait_timeout_s`` for company when
+idle. Every other method (status, catalog lookups, model loading, batch-size
+changes) runs in the child between two batches. In the parent every method is
+a coroutine, so :class:`serving.local_handle.LocalHandle` gives the ingress
+the same surface as a Serve deployment handle.
+
+Failure: the parent holds no state the child needs. If the child dies, every
+call waiting on it fails with :class:`RecommenderProcessDied` (the ingress
+answers 503: no session, no ``served`` record), :attr:`RecommenderProcess.alive`
+turns false, and the ingress's ``check_health`` fails so that Serve replaces
+the replica. If the parent dies, the child reads end-of-file on its pipe and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import replace
+
+#: What the parent may call in the child (the public surface of serving.recommender.Recommender).
+METHODS = ("recommend", "recommend_unbatched", "configure_batching", "status", "is_recommendable",
+           "item_state", "model_versions", "load_model", "pid")
+
+
+class RecommenderProcessDied(RuntimeError):
+    """The recommender's child process is gone; the call was not answered."""
+
+
+# ---- the child --------------------------------------------------------------------------------
+
+def _connect_ray(ray_address: str | None, cfg) -> None:
+    """Join the parent's Ray cluster when the backend needs actors (sequence shards, item indexer)."""
+    if ray_address and (cfg.history == "shards" or cfg.indexer_actor):
+        import ray
+
+        ray.init(address=ray_address, log_to_driver=False, configure_logging=False,
+                 namespace=cfg.shard_namespace or cfg.indexer_namespace)
+
+
+def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
+    """Build the recommender, say ready (or why not), then serve calls until the pipe closes."""
+    import cloudpickle
+
+    from serving.recommender import Recommender
+
+    try:
+        cfg = cloudpickle.loads(cfg_blob)
+        _connect_ray(ray_address, cfg)
+        # the child batches itself (below): no decode thread, no @serve.batch in the way
+        rec = Recommender.func_or_class(replace(cfg, batching="serve"))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it in the replica
+        conn.send([(0, False, RuntimeError(f"recommender process could not start: {type(e).__name__}: {e}"))])
+        return
+    conn.send([(0, True, os.getpid())])
+    _serve(conn, rec, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+
+
+def _serve(conn, rec, max_batch: int, batch_wait_s: float) -> None:
+    """The child's loop: take every message that is there, answer plain calls, decode pending batches."""
+    pending: list[tuple[int, object, float]] = []   # (call id, RecRequest, perf_counter when sent)
+    settings = {"max_batch": max_batch, "wait": batch_wait_s}
+
+    def take(msg) -> None:
+        cid, method, args = msg
+        if method == "recommend":   # args: (request, perf_counter when the parent sent it: one clock system-wide)
+            pending.append((cid, args[0], args[1]))
+            return
+        try:
+            if method == "recommend_unbatched":   # a coroutine on the Recommender: the same work, here
+                out = rec.backend.recommend([args[0]])[0]
+            else:
+                out = getattr(rec, method)(*args)
+            if method == "configure_batching":
+                settings["max_batch"] = int(args[0])
+                if len(args) > 1 and args[1] is not None:
+                    settings["wait"] = float(args[1])
+            reply = (cid, True, out)
+        except Exception as e:  # noqa: BLE001 - raised in the parent, where the caller awaits
+            reply = (cid, False, _picklable(e))
+        _send(conn, [reply])
+
+    try:
+        while True:
+            if not pending:
+                take(conn.recv())                      # idle: block for the next call
+            while conn.poll():
+                take(conn.recv())                      # everything that arrived meanwhile
+            if pending and settings["wait"] > 0 and len(pending) < settings["max_batch"]:
+                deadline = time.perf_counter() + settings["wait"]
+                while len(pending) < settings["max_batch"] and conn.poll(max(0.0, deadline - time.perf_counter())):
+                    take(conn.recv())
+            if not pending:
+                continue
+            take_n = settings["max_batch"]
+            batch, pending[:take_n] = pending[:take_n], []
+            started = time.perf_counter()
+            rec.batches += 1
+            rec.batched_requests += len(batch)
+            try:
+                outs = rec.backend.recommend([r for _, r, _ in batch])
+                replies = []
+                for (cid, _, arrived), out in zip(batch, outs):
+                    out.stats["batch_wait_ms"] = (started - arrived) * 1e3
+                    replies.append((cid, True, out))
+            except Exception as e:  # noqa: BLE001 - every caller of this batch gets the error
+                err = _picklable(e)
+                replies = [(cid, False, err) for cid, _, _ in batch]
+            _send(conn, replies)
+    except (EOFError, OSError):   # the parent is gone (its end of the pipe closed): nothing to answer
+        return
+
+
+def _send(conn, replies: list) -> None:
+    """Send replies; one whose value cannot be pickled is answered with that error instead of killing the child."""
+    try:
+        conn.send(replies)
+    except (TypeError, AttributeError, ValueError) as e:   # pickling failed: nothing was written
+        import pickle
+
+        fixed = []
+        for cid, ok, val in replies:
+            try:
+                pickle.dumps(val)
+                fixed.append((cid, ok, val))
+            except Exception:  # noqa: BLE001
+                fixed.append((cid, False, RuntimeError(f"the recommender's answer could not be sent: {e}")))
+        conn.send(fixed)
+
+
+def _picklable(e: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.dumps(e)
+        return e
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+# ---- the parent -------------------------------------------------------------------------------
+
+class RecommenderProcess:
+    """A :class:`serving.recommender.Recommender` in a child process; every method is a coroutine here.
+
+    ``start_timeout_s`` bounds the child's start-up (imports, model loading, feeds catching up).
+    """
+
+    def __init__(self, cfg, start_timeout_s: float = 300.0):
+        import cloudpickle
+
+        ctx = multiprocessing.get_context("spawn")   # never fork a process that runs Ray's threads
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_child_main, name="genrec-recommender", daemon=True,
+                                 args=(child, cloudpickle.dumps(cfg), _ray_address()))
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self._proc.kill()
+            raise RuntimeError(f"the recommender process did not start in {start_timeout_s:.0f} s")
+        try:
+            [(_, ok, val)] = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the recommender process exited while starting (exit code "
+                               f"{self._proc.join(5) or self._proc.exitcode})") from None
+        if not ok:
+            self._proc.join(5)
+            raise val
+        self.child_pid: int = val
+        self.alive = True
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="recommender-replies", daemon=True)
+        self._reader.start()
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _call(self, method: str, *args) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self.alive:
+            fut.set_exception(RecommenderProcessDied("the recommender process is gone"))
+            return fut
+        cid = next(self._ids)
+        self._waiting[cid] = (loop, fut)
+        try:
+            with self._send_lock:
+                self._conn.send((cid, method, args))
+        except (OSError, ValueError) as e:     # broken pipe: the child died
+            self._waiting.pop(cid, None)
+            fut.set_exception(RecommenderProcessDied(f"the recommender process is gone ({type(e).__name__})"))
+        return fut
+
+    def _read(self) -> None:
+        """Reader thread: resolve the waiting futures on their loop, one hand-off per message."""
+        while True:
+            try:
+                replies = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            for cid, ok, val in replies:
+                entry = self._waiting.pop(cid, None)
+                if entry is not None:
+                    by_loop.setdefault(entry[0], []).append((entry[1], ok, val))
+            for loop, items in by_loop.items():
+                loop.call_soon_threadsafe(_resolve, items)
+        self.alive = False
+        dead = RecommenderProcessDied(f"the recommender process (pid {self.child_pid}) died")
+        waiting, self._waiting = self._waiting, {}
+        for loop, fut in waiting.values():
+            try:
+                loop.call_soon_threadsafe(_resolve, [(fut, False, dead)])
+            except RuntimeError:   # that loop is closed
+                pass
+
+    def close(self) -> None:
+        """Stop the child (it would also exit on its own when this process ends)."""
+        self.alive = False
+        try:
+            self._conn.close()
+        finally:
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+    # -- the Recommender surface (each runs in the child) -------------------------------------
+
+    async def recommend(self, req):
+        """One request, batched in the child with whatever else is pending."""
+        return await self._call("recommend", req, time.perf_counter())
+
+    async def recommend_unbatched(self, req):
+        return await self._call("recommend_unbatched", req)
+
+    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
+        if not 1 <= int(max_batch_size) <= 1024:
+            raise ValueError(f"max_batch_size={max_batch_size} must be in 1..1024")
+        return await self._call("configure_batching", int(max_batch_size), batch_wait_timeout_s)
+
+    async def status(self) -> dict:
+        st = await self._call("status")
+        st.update({"decode_process": True, "replica_pid": os.getpid()})
+        return st
+
+    async def is_recommendable(self, item_id: str) -> bool:
+        return await self._call("is_recommendable", item_id)
+
+    async def item_state(self, item_id: str) -> tuple:
+        return await self._call("item_state", item_id)
+
+    async def model_versions(self) -> list[str]:
+        return await self._call("model_versions")
+
+    async def load_model(self, spec) -> list[str]:
+        return await self._call("load_model", spec)
+
+    async def pid(self) -> int:
+        return self.child_pid
+
+
+def _resolve(items) -> None:
+    for fut, ok, val in items:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(val)
+        else:
+            fut.set_exception(val)
+
+
+def _ray_address() -> str | None:
+    """The GCS address of the Ray cluster this process belongs to (None outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - outside Ray: the child needs none unless its config names actors
+        pass
+    return None
