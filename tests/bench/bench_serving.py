@@ -29,18 +29,22 @@ share a GIL with anything they measure; its CPU use is reported
   app on plain uvicorn in its own process (``floor_uvicorn_get_p50_ms``,
   ``floor_uvicorn_post_p50_ms``: GET, and POST with a validated JSON body).
 * c16 / c64: p50/p99 and requests/s; ``batching_gain_c64`` = rps with dynamic
-  batching / rps with batch size 1 (``configure_batching(1)`` on the same replica).
-* Overload: 500 concurrent clients for 40 s (15 s quick), all starting at once, each
+  batching / rps with batch size 1 (``configure_batching(1)`` on the same replica), at the app's
+  defaults; ``batching_gain_c64_b16`` the same with batches of up to 16 and 16 admitted.
+* Overload: 500 concurrent clients for 30 s (12 s quick), all starting at once, each
   waiting ``Retry-After`` after a 503 (the server's Retry-After is adaptive and
-  jittered: :mod:`serving.admission`); the ingress admits one batch (16) at a time.
+  jittered, and each 503 is answered after a random sub-second delay: :mod:`serving.admission`),
+  at the app's defaults for this device (batch size and admission limit:
+  :data:`serving.recommender.DEFAULT_MAX_BATCH`, two batches admitted per replica).
   ``overload_admitted_p99_ms_after_5s``
   leaves out requests sent in the first 5 s (the initial burst of 500). ``overload_non_503_errors`` counts answers that
   are neither 200 nor 503, 503s without Retry-After and connection errors;
   ``overload_p99_ratio`` = client-side p99 of admitted requests / unloaded
   client-side p99 (c1, same run); ``overload_server_p99_ratio`` the same for
   the ingress-measured time.
-  ``overload_half_batch_*``: the same 500 clients with ``max_inflight`` halved (admin API, same app):
-  shorter batches and a shorter wait behind the running one, at a lower throughput.
+  ``overload_b{B}_i{L}_*``: the same 500 clients with batch size B and L admitted per replica
+  (:data:`OVERLOAD_SETTINGS`, set live on the same app): bigger batches give more answers per second,
+  and an admitted request waits for the batch that is running, so its latency grows with the batch.
 * Freshness through the API: ``event_to_rec_p99_ms`` — from posting click
   events on a user's recommended items until a recommend no longer returns
   them (exclude-seen: the events are in the history); ``item_to_rec_p99_ms`` —
@@ -62,6 +66,9 @@ from pathlib import Path
 import numpy as np
 
 SUITE = "serving"
+#: (max_batch_size, max_inflight) the overload phase is also run at, besides the app's defaults: the latency /
+#: throughput trade-off of bigger batches and of admitting more or fewer requests per replica
+OVERLOAD_SETTINGS = ((16, 16), (8, 8), (4, 4))
 ADMIN = "bench-admin-token-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",
@@ -146,10 +153,24 @@ def _load(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: 
 
 
 def _child_main(argv: list[str]) -> None:
+    """The load generator's process. Its own pauses would count as server latency, so it runs on uvloop
+    when installed (Ray Serve's HTTP servers do) and with the cyclic GC off until the run ends (a gen-2
+    pass over the growing lists of answers stalled every client in flight for tens of ms)."""
+    import gc
     import resource
 
     url, n_clients, n_requests, prefix, n_users, duration_s = json.loads(argv[0])
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    gc.collect()
+    gc.disable()
     out = asyncio.run(_load_async(url, n_clients, n_requests, prefix, n_users, duration_s))
+    gc.enable()
+    os.set_blocking(sys.stdout.fileno(), True)   # libuv leaves stdio non-blocking: a long print would be cut
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = ru.ru_utime + ru.ru_stime
     out["codes"] = {str(k): v for k, v in out["codes"].items()}
@@ -360,7 +381,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     n_fresh = 10 if quick else 40
     level_sizes = [32, 32, 8]  # 8192 SIDs: hashed codes of ~2k items leave every dedup level room
     decode = {"mode": "greedy"}
-    max_batch, max_inflight = 16, 16  # admitted /recommend: one batch
+    from serving.serve_args import configs_from_args
+
     experiments = f"default: {{model_version: v1, decode: {{mode: {decode['mode']}}}}}\nlayers: []\n"
     model_cfg = {"d_model": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "max_history": 30}
     rng = np.random.default_rng(0)
@@ -376,8 +398,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                     p.send(UserEvent(f"e{u}-{j}", f"u{u}", f"i{it}", "click", 10_000 + j))
         args = {"bootstrap": broker.bootstrap, "namespace": ns, "experiments": experiments,
                 "level_sizes": level_sizes, "models": [{"version": "v1", "seed": 1, "config": model_cfg}],
-                "max_batch_size": max_batch, "batch_wait_timeout_s": 0.0, "max_inflight": max_inflight,
-                "max_queued_requests": 256, "admin_token": ADMIN, "topology": "colocated"}
+                "batch_wait_timeout_s": 0.0, "max_queued_requests": 256, "admin_token": ADMIN,
+                "topology": "colocated"}   # batch size and admission limit: the app's defaults for this device
+        settings, rec_cfg = configs_from_args(args)
+        max_batch, max_inflight = rec_cfg.max_batch_size, settings.max_inflight
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             port = free_port()
@@ -394,16 +418,30 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             handle = serve.get_deployment_handle("Ingress", app_name="genrec")
             handle.configure_batching.remote(1).result()
             c64_unbatched = _load(url, 64, n_conc, "u", n_users)
-            handle.configure_batching.remote(max_batch).result()
-            # overload: the fixed admission limit (one batch) and the adaptive, jittered Retry-After
-            over = _load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40)
-            # the same overload with half a batch admitted: shorter batches, less wait behind the running one
+            # the same comparison with room for batches of 16 (16 admitted): what batching can give on this CPU
             auth = {"Authorization": f"Bearer {ADMIN}"}
-            httpx.post(url + "/v1/admin/admission", json={"max_inflight": max_inflight // 2}, headers=auth,
-                       timeout=30).raise_for_status()
-            over_half = _load(url, 500, 0, "u", n_users, duration_s=15 if quick else 40)
-            httpx.post(url + "/v1/admin/admission", json={"max_inflight": max_inflight}, headers=auth,
-                       timeout=30).raise_for_status()
+            admit = lambda n: httpx.post(url + "/v1/admin/admission", json={"max_inflight": n}, headers=auth,  # noqa: E731
+                                         timeout=30).raise_for_status()
+            admit(16)
+            c64_b1_i16 = _load(url, 64, n_conc, "u", n_users)
+            handle.configure_batching.remote(16).result()
+            c64_b16_i16 = _load(url, 64, n_conc, "u", n_users)
+            handle.configure_batching.remote(max_batch).result()
+            admit(max_inflight)
+            # overload at the app's defaults, then the same 500 clients at other batch sizes and admission
+            # limits (live, same app): the latency / throughput trade-off
+            over_s = 12 if quick else 30
+            over = _load(url, 500, 0, "u", n_users, duration_s=over_s)
+            sweep = {(max_batch, max_inflight): over}
+            for batch, lim in OVERLOAD_SETTINGS:
+                if (batch, lim) in sweep:
+                    continue
+                handle.configure_batching.remote(batch).result()
+                admit(lim)
+                time.sleep(2)   # the previous phase's Retry-After state decays
+                sweep[(batch, lim)] = _load(url, 500, 0, "u", n_users, duration_s=over_s)
+            handle.configure_batching.remote(max_batch).result()
+            admit(max_inflight)
             ev_ms, item_ms = _freshness(url, n_fresh)
             # the split topology (ingress and batching recommender as two deployments, gRPC handle), c1 only
             serve.delete("genrec")
@@ -433,6 +471,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "rps_c1": c1["rps"],
         "rps_c64_batched": c64["rps"], "rps_c64_unbatched": c64_unbatched["rps"],
         "batching_gain_c64": c64["rps"] / max(c64_unbatched["rps"], 1e-9),
+        "rps_c64_b16_i16": c64_b16_i16["rps"], "rps_c64_b1_i16": c64_b1_i16["rps"],
+        "batching_gain_c64_b16": c64_b16_i16["rps"] / max(c64_b1_i16["rps"], 1e-9),
         "c64_503": c64["codes"].get(503, 0), "c64_unbatched_503": c64_unbatched["codes"].get(503, 0),
         "overload_200": over["codes"].get(200, 0), "overload_503": over["codes"].get(503, 0),
         "overload_non_503_errors": over["errors"] + sum(v for k, v in over["codes"].items() if k not in (200, 503)),
@@ -443,12 +483,6 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "overload_server_p99_ms": _pct(over["srv"], 99),
         "overload_server_p99_ms_after_5s": _pct([x for x, t in zip(over["srv"], over["started"]) if t > 5], 99),
         "overload_server_p99_ratio": _pct(over["srv"], 99) / _pct(c1["srv"], 99),
-        "overload_half_batch_200": over_half["codes"].get(200, 0),
-        "overload_half_batch_rps": over_half["rps"],
-        "overload_half_batch_non_503_errors": over_half["errors"] + sum(
-            v for k, v in over_half["codes"].items() if k not in (200, 503)),
-        "overload_half_batch_admitted_p99_ms": _pct(over_half["lat"], 99),
-        "overload_half_batch_p99_ratio": _pct(over_half["lat"], 99) / _pct(c1["lat"], 99),
         "overload_rps": over["rps"],
         "overload_loop_lag_ms_p50": _pct(over["lag"], 50), "overload_loop_lag_ms_p99": _pct(over["lag"], 99),
         "overload_hop_and_queue_ms_p50": _pct(over["queued"], 50),
@@ -459,8 +493,17 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "event_to_rec_p50_ms": _pct(ev_ms, 50), "event_to_rec_p99_ms": _pct(ev_ms, 99),
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
     }
+    for (batch, lim), r in sorted(sweep.items(), reverse=True):
+        key = f"overload_b{batch}_i{lim}"
+        m[f"{key}_rps"] = r["rps"]
+        m[f"{key}_admitted_p99_ms"] = _pct(r["lat"], 99)
+        m[f"{key}_p99_ratio"] = _pct(r["lat"], 99) / _pct(c1["lat"], 99)
+        m[f"{key}_non_503_errors"] = r["errors"] + sum(v for k, v in r["codes"].items() if k not in (200, 503))
     rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
-            ("500 (overload)", over), ("500 (overload, half a batch admitted)", over_half)]
+            ("64 (batch 16, 16 admitted)", c64_b16_i16), ("64 (batch size 1, 16 admitted)", c64_b1_i16),
+            (f"500 (overload; defaults: batch {max_batch}, {max_inflight} admitted)", over)] + [
+            (f"500 (overload; batch {b}, {lim} admitted)", r) for (b, lim), r in sorted(sweep.items(), reverse=True)
+            if (b, lim) != (max_batch, max_inflight)]
     table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
              "| ingress ms | recommender ms | hop + queued behind batch ms | batch wait ms | decode ms | served-log ms "
              "| ingress loop lag ms |",
@@ -475,6 +518,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                      f"{pp['decode_ms']:.1f} | {pp['log_ms']:.1f} | {pp['loop_lag_ms']:.1f} |")
     return {"config": {"items": n_items, "users": n_users, "level_sizes": level_sizes, "model": model_cfg,
                        "decode": decode, "max_batch_size": max_batch, "max_inflight": max_inflight,
+                       "overload_settings": [list(k) for k in sorted(sweep)], "overload_seconds": over_s,
                        "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
                        "requests_concurrent": n_conc, "freshness_probes": n_fresh,
                        "loadavg_at_start": [round(x, 2) for x in load_at_start],
