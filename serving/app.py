@@ -27,25 +27,29 @@ requests get no answer (the proxy answers 500, a direct client sees the connecti
 for a request killed between its ack and its response that same window applies.
 
 Overload: the ingress admits at most ``max_inflight`` recommend requests (by
-default one recommender batch per replica; optionally an adaptive AIMD limit
-that keeps admitted latency near ``latency_target_ms``); beyond that it
-answers ``503`` at once (admitted requests keep their latency instead of
-everybody queueing), with an adaptive, jittered ``Retry-After``
-(:mod:`serving.admission`) that spreads the rejected clients' returns; that
+default two recommender batches per replica: one decoding, one queued;
+optionally an adaptive AIMD limit that keeps admitted latency near
+``latency_target_ms``); beyond that it answers ``503`` (admitted requests keep
+their latency instead of everybody queueing), with an adaptive, jittered
+``Retry-After`` (:mod:`serving.admission`) and after a random sub-second delay,
+so that clients rejected together do not come back together; that
 503 comes from :class:`RecommendGate`, before FastAPI routes, reads or
 validates the body. The recommender's ``max_queued_requests`` back-pressure
 maps to the same answer, and beyond ``max_inflight + ingress_slack`` (+ a
 short queue) Serve itself sheds with 503 + ``Retry-After: shed_retry_after_s``
 (in the proxy, or with direct ingress in the replica's own server).
-Under overload an admitted request waits behind the batch that is running when
-it arrives (up to one batch), then runs in the next one; ``max_inflight``
-trades that wait (shorter batches) against throughput (BENCHMARKS: half a
-batch admitted gives p99 424 vs 703 ms at 23 vs 38 answers/s).
+Under overload an admitted request waits for the batch that is running when it
+arrives, then runs in the next one, so its latency is about two batch decodes:
+on a CPU, where a batch's decode time grows with its size, small batches
+(``serving.recommender.DEFAULT_MAX_BATCH``) keep it near the unloaded latency
+(BENCHMARKS.md, ``serving``: the overload phase at several batch sizes and limits).
 
 Topology (:data:`TOPOLOGIES`, ``AppSettings.topology``). ``colocated`` (default): every
 ingress replica builds its own recommender (the :class:`serving.recommender.Recommender`
-class as a plain object behind :class:`serving.local_handle.LocalHandle`), so ``/recommend``
-never leaves the process that parsed it. ``split``: the FastAPI ingress deployment calls a
+class in a child process of the replica, :mod:`serving.decode_process`, behind
+:class:`serving.local_handle.LocalHandle`), so ``/recommend`` never leaves the replica that
+parsed it, and decoding does not share a GIL with the HTTP server (``batching: worker`` keeps
+it in the replica's own process). ``split``: the FastAPI ingress deployment calls a
 separate batching recommender deployment through a Serve handle over Serve's gRPC transport
 (``rec_transport``); the two scale apart. Measured on the 2-core dev machine (trivial
 deployments, one script): the handle hop alone costs 3.4 ms over gRPC and 5.2 ms over Ray
