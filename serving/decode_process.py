@@ -213,6 +213,10 @@ class RecommenderProcess:
         except (OSError, ValueError) as e:     # broken pipe: the child died
             self._waiting.pop(cid, None)
             fut.set_exception(RecommenderProcessDied(f"the recommender process is gone ({type(e).__name__})"))
+            return fut
+        if not self.alive and not fut.done():  # the reader failed the waiting calls while this one was added
+            self._waiting.pop(cid, None)
+            fut.set_exception(RecommenderProcessDied("the recommender process is gone"))
         return fut
 
     def _read(self) -> None:
@@ -232,7 +236,7 @@ class RecommenderProcess:
         self.alive = False
         dead = RecommenderProcessDied(f"the recommender process (pid {self.child_pid}) died")
         waiting, self._waiting = self._waiting, {}
-        for loop, fut in waiting.values():
+        for loop, fut in list(waiting.values()):
             try:
                 loop.call_soon_threadsafe(_resolve, [(fut, False, dead)])
             except RuntimeError:   # that loop is closed

@@ -154,3 +154,44 @@ def test_the_child_exits_when_the_parent_side_closes(cfg):
             open(f"/proc/{pid}/stat").read().split()[2] != "Z":
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_the_child_reads_histories_from_the_sequence_shard_actors(broker, tmp_path):
+    """history='shards': the child joins the parent's Ray cluster and finds the shards by name."""
+    import ray
+
+    from actors.checkpoint import CheckpointConfig
+    from actors.supervisor import SequenceSupervisor, SupervisorConfig
+    from tests.serving.conftest import start_ray
+
+    base = _cfg(broker)          # its user-events: 12 users x 4 clicks
+    started = start_ray()
+    try:
+        sup_cfg = SupervisorConfig(kafka=base.kafka, checkpoint=CheckpointConfig(uri=str(tmp_path)), num_shards=1,
+                                   monitor_s=0)
+        with SequenceSupervisor(sup_cfg) as sup:
+            sup.wait_ready()
+            deadline = time.monotonic() + 60
+            while sup.histories(["u3"])["lengths"][0] < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            spec = sup.router_spec()
+            from dataclasses import replace
+
+            cfg = replace(base, history="shards", shard_names=tuple(spec["names"]),
+                          shard_namespace=spec["namespace"], num_partitions=spec["num_partitions"])
+            p = RecommenderProcess(cfg)
+            try:
+                async def main():
+                    return await p.status(), await asyncio.gather(*(p.recommend(_req(u)) for u in range(12)))
+
+                st, out = asyncio.run(main())
+            finally:
+                p.close()
+        assert st["history"]["source"] == "shards" and "error" not in st["history"], st["history"]
+        assert st["history"]["users"] == 12
+        for u, r in enumerate(out):   # exclude_seen: the clicks the shard holds are never recommended
+            seen = {f"it{(u * 7 + j) % 60}" for j in range(4)}
+            assert r.error is None and len(r.items) == 3 and not (set(r.items) & seen), (u, r.items)
+    finally:
+        if started:
+            ray.shutdown()
