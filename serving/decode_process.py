@@ -61,6 +61,16 @@ def _connect_ray(ray_address: str | None, cfg) -> None:
                  namespace=cfg.shard_namespace or cfg.indexer_namespace)
 
 
+def _raise_priority(niceness: int) -> None:
+    """Run at ``niceness`` when it is below this process's (needs CAP_SYS_NICE; otherwise unchanged)."""
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if niceness < current:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except OSError:   # not permitted: keep the replica's priority
+        pass
+
+
 def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
     """Build the recommender, say ready (or why not), then serve calls until the pipe closes."""
     import cloudpickle
@@ -69,6 +79,7 @@ def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
 
     try:
         cfg = cloudpickle.loads(cfg_blob)
+        _raise_priority(cfg.process_niceness)
         _connect_ray(ray_address, cfg)
         # the child batches itself (below): no decode thread, no @serve.batch in the way
         rec = Recommender.func_or_class(replace(cfg, batching="serve"))

@@ -46,6 +46,9 @@ class RecommenderConfig:
     (read the sequence shard actors named ``shard_names`` in ``shard_namespace``).
     ``seed_catalog``: optional ``(item_ids, sids [N, D])`` the catalog starts
     from (a tokenizer's catalog); new items arrive through ``item-events``.
+    ``process_niceness``: the nice value of the recommender's child process (``batching="process"``): below
+    the replica's, so that decoding, the work every admitted request waits for, gets a core first when the
+    machine is busy (lowering it needs CAP_SYS_NICE; without it the child keeps the replica's value).
     ``indexer_actor``: name of a running item indexer actor (:func:`actors.item_indexer.item_indexer_actor`,
     in ``indexer_namespace``); when set, the catalog follows its versioned deltas (:class:`serving.live_state.DeltaFeed`:
     the indexer's SIDs) instead of hashing ``item-events`` itself, and ``level_sizes`` must be its tokenizer's.
@@ -72,6 +75,7 @@ class RecommenderConfig:
     batching: str = "process"
     device: str = "auto"
     num_cpus: float = 0.5
+    process_niceness: int = -5
 
     def __post_init__(self) -> None:
         if self.history not in ("kafka", "shards"):
