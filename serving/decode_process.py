@@ -73,7 +73,7 @@ def _raise_priority(niceness: int) -> None:
 
 def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
     """Build the recommender, say ready (or why not), then serve calls until the pipe closes."""
-    import cloudpickle
+    from ray import cloudpickle  # Ray's own copy: a declared dependency
 
     from serving.recommender import Recommender
 
@@ -181,7 +181,7 @@ class RecommenderProcess:
     """
 
     def __init__(self, cfg, start_timeout_s: float = 300.0):
-        import cloudpickle
+        from ray import cloudpickle  # Ray's own copy: a declared dependency
 
         ctx = multiprocessing.get_context("spawn")   # never fork a process that runs Ray's threads
         self._conn, child = ctx.Pipe(duplex=True)
