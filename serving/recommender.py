@@ -100,6 +100,9 @@ class RecommenderConfig:
                              "is free) or 'serve' (@serve.batch, decode on the event loop)")
         if self.num_replicas < 1:
             raise ValueError(f"RecommenderConfig.num_replicas={self.num_replicas} must be >= 1")
+        if not -20 <= self.process_niceness <= 19:
+            raise ValueError(f"RecommenderConfig.process_niceness={self.process_niceness} must be a nice value "
+                             "in -20..19 (lower runs first)")
 
     @property
     def max_ongoing_requests(self) -> int:

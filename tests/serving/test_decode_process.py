@@ -139,6 +139,13 @@ def test_a_killed_child_fails_the_waiting_calls_and_marks_the_process_dead(cfg):
         p.close()
 
 
+def test_a_bad_niceness_is_refused_with_its_range(cfg):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="process_niceness=30.*-20..19"):
+        replace(cfg, process_niceness=30)
+
+
 def test_a_child_that_cannot_start_says_why(cfg):
     from dataclasses import replace
 
