@@ -253,9 +253,9 @@ def cluster_has_gpu(device: str = "auto") -> bool:
 #: Default ``max_batch_size`` by device. On a CPU a batch's decode time grows with its size (measured
 #: here, one thread: 13 ms for 1 request, 15 for 4, 19 for 16), and under overload an admitted request
 #: waits for the batch that is running and then runs in the next one, so its latency is about two batch
-#: decodes: small batches with one batch queued behind them (``max_inflight`` = 2 batches) kept the
-#: admitted p99 under 2x the unloaded one at 500 clients, where batches of 16 did not (BENCHMARKS.md,
-#: ``serving``). On a GPU a decode step costs about the same for 1 or 32 rows; 32 is a starting point
+#: decodes: small batches with one batch queued behind them (``max_inflight`` = 2 batches) gave an
+#: admitted p99 of 1.4-2.3x the unloaded one at 500 clients over seven runs, against 2.2-5.9x with
+#: batches of 16 in the same runs (BENCHMARKS.md, ``serving``, holds the latest). On a GPU a decode step costs about the same for 1 or 32 rows; 32 is a starting point
 #: there, not a measured optimum.
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 32}
 
