@@ -325,27 +325,50 @@ def greedy_session(model: GenerativeRecommender, memory_or_hist, trie, *, sessio
     token = torch.full((B, 1), BOS, dtype=torch.long, device=dev)
     items, sids, scores = [], [], []
     pos = 0
+
+    def forward(tok: Tensor) -> Tensor:
+        nonlocal cache, pos
+        out = model.decode(tok, None, cache, pos)
+        cache, pos = out.cache, pos + 1
+        return out.logits[:, -1]
+
     for _ in range(K):
-        nodes, prefix = trie.root(B).to(dev), torch.zeros(B, dtype=torch.long, device=dev)
-        item_lp = torch.zeros(B, device=dev)
-        for l in range(D):
-            out = model.decode(token, None, cache, pos)
-            cache, pos = out.cache, pos + 1
-            logp = _constrained_logp(out.logits[:, -1], processors, DecodeState(l, nodes, prefix, rows, generated))
-            best_lp, code = logp.max(dim=-1)
-            item_lp = item_lp + best_lp
-            nodes = trie.step(nodes, code).to(dev)
-            prefix = prefix + code * mult[l]
-            sids.append(code)
-            token = code[:, None]
-        item = trie.leaf_item(nodes).to(dev)
-        item = torch.where(torch.isfinite(item_lp) & (item >= 0), item, torch.full_like(item, -1))
+        item, item_lp, codes = greedy_item(forward, token, trie, processors, rows, generated, mult)
+        token = codes[-1][:, None]
         ok = item >= 0
         generated[ok.nonzero(as_tuple=True)[0], item[ok]] = True
         items.append(item)
+        sids += codes
         scores.append(item_lp)
     return SessionOutput(torch.stack(items, 1), torch.stack(sids, 1).view(B, K, D), torch.stack(scores, 1),
                          {"forwards": K * D, "beam_width": 1, "mode": "greedy"})
+
+
+def greedy_item(forward, token: Tensor, trie, processors, rows: Tensor, generated: Tensor | None,
+                mult: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One item for every row by greedy decoding: ``D`` forwards, each row starting at the trie root.
+
+    ``forward(tokens [N, 1]) -> logits [N, K_max]`` runs the decoder one position on
+    (and keeps its cache); ``token`` [N, 1] is each row's next input. Returns the
+    item of each row [N] (-1 where nothing valid was left), its log-probability [N]
+    and the ``D`` codes ([N] each). Shared by :func:`greedy_session` and continuous
+    batching (:mod:`models.continuous_batching`).
+    """
+    n, dev = token.shape[0], token.device
+    nodes, prefix = trie.root(n).to(dev), torch.zeros(n, dtype=torch.long, device=dev)
+    item_lp = torch.zeros(n, device=dev)
+    codes = []
+    for level in range(len(trie.level_sizes)):
+        logp = _constrained_logp(forward(token), processors, DecodeState(level, nodes, prefix, rows, generated))
+        best_lp, code = logp.max(dim=-1)
+        item_lp = item_lp + best_lp
+        nodes = trie.step(nodes, code).to(dev)
+        prefix = prefix + code * mult[level]
+        codes.append(code)
+        token = code[:, None]
+    item = trie.leaf_item(nodes).to(dev)
+    item = torch.where(torch.isfinite(item_lp) & (item >= 0), item, torch.full_like(item, -1))
+    return item, item_lp, codes
 
 
 @torch.no_grad()

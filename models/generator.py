@@ -335,17 +335,29 @@ class GenerativeRecommender(nn.Module):
             vs.append(v)
         return KVCache(cross_k=ks, cross_v=vs, cross_mask=memory.mask)
 
-    def _embed_tokens(self, tokens: Tensor, start: int) -> Tensor:
-        """Decoder inputs [B, T] at absolute positions start.. -> [B, T, d]."""
+    def _embed_tokens(self, tokens: Tensor, start: int | Tensor) -> Tensor:
+        """Decoder inputs [B, T] at absolute positions start.. -> [B, T, d].
+
+        ``start``: one position for every row (int), or one per row (LongTensor [B]: ragged
+        rows of a continuous batch, :meth:`decode_ragged`).
+        """
         D, b, t = self.cfg.sid_len, tokens.shape[0], tokens.shape[1]
-        pos = torch.arange(start, start + t, device=tokens.device)            # [T]
+        pos = self._positions(start, t, tokens.device)                        # [1 | B, T]
         prev_level = (pos - 1) % D                                            # level of the input code
         sizes = self.level_sizes_t[prev_level]
-        codes = torch.minimum(tokens.clamp(min=0), sizes[None, :] - 1)
-        x = self.code_emb(codes + self.level_offsets[prev_level][None, :])    # [B, T, d]
-        x = torch.where((pos == 0)[None, :, None], self.bos.expand(b, t, -1), x)
+        codes = torch.minimum(tokens.clamp(min=0), sizes - 1)
+        x = self.code_emb(codes + self.level_offsets[prev_level])             # [B, T, d]
+        x = torch.where((pos == 0)[..., None], self.bos.expand(b, t, -1), x)
         slot = (pos // D).clamp(max=self.cfg.session_len - 1)
-        return x + self.level_pos(pos % D)[None] + self.slot_pos(slot)[None]
+        return x + self.level_pos(pos % D) + self.slot_pos(slot)
+
+    @staticmethod
+    def _positions(start: int | Tensor, t: int, device) -> Tensor:
+        """Absolute positions [1, T] (int start) or [B, T] (per-row starts [B])."""
+        steps = torch.arange(t, device=device)
+        if isinstance(start, Tensor):
+            return start.to(device)[:, None] + steps[None, :]
+        return (start + steps)[None, :]
 
     def decode(self, tokens: Tensor, memory: Memory | None, cache: KVCache | None = None,
                start: int = 0) -> DecoderOutput:
@@ -381,13 +393,49 @@ class GenerativeRecommender(nn.Module):
         hidden = self.dec_norm(x)                                              # [B, T, d]
         return DecoderOutput(self.project(hidden, start), hidden, cache, aux)
 
-    def project(self, hidden: Tensor, start: int) -> Tensor:
-        """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max]."""
+    def decode_ragged(self, tokens: Tensor, cache: KVCache) -> DecoderOutput:
+        """Run the decoder on rows that are at *different* positions (continuous batching).
+
+        ``cache.self_pad`` [B] says how many leading self-attention columns of each
+        row are padding (a row that joined the batch later has more), so row ``r``
+        is at position ``cache.length - self_pad[r]``; padding columns are masked
+        out of attention, so a row's output is the one it would get decoding alone.
+        ``tokens`` [B, T] are each row's next T inputs. Returns logits [B, T, K_max].
+        """
+        if cache.self_pad is None:
+            raise ValueError("decode_ragged needs a cache with self_pad (KVCache.concat_rows builds one)")
+        b, t = tokens.shape
+        if not bool(cache.self_pad.any()):   # every row at the same position: the plain (unmasked) path
+            return self.decode(tokens, None, cache, cache.length)
+        start = cache.length - cache.self_pad                                  # [B] position of each row
+        x = self.drop(self._embed_tokens(tokens, start))
+        cols = torch.arange(cache.length + t, device=tokens.device)
+        q_cols = cache.length + torch.arange(t, device=tokens.device)
+        self_mask = (cols[None, None, :] >= cache.self_pad[:, None, None]) & (cols[None, None, :] <= q_cols[None, :, None])
+        self_mask = self_mask[:, None]                                          # [B, 1, T, length+T]
+        aux = x.new_zeros(())
+        for i, layer in enumerate(self.dec_layers):
+            x, a = layer(x, cache, i, self_mask)
+            aux = aux + a
+        hidden = self.dec_norm(x)
+        return DecoderOutput(self.project(hidden, start), hidden, cache, aux)
+
+    def project(self, hidden: Tensor, start: int | Tensor) -> Tensor:
+        """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max].
+
+        ``start`` as in :meth:`_embed_tokens` (int, or per-row starts [B]).
+        """
         D, t = self.cfg.sid_len, hidden.shape[1]
-        level = torch.arange(start, start + t, device=hidden.device) % D      # [T]
-        w = self.code_emb(self.out_rows[level])                                # [T, K, d]
-        logits = torch.einsum("btd,tkd->btk", self.out_proj(hidden), w) + self.out_bias[level][None]
-        return logits.masked_fill(~self.out_valid[level][None], float("-inf"))
+        level = self._positions(start, t, hidden.device) % D                  # [1 | B, T]
+        h = self.out_proj(hidden)
+        if level.shape[0] == 1 or bool((level == level[:1]).all()):           # one level per column: shared weights
+            lv = level[0]
+            w = self.code_emb(self.out_rows[lv])                               # [T, K, d]
+            logits = torch.einsum("btd,tkd->btk", h, w) + self.out_bias[lv][None]
+            return logits.masked_fill(~self.out_valid[lv][None], float("-inf"))
+        w = self.code_emb(self.out_rows[level])                                # [B, T, K, d]
+        logits = torch.matmul(w, h[..., None])[..., 0] + self.out_bias[level]  # [B, T, K]
+        return logits.masked_fill(~self.out_valid[level], float("-inf"))
 
     # ---- teacher forcing -----------------------------------------------------------------
 

@@ -24,6 +24,13 @@ request-major groups (row ``r`` uses cross row ``r // group``): expanding a
 request into ``W`` beams and reordering beams *within* their request — all
 beam search ever does — then costs nothing for the (large) memory K/V, and
 the decoder attends with the ``W`` beams' queries stacked on one memory.
+
+Continuous batching (Orca, Yu et al., OSDI 2022: requests join and leave a
+running batch between decoding steps) needs rows at *different* positions in
+one cache. :meth:`concat_rows` merges two caches into one whose rows are
+left-padded to a common length; ``self_pad`` [B] records each row's padding
+columns, which :meth:`models.generator.GenerativeRecommender.decode_ragged`
+masks out. :meth:`trim` drops the columns no row needs any more.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class KVCache:
     (``T`` = :attr:`length`); ``cross_k[i]`` / ``cross_v[i]``: ``[B, H, S, Dh]``;
     ``cross_mask``: ``[B, S]`` bool, True = a real memory position.
     ``group``: rows per cross row (decoder row ``r`` reads cross row ``r // group``).
+    ``self_pad``: ``[B]`` long or None — leading self-attention columns of each row that are
+    padding (ragged rows of a continuous batch; None = every row uses every column).
     """
 
     cross_k: list[Tensor]
@@ -50,6 +59,7 @@ class KVCache:
     self_k: list[Tensor] = field(default_factory=list)
     self_v: list[Tensor] = field(default_factory=list)
     group: int = 1
+    self_pad: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.cross_k) != len(self.cross_v):
@@ -94,6 +104,8 @@ class KVCache:
 
         Used to roll back rejected speculative tokens. ``0 <= n <= length``.
         """
+        if self.self_pad is not None:
+            raise ValueError("truncate() on a ragged cache (self_pad set) is not supported")
         if not 0 <= n <= self.length:
             raise ValueError(f"truncate({n}) outside 0..{self.length} (the cached length)")
         self.self_k = [k[:, :, :n] for k in self.self_k]
@@ -120,7 +132,8 @@ class KVCache:
             cross_mask, group = self.cross_mask.index_select(0, req), 1
         return KVCache(cross_k=list(cross_k), cross_v=list(cross_v), cross_mask=cross_mask,
                        self_k=[k.index_select(0, idx) for k in self.self_k],
-                       self_v=[v.index_select(0, idx) for v in self.self_v], group=group)
+                       self_v=[v.index_select(0, idx) for v in self.self_v], group=group,
+                       self_pad=None if self.self_pad is None else self.self_pad.index_select(0, idx))
 
     def ungrouped(self) -> "KVCache":
         """The same cache with one cross row per decoder row (materialised copy)."""
@@ -128,9 +141,69 @@ class KVCache:
             return self
         req = torch.arange(self.batch_size, device=self.cross_mask.device) // self.group
         return KVCache([k.index_select(0, req) for k in self.cross_k], [v.index_select(0, req) for v in self.cross_v],
-                       self.cross_mask.index_select(0, req), list(self.self_k), list(self.self_v), 1)
+                       self.cross_mask.index_select(0, req), list(self.self_k), list(self.self_v), 1, self.self_pad)
 
     def clone(self) -> "KVCache":
         """An independent copy (tensors are shared until one side appends; append never mutates)."""
         return KVCache(list(self.cross_k), list(self.cross_v), self.cross_mask,
-                       list(self.self_k), list(self.self_v), self.group)
+                       list(self.self_k), list(self.self_v), self.group, self.self_pad)
+
+    # ---- continuous batching ---------------------------------------------------------------
+
+    def pads(self) -> Tensor:
+        """``[B]`` leading padding columns per row (zeros when the cache is not ragged)."""
+        if self.self_pad is not None:
+            return self.self_pad
+        return torch.zeros(self.batch_size, dtype=torch.long, device=self.cross_mask.device)
+
+    @staticmethod
+    def concat_rows(a: "KVCache", b: "KVCache") -> "KVCache":
+        """One cache holding the rows of ``a`` then those of ``b`` (ragged; see module docstring).
+
+        Self-attention K/V are left-padded to the longer length (``self_pad``
+        grows by the padding added); cross-attention K/V are right-padded to the
+        longer memory, the padding masked out of ``cross_mask``.
+        """
+        if a.num_layers != b.num_layers:
+            raise ValueError(f"caches of {a.num_layers} and {b.num_layers} layers cannot be merged")
+        a, b = a.ungrouped(), b.ungrouped()
+        t = max(a.length, b.length)
+        s = max(int(a.cross_mask.shape[1]), int(b.cross_mask.shape[1]))
+
+        def left(x: Tensor, n: int) -> Tensor:      # [B, H, T, Dh] -> [B, H, T + n, Dh]
+            return x if n == 0 else torch.nn.functional.pad(x, (0, 0, n, 0))
+
+        def right(x: Tensor, n: int) -> Tensor:     # [B, H, S, Dh] -> [B, H, S + n, Dh]
+            return x if n == 0 else torch.nn.functional.pad(x, (0, 0, 0, n))
+
+        pa, pb = t - a.length, t - b.length
+        sa, sb = s - int(a.cross_mask.shape[1]), s - int(b.cross_mask.shape[1])
+        cat = torch.cat
+        return KVCache(
+            cross_k=[cat([right(x, sa), right(y, sb)]) for x, y in zip(a.cross_k, b.cross_k)],
+            cross_v=[cat([right(x, sa), right(y, sb)]) for x, y in zip(a.cross_v, b.cross_v)],
+            cross_mask=cat([torch.nn.functional.pad(a.cross_mask, (0, sa), value=False),
+                            torch.nn.functional.pad(b.cross_mask, (0, sb), value=False)]),
+            self_k=[cat([left(x, pa), left(y, pb)]) for x, y in zip(a.self_k, b.self_k)],
+            self_v=[cat([left(x, pa), left(y, pb)]) for x, y in zip(a.self_v, b.self_v)],
+            self_pad=cat([a.pads() + pa, b.pads() + pb]))
+
+    def trim(self) -> "KVCache":
+        """Drop the leading self columns every row pads and the trailing memory columns no row uses.
+
+        After rows have left a continuous batch, the rest may not need the longest
+        rows' columns any more; attention cost follows the trimmed sizes. Returns self.
+        """
+        if self.self_pad is not None and self.batch_size:
+            cut = int(self.self_pad.min())
+            if cut:
+                self.self_k = [k[:, :, cut:] for k in self.self_k]
+                self.self_v = [v[:, :, cut:] for v in self.self_v]
+                self.self_pad = self.self_pad - cut
+        used = self.cross_mask.any(0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 0
+        if self.cross_mask.shape[0] and keep < int(self.cross_mask.shape[1]):
+            self.cross_k = [k[:, :, :keep] for k in self.cross_k]
+            self.cross_v = [v[:, :, :keep] for v in self.cross_v]
+            self.cross_mask = self.cross_mask[:, :keep]
+        return self
