@@ -27,7 +27,8 @@ requests get no answer (the proxy answers 500, a direct client sees the connecti
 for a request killed between its ack and its response that same window applies.
 
 Overload: the ingress admits at most ``max_inflight`` recommend requests (by
-default two recommender batches per replica: one decoding, one queued;
+default what the recommender decodes at once: its rows with continuous
+batching, two static batches without; :func:`serving.recommender.default_max_inflight`;
 optionally an adaptive AIMD limit that keeps admitted latency near
 ``latency_target_ms``); beyond that it answers ``503`` (admitted requests keep
 their latency instead of everybody queueing), with an adaptive, jittered
@@ -38,11 +39,12 @@ validates the body. The recommender's ``max_queued_requests`` back-pressure
 maps to the same answer, and beyond ``max_inflight + ingress_slack`` (+ a
 short queue) Serve itself sheds with 503 + ``Retry-After: shed_retry_after_s``
 (in the proxy, or with direct ingress in the replica's own server).
-Under overload an admitted request waits for the batch that is running when it
-arrives, then runs in the next one, so its latency is about two batch decodes:
-on a CPU, where a batch's decode time grows with its size, small batches
-(``serving.recommender.DEFAULT_MAX_BATCH``) keep it near the unloaded latency
-(BENCHMARKS.md, ``serving``: the overload phase at several batch sizes and limits).
+With static batches an admitted request waits for the batch that is running when
+it arrives, then runs in the next one: about two batch decodes. With continuous
+batching (the default in the colocated topology, :mod:`serving.session_streams`) it
+joins the running rows at the next item boundary and costs one decode at the
+running size (``serving.recommender.DEFAULT_MAX_BATCH`` rows). BENCHMARKS.md,
+``serving``, runs the overload phase at several sizes and limits, static and continuous.
 
 Topology (:data:`TOPOLOGIES`, ``AppSettings.topology``). ``colocated`` (default): every
 ingress replica builds its own recommender (the :class:`serving.recommender.Recommender`
@@ -473,10 +475,13 @@ class Ingress:
         self._adapt(timings["total_ms"])
         return Response(out, media_type="application/json")
 
-    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
-        """Change the recommender's batch size live (the benchmark compares batched vs batch size 1 in one
-        run; in the split topology this reaches one recommender replica)."""
-        return await self.rec.configure_batching.remote(max_batch_size, batch_wait_timeout_s)
+    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None,
+                                 continuous: bool | None = None) -> dict:
+        """Change the recommender's batch size (and continuous batching, in a recommender process) live.
+
+        The benchmark compares settings in one run; in the split topology this reaches one recommender replica.
+        """
+        return await self.rec.configure_batching.remote(max_batch_size, batch_wait_timeout_s, continuous)
 
     def _lag_timings(self) -> dict:
         """Ingress event-loop lag now (ms), reported with each answer (:mod:`serving.loop_lag`)."""

@@ -48,6 +48,9 @@ class RecResult:
     error: str | None = None
 
 
+EMPTY_CATALOG = "the catalog is empty: no item can be recommended yet"
+
+
 class RecommenderBackend(Protocol):
     """What a recommender replica needs from the model side."""
 
@@ -204,16 +207,16 @@ class GeneratorBackend:
                     out[i] = res[j]
         return out  # type: ignore[return-value]
 
-    def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool, heads=None,
-                  version: str = "") -> list[RecResult]:
+    def model_inputs(self, model, hists, exclude_seen: bool):
+        """Histories on the live catalog -> (HistoryBatch on the device, seen mask [B, n_items] or None).
+
+        Items the catalog does not know are dropped from the history. Call with the catalog lock held.
+        """
         import torch
 
         from models.history_features import history_batch
 
         cat = self.catalog
-        n = cat.n_items
-        if len(cat) == 0:
-            return [RecResult(error="the catalog is empty: no item can be recommended yet") for _ in hists]
         items = [cat.indices_of(h.item_ids) for h in hists]
         keep = [it >= 0 for it in items]
         hb = history_batch([it[m] for it, m in zip(items, keep)], cat.item_sids(), model.cfg.max_history,
@@ -221,12 +224,22 @@ class GeneratorBackend:
                            ts=[h.ts[m] for h, m in zip(hists, keep)]).to(self.device)
         seen = None
         if exclude_seen:
-            seen = torch.zeros(len(hists), n, dtype=torch.bool)
+            seen = torch.zeros(len(hists), cat.n_items, dtype=torch.bool)
             for b, (it, m) in enumerate(zip(items, keep)):
                 if m.any():
                     seen[b, torch.as_tensor(it[m])] = True
             seen = seen.to(self.device)
-        mode = decode.get("mode", "beam")
+        return hb, seen
+
+    def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool, heads=None,
+                  version: str = "") -> list[RecResult]:
+        import torch
+
+        cat = self.catalog
+        if len(cat) == 0:
+            return [RecResult(error=EMPTY_CATALOG) for _ in hists]
+        hb, seen = self.model_inputs(model, hists, exclude_seen)
+        mode = decode.get("mode", "greedy")   # DecodeSettings's default, which _decode uses
         try:
             with torch.no_grad():
                 memory = model.encode(hb)
@@ -241,14 +254,15 @@ class GeneratorBackend:
         scores = session.scores.float().cpu().numpy()
         stats = {k2: v for k2, v in (session.stats or {}).items() if isinstance(v, (int, float, str, bool))}
         stats["mode"] = mode
-        results = []
-        for b in range(len(hists)):
-            ok = it[b] >= 0
-            results.append(RecResult(items=[cat.item_ids[i] for i in it[b][ok].tolist()],
-                                     sids=sids[b][ok].tolist(),
-                                     scores=[float(s) if np.isfinite(s) else -1e9 for s in scores[b][ok]],
-                                     stats=dict(stats)))
-        return results
+        return [self.to_result(it[b], sids[b], scores[b], stats) for b in range(len(hists))]
+
+    def to_result(self, items, sids, scores, stats: dict) -> RecResult:
+        """One generated session (item indices [K], codes [K, D], scores [K]) as item ids; -1 items dropped."""
+        items, sids, scores = np.asarray(items), np.asarray(sids), np.asarray(scores, dtype=np.float64)
+        ok = items >= 0
+        ids = self.catalog.item_ids
+        return RecResult(items=[ids[i] for i in items[ok].tolist()], sids=sids[ok].tolist(),
+                         scores=[float(s) if np.isfinite(s) else -1e9 for s in scores[ok]], stats=dict(stats))
 
     def _decode(self, model, memory, k: int, mode: str, decode: dict, seen, exclude_seen: bool, heads=None):
         """Run the arm's decode mode through ``models.decode_modes.generate`` (the one switch every

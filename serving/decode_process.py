@@ -15,8 +15,11 @@ costs ~8 ms per request at concurrency 1.
 What: :class:`RecommenderProcess` spawns one child process that builds the
 same :class:`serving.recommender.Recommender` (backend, live catalog feeds,
 model versions) and serves it over a ``multiprocessing`` pipe (~0.1 ms a
-round trip here). ``recommend`` calls are batched in the child exactly as
-:class:`serving.decode_worker.DecodeWorker` batches them: a batch takes
+round trip here). Greedy ``recommend`` calls are batched continuously
+(``RecommenderConfig.continuous_batching``, default on; :mod:`serving.session_streams`):
+they join the running rows between two items, up to ``max_batch_size`` rows,
+and are answered the moment their session is complete. Other modes are batched
+as :class:`serving.decode_worker.DecodeWorker` batches them: a batch takes
 everything that arrived while the previous one decoded, up to
 ``max_batch_size``, with an optional ``batch_wait_timeout_s`` for company when
 idle. Every other method (status, catalog lookups, model loading, batch-size
@@ -87,13 +90,22 @@ def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
         conn.send([(0, False, RuntimeError(f"recommender process could not start: {type(e).__name__}: {e}"))])
         return
     conn.send([(0, True, os.getpid())])
-    _serve(conn, rec, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+    _serve(conn, rec, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.continuous_batching)
 
 
-def _serve(conn, rec, max_batch: int, batch_wait_s: float) -> None:
-    """The child's loop: take every message that is there, answer plain calls, decode pending batches."""
+def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = False) -> None:
+    """The child's loop: take every message that is there, answer plain calls, decode pending requests.
+
+    Static batching: a batch takes up to ``max_batch`` pending requests and decodes them together.
+    Continuous batching (``continuous``; :mod:`serving.session_streams`): greedy requests join the
+    running rows between two items, up to ``max_batch`` rows, and leave as soon as their session is
+    complete; requests in other modes still decode in static batches, between two items.
+    """
+    from serving.session_streams import SessionStreams
+
     pending: list[tuple[int, object, float]] = []   # (call id, RecRequest, perf_counter when sent)
-    settings = {"max_batch": max_batch, "wait": batch_wait_s}
+    settings = {"max_batch": max_batch, "wait": batch_wait_s, "continuous": bool(continuous)}
+    streams = SessionStreams(rec.backend)
 
     def take(msg) -> None:
         cid, method, args = msg
@@ -109,6 +121,12 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float) -> None:
                 settings["max_batch"] = int(args[0])
                 if len(args) > 1 and args[1] is not None:
                     settings["wait"] = float(args[1])
+                if len(args) > 2 and args[2] is not None:
+                    settings["continuous"] = bool(args[2])
+                out = {**out, "continuous": settings["continuous"]}
+            elif method == "status":
+                out = {**out, "batching": "process", "continuous_batching": settings["continuous"],
+                       **streams.status()}
             reply = (cid, True, out)
         except Exception as e:  # noqa: BLE001 - raised in the parent, where the caller awaits
             reply = (cid, False, _picklable(e))
@@ -116,33 +134,78 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float) -> None:
 
     try:
         while True:
-            if not pending:
+            if not pending and not len(streams):
                 take(conn.recv())                      # idle: block for the next call
             while conn.poll():
                 take(conn.recv())                      # everything that arrived meanwhile
-            if pending and settings["wait"] > 0 and len(pending) < settings["max_batch"]:
+            if pending and not len(streams) and settings["wait"] > 0 and len(pending) < settings["max_batch"]:
                 deadline = time.perf_counter() + settings["wait"]
                 while len(pending) < settings["max_batch"] and conn.poll(max(0.0, deadline - time.perf_counter())):
                     take(conn.recv())
-            if not pending:
-                continue
-            take_n = settings["max_batch"]
-            batch, pending[:take_n] = pending[:take_n], []
-            started = time.perf_counter()
-            rec.batches += 1
-            rec.batched_requests += len(batch)
-            try:
-                outs = rec.backend.recommend([r for _, r, _ in batch])
-                replies = []
-                for (cid, _, arrived), out in zip(batch, outs):
-                    out.stats["batch_wait_ms"] = (started - arrived) * 1e3
-                    replies.append((cid, True, out))
-            except Exception as e:  # noqa: BLE001 - every caller of this batch gets the error
-                err = _picklable(e)
-                replies = [(cid, False, err) for cid, _, _ in batch]
-            _send(conn, replies)
+            if settings["continuous"]:
+                _admit(conn, rec, streams, pending, settings["max_batch"])
+            static = [p for p in pending if not (settings["continuous"] and streams.accepts(p[1]))]
+            if static:
+                batch = static[:settings["max_batch"]]
+                taken = {id(p) for p in batch}
+                pending[:] = [p for p in pending if id(p) not in taken]
+                _static_batch(conn, rec, batch)
+            if len(streams):
+                _stream_step(conn, streams)
     except (EOFError, OSError):   # the parent is gone (its end of the pipe closed): nothing to answer
         return
+
+
+def _admit(conn, rec, streams, pending: list, max_rows: int) -> None:
+    """Move the oldest streamable pending requests into the running rows, up to ``max_rows`` rows."""
+    room = max_rows - len(streams)
+    if room <= 0:
+        return
+    joining = [p for p in pending if streams.accepts(p[1])][:room]
+    if not joining:
+        return
+    taken = {id(p) for p in joining}
+    pending[:] = [p for p in pending if id(p) not in taken]
+    rec.batches += 1
+    rec.batched_requests += len(joining)
+    try:
+        errors = streams.admit([r for _, r, _ in joining], [cid for cid, _, _ in joining],
+                               sent=[sent for _, _, sent in joining])
+        replies = [(cid, True, res) for cid, res in errors]
+    except Exception as e:  # noqa: BLE001 - every joining caller gets the error
+        err = _picklable(e)
+        replies = [(cid, False, err) for cid, _, _ in joining]
+    if replies:
+        _send(conn, replies)
+
+
+def _stream_step(conn, streams) -> None:
+    """One item for every running row; answer the requests whose session is complete."""
+    try:
+        done = streams.step()
+    except Exception as e:  # noqa: BLE001 - the rows' state is unknown: fail them all
+        err = _picklable(e)
+        _send(conn, [(cid, False, err) for cid in streams.abandon()])
+        return
+    if done:
+        _send(conn, [(cid, True, res) for cid, res in done])
+
+
+def _static_batch(conn, rec, batch: list) -> None:
+    """Decode ``batch`` (call id, request, sent at) as one static batch and answer each caller."""
+    started = time.perf_counter()
+    rec.batches += 1
+    rec.batched_requests += len(batch)
+    try:
+        outs = rec.backend.recommend([r for _, r, _ in batch])
+        replies = []
+        for (cid, _, arrived), out in zip(batch, outs):
+            out.stats["batch_wait_ms"] = (started - arrived) * 1e3
+            replies.append((cid, True, out))
+    except Exception as e:  # noqa: BLE001 - every caller of this batch gets the error
+        err = _picklable(e)
+        replies = [(cid, False, err) for cid, _, _ in batch]
+    _send(conn, replies)
 
 
 def _send(conn, replies: list) -> None:
@@ -272,10 +335,12 @@ class RecommenderProcess:
     async def recommend_unbatched(self, req):
         return await self._call("recommend_unbatched", req)
 
-    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
+    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None,
+                                 continuous: bool | None = None) -> dict:
+        """Batch size (rows, with continuous batching), idle wait and continuous batching on/off, live."""
         if not 1 <= int(max_batch_size) <= 1024:
             raise ValueError(f"max_batch_size={max_batch_size} must be in 1..1024")
-        return await self._call("configure_batching", int(max_batch_size), batch_wait_timeout_s)
+        return await self._call("configure_batching", int(max_batch_size), batch_wait_timeout_s, continuous)
 
     async def status(self) -> dict:
         st = await self._call("status")

@@ -10,8 +10,10 @@
   soon as the current one is handed off; see :mod:`serving.decode_worker`).
 * The class is a Serve deployment in the ``split`` topology. In the ``colocated``
   one each ingress replica runs it in a child process (``batching="process"``,
-  :mod:`serving.decode_process`: decoding gets a GIL of its own), or as a plain
-  object in its own process (``"worker"``/``"serve"``; :mod:`serving.local_handle`).
+  :mod:`serving.decode_process`: decoding gets a GIL of its own, and greedy requests are
+  batched continuously, joining the running decode between two items:
+  :mod:`serving.session_streams`), or as a plain object in its own process
+  (``"worker"``/``"serve"``; :mod:`serving.local_handle`).
 * ``max_ongoing_requests`` is sized with the batch (2 × ``max_batch_size``:
   one batch running, one filling) — Serve's default of 5 would cap every
   batch at 5 and collapse under concurrency (DESIGN §7). ``max_queued_requests``
@@ -52,6 +54,10 @@ class RecommenderConfig:
     ``indexer_actor``: name of a running item indexer actor (:func:`actors.item_indexer.item_indexer_actor`,
     in ``indexer_namespace``); when set, the catalog follows its versioned deltas (:class:`serving.live_state.DeltaFeed`:
     the indexer's SIDs) instead of hashing ``item-events`` itself, and ``level_sizes`` must be its tokenizer's.
+    ``continuous_batching``: in a recommender process (``batching="process"``), greedy requests join the running
+    decode between two items and leave when their session is complete (:mod:`serving.session_streams`);
+    ``max_batch_size`` then bounds the rows decoding together. Other modes, and the ``worker``/``serve``
+    batching, use static batches.
     """
 
     kafka: object                       # ingest.kafka_client.KafkaConfig
@@ -76,6 +82,7 @@ class RecommenderConfig:
     device: str = "auto"
     num_cpus: float = 0.5
     process_niceness: int = -5
+    continuous_batching: bool = True
 
     def __post_init__(self) -> None:
         if self.history not in ("kafka", "shards"):
@@ -189,8 +196,13 @@ class Recommender:
         """One request alone (batch size 1): the baseline of the batching benchmark."""
         return self.backend.recommend([req])[0]
 
-    def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None) -> dict:
-        """Change the batch size live (benchmarks compare batched vs batch size 1 in one run)."""
+    def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None,
+                           continuous: bool | None = None) -> dict:
+        """Change the batch size live (benchmarks compare batched vs batch size 1 in one run).
+
+        ``continuous`` only means something in a recommender process (:mod:`serving.decode_process`,
+        which handles it before this is called); here batches are static.
+        """
         self._batched.set_max_batch_size(max_batch_size)
         if batch_wait_timeout_s is not None:
             self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -250,18 +262,30 @@ def cluster_has_gpu(device: str = "auto") -> bool:
         return False
 
 
-#: Default ``max_batch_size`` by device. On a CPU a batch's decode time grows with its size (measured
-#: here, one thread: 13 ms for 1 request, 15 for 4, 19 for 16), and under overload an admitted request
-#: waits for the batch that is running and then runs in the next one, so its latency is about two batch
-#: decodes: small batches with one batch queued behind them (``max_inflight`` = 2 batches) gave an
-#: admitted p99 of 1.4-2.3x the unloaded one at 500 clients over seven runs, against 2.2-5.9x with
-#: batches of 16 in the same runs (BENCHMARKS.md, ``serving``, holds the latest). On a GPU a decode step costs about the same for 1 or 32 rows; 32 is a starting point
-#: there, not a measured optimum.
-DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 32}
+#: Default ``max_batch_size`` by device: the rows decoding together with continuous batching (the default,
+#: :mod:`serving.session_streams`), or the static batch size. Under overload an admitted request costs one
+#: decode at this size with continuous batching (about two with static batches), so the size is where a decode
+#: still costs little more than one request's. Measured (BENCHMARKS.md, ``batching``: encode + 5-item greedy
+#: session, the ``serving`` suite's model): on a CPU core 8 rows cost 1.25x one request and 16 cost 1.5x; on an
+#: H200, 32 rows cost 1.0-1.1x one request (per-step overheads dominate there) and 64 cost 1.6x with the larger
+#: model. In the ``serving`` suite at 500 clients (2-core machine), continuous batching with 8 rows and 8 admitted
+#: answered more per second than static batches of 4 with 8 admitted, at a lower admitted p99 (BENCHMARKS.md).
+DEFAULT_MAX_BATCH = {"cpu": 8, "gpu": 32}
 
 
 def default_max_batch_size(device: str = "auto") -> int:
     return DEFAULT_MAX_BATCH["gpu" if cluster_has_gpu(device) else "cpu"]
+
+
+def default_max_inflight(cfg: RecommenderConfig, topology: str = "colocated") -> int:
+    """Admitted ``/recommend`` per ingress replica before 503, from the recommender's batching.
+
+    Continuous batching (colocated topology, recommender process): the rows, ``max_batch_size`` — an admitted
+    request starts at the next item boundary, and one more would only wait for a row. Static batches:
+    two batches, one decoding and one filling. Times the recommender replicas behind the ingress.
+    """
+    streams = topology == "colocated" and cfg.batching == "process" and cfg.continuous_batching
+    return cfg.max_batch_size * cfg.num_replicas * (1 if streams else 2)
 
 
 def recommender_deployment(cfg: RecommenderConfig):

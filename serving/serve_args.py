@@ -12,10 +12,13 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
       - {version: v1, path: /models/v1.pt}
       - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
     history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
-    max_batch_size: null             # default by device: 4 on CPU, 32 on GPU (serving.recommender.DEFAULT_MAX_BATCH)
+    max_batch_size: null             # default by device: 8 on CPU, 32 on GPU (serving.recommender.DEFAULT_MAX_BATCH);
+                                     # with continuous batching: the rows decoding together
     batch_wait_timeout_s: 0.0        # take what is queued: no wait when the queue is empty
-    max_inflight: null               # default 2 x max_batch_size x recommender_replicas (one batch running,
-                                     # one queued, per recommender); beyond it: 503 + Retry-After
+    continuous_batching: true        # colocated: greedy requests join the running decode between items
+    max_inflight: null               # default (serving.recommender.default_max_inflight): max_batch_size with
+                                     # continuous batching, else 2 x max_batch_size (one batch running, one
+                                     # queued), per recommender replica; beyond it: 503 + Retry-After
     ingress_slack: 1024              # ingress concurrency beyond max_inflight (its 503s carry adaptive Retry-After)
     ingress_queue: 64                # proxy queue in front of the ingress; beyond it the proxy sheds
     shed_retry_after_s: 5            # Retry-After of the proxy's own 503s
@@ -37,14 +40,14 @@ def configs_from_args(args: dict):
     from ingest.kafka_client import KafkaConfig
     from serving.app import AppSettings
     from serving.backend import ModelSpec
-    from serving.recommender import RecommenderConfig, default_max_batch_size
+    from serving.recommender import RecommenderConfig, default_max_batch_size, default_max_inflight
 
     args = dict(args or {})
     known = {"bootstrap", "namespace", "experiments", "admin_token", "level_sizes", "models", "history",
              "shard_names", "shard_namespace", "num_partitions", "max_batch_size", "batch_wait_timeout_s",
              "max_inflight", "recommender_replicas", "ingress_replicas", "max_queued_requests", "max_history",
              "device", "max_k", "latency_target_ms", "indexer_actor", "indexer_namespace", "ingress_slack", "ingress_queue", "shed_retry_after_s",
-             "reject_spread_s", "topology", "rec_transport"}
+             "reject_spread_s", "topology", "rec_transport", "continuous_batching"}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown serve arguments {sorted(unknown)}; known: {sorted(known)}")
@@ -77,11 +80,13 @@ def configs_from_args(args: dict):
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.0)),
         max_queued_requests=int(args.get("max_queued_requests", 256)),
         num_replicas=int(args.get("recommender_replicas", 1)), device=args.get("device", "auto"),
-        indexer_actor=args.get("indexer_actor") or None, indexer_namespace=args.get("indexer_namespace"))
+        indexer_actor=args.get("indexer_actor") or None, indexer_namespace=args.get("indexer_namespace"),
+        continuous_batching=bool(args.get("continuous_batching", True)))
     exp = _resolve_path(args.get("experiments") or "")
     settings = AppSettings(kafka=kafka, experiments=str(exp),
                            admin_token=args.get("admin_token") or os.environ.get("GENREC_ADMIN_TOKEN") or None,
-                           max_inflight=int(args.get("max_inflight") or 2 * rec.max_batch_size * rec.num_replicas),
+                           max_inflight=int(args.get("max_inflight")
+                                            or default_max_inflight(rec, args.get("topology") or "colocated")),
                            num_replicas=int(args.get("ingress_replicas", 1)),
                            latency_target_ms=(float(args["latency_target_ms"]) if args.get("latency_target_ms")
                                               else None), max_k=int(args.get("max_k", 100)),

@@ -15,9 +15,14 @@ def test_serve_config_file_builds_valid_configs(monkeypatch):
     settings, rec = configs_from_args(args)
     assert [m.version for m in rec.models] == ["v1", "v2"]
     assert rec.max_ongoing_requests == 2 * rec.max_batch_size  # sized with the batch
-    # no GPU here: the CPU default batch, and two batches admitted per replica (one decoding, one queued)
-    assert (rec.max_batch_size, settings.max_inflight) == (4, 8)
+    # no GPU here: the CPU default rows, continuous batching, as many admitted per replica as rows decode
+    assert (rec.max_batch_size, settings.max_inflight, rec.continuous_batching) == (8, 8, True)
     assert rec.batching == "process"
+    # static batches (continuous batching off, or the split topology): two batches admitted, one decoding
+    static, static_rec = configs_from_args({**args, "continuous_batching": False})
+    assert static.max_inflight == 16 and not static_rec.continuous_batching
+    split, _ = configs_from_args({**args, "topology": "split"})
+    assert split.max_inflight == 16
     assert settings.experiments.endswith("infra/experiments.yaml")
     from serving.experiments import ExperimentsConfig
 

@@ -97,7 +97,8 @@ def test_every_method_is_forwarded_to_the_child(proc):
     assert versions == ["v1"] and yes is True and no is False
     assert state[0] == "live"
     assert st["pid"] == pid == proc.child_pid and st["decode_process"] and st["catalog_items"] == 60
-    assert conf == {"max_batch_size": 2}
+    assert conf == {"max_batch_size": 2, "continuous": True}
+    assert st["continuous_batching"] is True and st["continuous_steps"] > 0
 
     async def batched():
         return await asyncio.gather(*(proc.recommend(_req(u)) for u in range(6)))
@@ -105,6 +106,33 @@ def test_every_method_is_forwarded_to_the_child(proc):
     assert max(r.stats["batch_size"] for r in asyncio.run(batched())) <= 2   # the child took the new size
     assert one.items and one.error is None
     asyncio.run(proc.configure_batching(8))
+
+
+def test_continuous_and_static_batching_give_the_in_process_answers(cfg, proc):
+    """Greedy requests stream (join the running rows); beam requests beside them decode in static batches;
+    with continuous batching off every request is static. Every answer equals the in-process backend's."""
+    reqs = [RecRequest(f"u{u}", 2 + u % 4, "v1", {"mode": "greedy" if u % 3 else "beam", "beam_width": 2},
+                       bool(u % 2)) for u in range(12)]
+    local = build_backend(cfg)
+    try:
+        want = [(r.items, r.sids) for r in local.recommend(reqs)]
+    finally:
+        for f in local.feeds:
+            f.stop()
+
+    async def run_all(continuous: bool):
+        await proc.configure_batching(8, None, continuous)
+        return await asyncio.gather(*(proc.recommend(r) for r in reqs))
+
+    for continuous in (True, False):
+        got = asyncio.run(run_all(continuous))
+        assert [(r.items, r.sids) for r in got] == want, f"continuous={continuous}"
+        for r, q in zip(got, reqs):
+            assert len(r.items) == q.k and r.error is None
+            streamed = bool(r.stats.get("continuous"))
+            assert streamed == (continuous and q.decode["mode"] == "greedy")
+            assert r.stats["batch_wait_ms"] >= 0 and 1 <= r.stats["batch_size"] <= 8
+    asyncio.run(proc.configure_batching(8, None, True))
 
 
 def test_errors_in_the_child_are_raised_where_the_caller_awaits(proc):
