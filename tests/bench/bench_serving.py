@@ -43,9 +43,11 @@ share a GIL with anything they measure; its CPU use is reported
   ``overload_p99_ratio`` = client-side p99 of admitted requests / unloaded
   client-side p99 (c1, same run); ``overload_server_p99_ratio`` the same for
   the ingress-measured time.
-  ``overload_b{B}_i{L}_*``: the same 500 clients with batch size B and L admitted per replica
-  (:data:`OVERLOAD_SETTINGS`, set live on the same app): bigger batches give more answers per second,
-  and an admitted request waits for the batch that is running, so its latency grows with the batch.
+  ``overload_b{B}_i{L}_{static|continuous}_*``: the same 500 clients with batch size B (rows, for
+  continuous batching) and L admitted per replica (:data:`OVERLOAD_SETTINGS`, set live on the same app).
+  With static batches an admitted request waits for the batch that is running and then decodes in
+  the next; with continuous batching (:mod:`serving.session_streams`) it joins the running rows at
+  the next item boundary.
 * Freshness through the API: ``event_to_rec_p99_ms`` — from posting click
   events on a user's recommended items until a recommend no longer returns
   them (exclude-seen: the events are in the history); ``item_to_rec_p99_ms`` —
@@ -69,9 +71,10 @@ from pathlib import Path
 import numpy as np
 
 SUITE = "serving"
-#: (max_batch_size, max_inflight) the overload phase is also run at, besides the app's defaults: the latency /
-#: throughput trade-off of bigger batches and of admitting more or fewer requests per replica
-OVERLOAD_SETTINGS = ((16, 16), (8, 8), (4, 4))
+#: (max_batch_size, max_inflight, continuous batching) the overload phase is also run at, besides the app's
+#: defaults: static batches (an admitted request waits for the running batch) against continuous batching
+#: (it joins the running rows at the next item), and the latency / throughput trade-off of the sizes
+OVERLOAD_SETTINGS = ((4, 8, False), (8, 16, False), (4, 4, True), (16, 16, True))
 ADMIN = "bench-admin-token-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",
@@ -83,6 +86,10 @@ if __name__ != "__main__":  # the Ray this suite starts serves HTTP on the ingre
     from serving.direct_ingress import enable as _enable_direct_ingress
 
     _enable_direct_ingress()
+
+
+def _mode(continuous: bool) -> str:
+    return "continuous batching, rows" if continuous else "static batches of"
 
 
 def _pct(xs, q) -> float:
@@ -410,7 +417,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 "batch_wait_timeout_s": 0.0, "max_queued_requests": 256, "admin_token": ADMIN,
                 "topology": "colocated"}   # batch size and admission limit: the app's defaults for this device
         settings, rec_cfg = configs_from_args(args)
-        max_batch, max_inflight = rec_cfg.max_batch_size, settings.max_inflight
+        max_batch, max_inflight, continuous = rec_cfg.max_batch_size, settings.max_inflight, rec_cfg.continuous_batching
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             port = free_port()
@@ -438,19 +445,19 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             c64_b16_i64 = _load(url, 64, n_conc, "u", n_users)
             handle.configure_batching.remote(max_batch).result()
             admit(max_inflight)
-            # overload at the app's defaults, then the same 500 clients at other batch sizes and admission
-            # limits (live, same app): the latency / throughput trade-off
+            # overload at the app's defaults, then the same 500 clients at other batch sizes, admission
+            # limits and static vs continuous batching (live, same app): the latency / throughput trade-off
             over_s = 12 if quick else 30
             over = _load(url, 500, 0, "u", n_users, duration_s=over_s)
-            sweep = {(max_batch, max_inflight): over}
-            for batch, lim in OVERLOAD_SETTINGS:
-                if (batch, lim) in sweep:
+            sweep = {(max_batch, max_inflight, continuous): over}
+            for batch, lim, cont in OVERLOAD_SETTINGS:
+                if (batch, lim, cont) in sweep:
                     continue
-                handle.configure_batching.remote(batch).result()
+                handle.configure_batching.remote(batch, None, cont).result()
                 admit(lim)
                 time.sleep(2)   # the previous phase's Retry-After state decays
-                sweep[(batch, lim)] = _load(url, 500, 0, "u", n_users, duration_s=over_s)
-            handle.configure_batching.remote(max_batch).result()
+                sweep[(batch, lim, cont)] = _load(url, 500, 0, "u", n_users, duration_s=over_s)
+            handle.configure_batching.remote(max_batch, None, continuous).result()
             admit(max_inflight)
             ev_ms, item_ms, items_rejected = _freshness(url, n_fresh)
             # the split topology (ingress and batching recommender as two deployments, gRPC handle), c1 only
@@ -504,17 +511,17 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
         "item_to_rec_rejected": len(items_rejected),
     }
-    for (batch, lim), r in sorted(sweep.items(), reverse=True):
-        key = f"overload_b{batch}_i{lim}"
+    for (batch, lim, cont), r in sorted(sweep.items(), reverse=True):
+        key = f"overload_b{batch}_i{lim}_{'continuous' if cont else 'static'}"
         m[f"{key}_rps"] = r["rps"]
         m[f"{key}_admitted_p99_ms"] = _pct(r["lat"], 99)
         m[f"{key}_p99_ratio"] = _pct(r["lat"], 99) / _pct(c1["lat"], 99)
         m[f"{key}_non_503_errors"] = r["errors"] + sum(v for k, v in r["codes"].items() if k not in (200, 503))
     rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
             ("64 (batch 16, all 64 admitted)", c64_b16_i64), ("64 (batch size 1, all 64 admitted)", c64_b1_i64),
-            (f"500 (overload; defaults: batch {max_batch}, {max_inflight} admitted)", over)] + [
-            (f"500 (overload; batch {b}, {lim} admitted)", r) for (b, lim), r in sorted(sweep.items(), reverse=True)
-            if (b, lim) != (max_batch, max_inflight)]
+            (f"500 (overload; defaults: {_mode(continuous)} {max_batch}, {max_inflight} admitted)", over)] + [
+            (f"500 (overload; {_mode(c)} {b}, {lim} admitted)", r)
+            for (b, lim, c), r in sorted(sweep.items(), reverse=True) if (b, lim, c) != (max_batch, max_inflight, continuous)]
     table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
              "| ingress ms | recommender ms | hop + queued behind batch ms | batch wait ms | decode ms | served-log ms "
              "| ingress loop lag ms |",
@@ -529,6 +536,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                      f"{pp['decode_ms']:.1f} | {pp['log_ms']:.1f} | {pp['loop_lag_ms']:.1f} |")
     return {"config": {"items": n_items, "users": n_users, "level_sizes": level_sizes, "model": model_cfg,
                        "decode": decode, "max_batch_size": max_batch, "max_inflight": max_inflight,
+                       "continuous_batching": continuous,
                        "overload_settings": [list(k) for k in sorted(sweep)], "overload_seconds": over_s,
                        "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
                        "requests_concurrent": n_conc, "freshness_probes": n_fresh,
