@@ -263,14 +263,16 @@ def cluster_has_gpu(device: str = "auto") -> bool:
 
 
 #: Default ``max_batch_size`` by device: the rows decoding together with continuous batching (the default,
-#: :mod:`serving.session_streams`), or the static batch size. Under overload an admitted request costs one
-#: decode at this size with continuous batching (about two with static batches), so the size is where a decode
-#: still costs little more than one request's. Measured (BENCHMARKS.md, ``batching``: encode + 5-item greedy
-#: session, the ``serving`` suite's model): on a CPU core 8 rows cost 1.25x one request and 16 cost 1.5x; on an
-#: H200, 32 rows cost 1.0-1.1x one request (per-step overheads dominate there) and 64 cost 1.6x with the larger
-#: model. In the ``serving`` suite at 500 clients (2-core machine), continuous batching with 8 rows and 8 admitted
-#: answered more per second than static batches of 4 with 8 admitted, at a lower admitted p99 (BENCHMARKS.md).
-DEFAULT_MAX_BATCH = {"cpu": 8, "gpu": 32}
+#: :mod:`serving.session_streams`), or the static batch size; by default as many requests are admitted per
+#: replica as rows decode (:func:`default_max_inflight`). Under overload an admitted request then costs one
+#: decode at this size. On a CPU the size trades answers per second for admitted latency: in the ``serving``
+#: suite at 500 clients on the 2-core dev machine (six runs, every setting in each run on one app; BENCHMARKS.md
+#: holds the latest), 4 rows with 4 admitted kept the admitted p99 at 1.25-1.58x the unloaded p99 (76-90
+#: answers/s), 8 rows with 8 admitted at 1.45-2.00x (120-200 answers/s), and the old static batches of 4 with
+#: 8 admitted at 1.64-2.20x (104-165 answers/s). The issue's bound is 2x, so the CPU default is 4; raise
+#: ``max_batch_size`` for throughput. On an H200 a decode step costs about the same for 1 to 32 rows
+#: (BENCHMARKS.md, ``batching``): 32 there (its overload latency is not measured: no Ray on that machine).
+DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 32}
 
 
 def default_max_batch_size(device: str = "auto") -> int:

@@ -12,7 +12,7 @@ The keys (all optional but ``bootstrap``), as written under ``args:`` in
       - {version: v1, path: /models/v1.pt}
       - {version: v2, seed: 2, config: {d_model: 64, heads: 2, enc_layers: 1, dec_layers: 1}}
     history: kafka                   # or shards (+ shard_names, shard_namespace, num_partitions)
-    max_batch_size: null             # default by device: 8 on CPU, 32 on GPU (serving.recommender.DEFAULT_MAX_BATCH);
+    max_batch_size: null             # default by device: 4 on CPU, 32 on GPU (serving.recommender.DEFAULT_MAX_BATCH);
                                      # with continuous batching: the rows decoding together
     batch_wait_timeout_s: 0.0        # take what is queued: no wait when the queue is empty
     continuous_batching: true        # colocated: greedy requests join the running decode between items

@@ -36,7 +36,7 @@ share a GIL with anything they measure; its CPU use is reported
   waiting ``Retry-After`` after a 503 (the server's Retry-After is adaptive and
   jittered, and each 503 is answered after a random sub-second delay: :mod:`serving.admission`),
   at the app's defaults for this device (batch size and admission limit:
-  :data:`serving.recommender.DEFAULT_MAX_BATCH`, two batches admitted per replica).
+  :data:`serving.recommender.DEFAULT_MAX_BATCH` rows decoding continuously, as many admitted per replica).
   ``overload_admitted_p99_ms_after_5s``
   leaves out requests sent in the first 5 s (the initial burst of 500). ``overload_non_503_errors`` counts answers that
   are neither 200 nor 503, 503s without Retry-After and connection errors;
@@ -74,7 +74,7 @@ SUITE = "serving"
 #: (max_batch_size, max_inflight, continuous batching) the overload phase is also run at, besides the app's
 #: defaults: static batches (an admitted request waits for the running batch) against continuous batching
 #: (it joins the running rows at the next item), and the latency / throughput trade-off of the sizes
-OVERLOAD_SETTINGS = ((4, 8, False), (8, 16, False), (4, 4, True), (16, 16, True))
+OVERLOAD_SETTINGS = ((4, 8, False), (8, 16, False), (8, 8, True), (16, 16, True))
 ADMIN = "bench-admin-token-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",

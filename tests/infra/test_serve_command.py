@@ -16,13 +16,13 @@ def test_serve_config_file_builds_valid_configs(monkeypatch):
     assert [m.version for m in rec.models] == ["v1", "v2"]
     assert rec.max_ongoing_requests == 2 * rec.max_batch_size  # sized with the batch
     # no GPU here: the CPU default rows, continuous batching, as many admitted per replica as rows decode
-    assert (rec.max_batch_size, settings.max_inflight, rec.continuous_batching) == (8, 8, True)
+    assert (rec.max_batch_size, settings.max_inflight, rec.continuous_batching) == (4, 4, True)
     assert rec.batching == "process"
     # static batches (continuous batching off, or the split topology): two batches admitted, one decoding
     static, static_rec = configs_from_args({**args, "continuous_batching": False})
-    assert static.max_inflight == 16 and not static_rec.continuous_batching
+    assert static.max_inflight == 8 and not static_rec.continuous_batching
     split, _ = configs_from_args({**args, "topology": "split"})
-    assert split.max_inflight == 16
+    assert split.max_inflight == 8
     assert settings.experiments.endswith("infra/experiments.yaml")
     from serving.experiments import ExperimentsConfig
 
