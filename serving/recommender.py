@@ -266,12 +266,14 @@ def cluster_has_gpu(device: str = "auto") -> bool:
 #: :mod:`serving.session_streams`), or the static batch size; by default as many requests are admitted per
 #: replica as rows decode (:func:`default_max_inflight`). Under overload an admitted request then costs one
 #: decode at this size. On a CPU the size trades answers per second for admitted latency: in the ``serving``
-#: suite at 500 clients on the 2-core dev machine (six runs, every setting in each run on one app; BENCHMARKS.md
-#: holds the latest), 4 rows with 4 admitted kept the admitted p99 at 1.25-1.58x the unloaded p99 (76-90
-#: answers/s), 8 rows with 8 admitted at 1.45-2.00x (120-200 answers/s), and the old static batches of 4 with
-#: 8 admitted at 1.64-2.20x (104-165 answers/s). The issue's bound is 2x, so the CPU default is 4; raise
-#: ``max_batch_size`` for throughput. On an H200 a decode step costs about the same for 1 to 32 rows
-#: (BENCHMARKS.md, ``batching``): 32 there (its overload latency is not measured: no Ray on that machine).
+#: suite at 500 clients on the 2-core dev machine (eight runs, every setting in each run on one app; BENCHMARKS.md
+#: holds the latest), 4 rows with 4 admitted kept the admitted p99 at 1.25-2.03x the unloaded p99 (at most 2x
+#: in seven of the eight), 8 rows with 8 admitted at 1.45-2.60x (six of eight), and the old static batches of 4
+#: with 8 admitted at 1.64-2.44x (two of eight). In the latest run those answered 106, 182 and 148 requests/s.
+#: The issue's bound is 2x, so the CPU default is 4; raise ``max_batch_size`` for throughput. On an H200
+#: (BENCHMARKS.md, ``batching``, two runs) 32 rows cost 1.0-1.07x one request with the ``serving`` model and
+#: 1.0-1.4x with a 4-layer d=256 decoder, 64 rows up to 1.6x: 32 there (its overload latency is not
+#: measured: that machine has no Ray).
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 32}
 
 

@@ -132,7 +132,10 @@ async def _load_async(url: str, n_clients: int, n_requests: int, user_prefix: st
             elif code == 503:
                 if ra is None:
                     errors += 1
-                await asyncio.sleep(float(ra or 1))
+                wait = float(ra or 1)
+                if duration_s is not None:   # a timed run ends on time: no back-off past its end stretches the wall
+                    wait = min(wait, max(0.0, duration_s - (time.perf_counter() - t0)))
+                await asyncio.sleep(wait)
 
     conn = aiohttp.TCPConnector(limit=n_clients + 8)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as s:
@@ -144,12 +147,17 @@ async def _load_async(url: str, n_clients: int, n_requests: int, user_prefix: st
 def _load(url: str, n_clients: int, n_requests: int, user_prefix: str, n_users: int,
           duration_s: float | None = None) -> dict:
     """Run :func:`_load_async` in a child process (this file as a script); summarize its answers."""
-    args = json.dumps([url, n_clients, n_requests, user_prefix, n_users, duration_s])
+    import tempfile
+
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, __file__, args], capture_output=True, text=True, env=env, timeout=900)
-    if p.returncode != 0:
-        raise RuntimeError(f"load generator failed: {p.stderr[-2000:]}")
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:   # answers come back in a file: a pipe cut long output short
+        out_path = os.path.join(tmp, "load.json")
+        args = json.dumps([url, n_clients, n_requests, user_prefix, n_users, duration_s, out_path])
+        p = subprocess.run([sys.executable, __file__, args], capture_output=True, text=True, env=env, timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(f"load generator failed: {p.stderr[-2000:]}")
+        with open(out_path) as f:
+            r = json.load(f)
     r["codes"] = {int(k): v for k, v in r["codes"].items()}
     parts = r.pop("parts")
     r["parts"] = {k: _pct([x.get(k, np.nan) for x in parts], 50) if parts else float("nan") for k in STAGES}
@@ -169,7 +177,7 @@ def _child_main(argv: list[str]) -> None:
     import gc
     import resource
 
-    url, n_clients, n_requests, prefix, n_users, duration_s = json.loads(argv[0])
+    url, n_clients, n_requests, prefix, n_users, duration_s, out_path = json.loads(argv[0])
     try:
         import uvloop
 
@@ -180,11 +188,11 @@ def _child_main(argv: list[str]) -> None:
     gc.disable()
     out = asyncio.run(_load_async(url, n_clients, n_requests, prefix, n_users, duration_s))
     gc.enable()
-    os.set_blocking(sys.stdout.fileno(), True)   # libuv leaves stdio non-blocking: a long print would be cut
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu_s"] = ru.ru_utime + ru.ru_stime
     out["codes"] = {str(k): v for k, v in out["codes"].items()}
-    print(json.dumps(out))
+    with open(out_path, "w") as f:   # not stdout: libuv leaves stdio non-blocking, and a long print was cut
+        json.dump(out, f)
 
 
 # ---- freshness ------------------------------------------------------------------------------
