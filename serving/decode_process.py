@@ -142,13 +142,10 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = Fa
                 deadline = time.perf_counter() + settings["wait"]
                 while len(pending) < settings["max_batch"] and conn.poll(max(0.0, deadline - time.perf_counter())):
                     take(conn.recv())
-            if settings["continuous"]:
-                _admit(conn, rec, streams, pending, settings["max_batch"])
-            static = [p for p in pending if not (settings["continuous"] and streams.accepts(p[1]))]
-            if static:
-                batch = static[:settings["max_batch"]]
-                taken = {id(p) for p in batch}
-                pending[:] = [p for p in pending if id(p) not in taken]
+            joining, batch = _take(pending, streams, settings["continuous"], settings["max_batch"])
+            if joining:
+                _admit(conn, rec, streams, joining)
+            if batch:
                 _static_batch(conn, rec, batch)
             if len(streams):
                 _stream_step(conn, streams)
@@ -156,16 +153,23 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = Fa
         return
 
 
-def _admit(conn, rec, streams, pending: list, max_rows: int) -> None:
-    """Move the oldest streamable pending requests into the running rows, up to ``max_rows`` rows."""
-    room = max_rows - len(streams)
-    if room <= 0:
-        return
-    joining = [p for p in pending if streams.accepts(p[1])][:room]
-    if not joining:
-        return
-    taken = {id(p) for p in joining}
-    pending[:] = [p for p in pending if id(p) not in taken]
+def _take(pending: list, streams, continuous: bool, max_batch: int) -> tuple[list, list]:
+    """Split the pending requests, oldest first, into those that join the running rows now (up to the free
+    rows; streamable ones with continuous batching) and the next static batch (the others, up to
+    ``max_batch``). The rest stay pending, in order."""
+    room = max_batch - len(streams) if continuous else 0
+    joining, batch, rest = [], [], []
+    for p in pending:
+        if continuous and streams.accepts(p[1]):
+            (joining if len(joining) < room else rest).append(p)
+        else:
+            (batch if len(batch) < max_batch else rest).append(p)
+    pending[:] = rest
+    return joining, batch
+
+
+def _admit(conn, rec, streams, joining: list) -> None:
+    """Add ``joining`` (call id, request, sent at) to the running rows; answer at once those that fail."""
     rec.batches += 1
     rec.batched_requests += len(joining)
     try:

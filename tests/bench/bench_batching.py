@@ -131,15 +131,16 @@ def _measure(dev: str, name: str, cfg: dict, batches, reps: int, rng) -> dict:
         overheads.append(cont / static_ms[b])
     m[f"{key}_continuous_overhead"] = statistics.median(overheads)
     m[f"{key}_rows_at_1_25x"] = max(b for b in batches if static_ms[b] <= 1.25 * static_ms[batches[0]])
-    m[f"{key}_identical"] = _identical(model, trie, index, inputs, static, min(16, max(batches)))
+    m[f"{key}_identical"] = _identical(model, trie, index, inputs, min(16, max(batches)))
     return m
 
 
-def _identical(model, trie, index, inputs, static, b: int) -> float:
+def _identical(model, trie, index, inputs, b: int) -> float:
     """Fraction of b requests whose session from a staggered continuous batch equals their solo session."""
     import torch
 
     from models.continuous_batching import ContinuousGreedy
+    from models.decoding import default_processors, greedy_session
 
     hb, seen = inputs(b)
     solo = []
@@ -147,8 +148,6 @@ def _identical(model, trie, index, inputs, static, b: int) -> float:
         one = torch.zeros(b, dtype=torch.bool)
         one[i] = True
         with torch.no_grad():
-            from models.decoding import default_processors, greedy_session
-
             h1 = type(hb)(*(t[one] for t in hb))
             procs = default_processors(trie, seen=seen[one], no_repeat=True, index=index, n_items=index.n_items)
             out = greedy_session(model, model.encode(h1), trie, session_len=SESSION, processors=procs)
