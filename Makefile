@@ -4,8 +4,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Ray 2.60 writes an auth token under ~/.ray unless told otherwise; local runs stay on loopback.
-export RAY_AUTH_MODE ?= disabled
+# Ray runs with token authentication (infra/ray_auth.py, SECURITY.md): a local Ray's token is generated in
+# ~/.ray/auth_token. Only the tests and benchmarks set RAY_AUTH_MODE=disabled (tests/conftest.py): local clusters.
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1

@@ -1,6 +1,6 @@
 """Atomic checkpoints: a state payload *and* the Kafka offsets it reflects, in one file.
 
-Exactly-once state (DESIGN.md §4) rests on one invariant: the offsets stored
+Exactly-once state (docs/architecture.md §4) rests on one invariant: the offsets stored
 with a state are exactly the offsets that state has consumed up to. Both are
 therefore written in a single file, and that file appears atomically:
 

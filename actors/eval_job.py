@@ -4,10 +4,10 @@ Reads an interaction log from any source genrec knows — ``synthetic``,
 ``ml100k``, an interactions CSV/TSV, a SASRec-style text file (through
 :func:`ingest.datasets.load_dataset`) or the Parquet archive (a directory of
 ``user-events`` Parquet files) — keeps the engaged events (implicit positive
-feedback), splits leave-one-out (:mod:`models.splits`), trains each model on
+feedback), splits leave-one-out (:mod:`models.evaluation.splits`), trains each model on
 the training part with early stopping on the validation item, and ranks the
-whole catalog for every test user (:mod:`models.metrics`). Every model gets
-the same histories and the same seen-item rule (:mod:`models.ranker`), and
+whole catalog for every test user (:mod:`models.evaluation.metrics`). Every model gets
+the same histories and the same seen-item rule (:mod:`models.evaluation.ranker`), and
 the job *checks* the rule: a model that returns a seen item is reported.
 
 The generator needs semantic IDs: exactly as ``genrec train`` does
@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from models.budget import CLOCKS
+from models.evaluation.budget import CLOCKS
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _load_archive(path: Path, type_idx: dict[str, int]) -> InteractionLog:
 
 
 def split_log(log_: InteractionLog, max_users: int = 0):
-    from models.splits import SplitConfig, leave_one_out
+    from models.evaluation.splits import SplitConfig, leave_one_out
 
     return leave_one_out(log_.users, log_.items, log_.ts, log_.types, SplitConfig(max_users=max_users))
 
@@ -206,7 +206,7 @@ def semantic_ids(split, titles: dict[str, str], cfg: "EvalConfig", seed: int):
 def _evaluate(ranker, cases, n_items: int, n: int) -> dict[str, float]:
     import torch
 
-    from models.metrics import evaluate_ranking, seen_rate
+    from models.evaluation.metrics import evaluate_ranking, seen_rate
 
     t0 = time.perf_counter()
     ranked = []
@@ -220,7 +220,7 @@ def _evaluate(ranker, cases, n_items: int, n: int) -> dict[str, float]:
 
 
 def run_popularity(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
-    from models.popularity import PopularityRanker
+    from models.baselines.popularity import PopularityRanker
 
     t0 = time.perf_counter()
     model = PopularityRanker(split.n_items).fit(split.train_valid())
@@ -228,7 +228,7 @@ def run_popularity(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]
 
 
 def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
-    from models.sasrec import SASRec, SASRecConfig
+    from models.baselines.sasrec import SASRec, SASRecConfig
 
     kw = {**cfg.sasrec, "seed": seed}
     if cfg.budget_s and not kw.get("max_seconds"):
@@ -243,13 +243,13 @@ def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
 
     model.fit(split.train(), split.valid(), on_epoch=on_epoch)
     return model, {"train_s": time.perf_counter() - t0, "best_epoch": model.best_epoch,
-                   "epochs": len(model.history)}
+                   "epochs": len(model.history), "train_targets": model.train_targets}
 
 
 def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None], titles=None):
-    from models.generator import GeneratorConfig
-    from models.generator_ranker import GeneratorRanker
-    from models.training import TrainConfig, fit_generator
+    from models.generator.model import GeneratorConfig
+    from models.evaluation.generator_ranker import GeneratorRanker
+    from models.generator.training import TrainConfig, fit_generator
 
     t0 = time.perf_counter()
     item_sids, sizes, version, emb = semantic_ids(split, titles or {}, cfg, seed)
@@ -273,7 +273,7 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     ranker = GeneratorRanker(model, item_sids, beam_width=max(cfg.beam_width, cfg.n))
     info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch, "epochs": rep.epochs_run,
             "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,
-            "n_params": rep.n_params}
+            "n_params": rep.n_params, "train_targets": rep.train_targets}
     return ranker, info
 
 

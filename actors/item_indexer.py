@@ -1,6 +1,6 @@
 """Item indexer: ``item-events`` → embeddings → semantic IDs → catalog (trie + faiss), live.
 
-The streaming half of the semantic-ID pipeline (DESIGN.md §4):
+The streaming half of the semantic-ID pipeline (docs/architecture.md §4):
 
 1. consume ``item-events`` with a manually assigned :class:`ContractConsumer`
    (malformed messages are dead-lettered by the loop itself);
@@ -73,8 +73,8 @@ from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
 from ingest.kafka_client import KafkaConfig, as_config
 from ingest.producer import EventProducer
 from ingest.topics import partition_count
-from models.catalog import Catalog, CatalogConfig, CatalogDelta
-from models.tokenizer import Tokenizer, tokenizer_from_bytes, tokenizer_to_bytes
+from models.sid.catalog import Catalog, CatalogConfig, CatalogDelta
+from models.sid.tokenizer import Tokenizer, tokenizer_from_bytes, tokenizer_to_bytes
 
 log = logging.getLogger(__name__)
 

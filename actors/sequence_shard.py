@@ -1,7 +1,7 @@
 """A sequence shard: Kafka partitions → per-user ring buffers, exactly once, as a Ray actor.
 
 Each shard owns a fixed set of ``user-events`` partitions through manual
-``assign()`` (the Flink pattern, DESIGN.md §4; the map is in
+``assign()`` (the Flink pattern, docs/architecture.md §4; the map is in
 :mod:`actors.router`). A background thread runs the loop
 
     poll a micro-batch (ContractConsumer.poll_records: decode + validate a
@@ -47,7 +47,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from actors.actor_fleet import RuntimeActor
 from actors.checkpoint import CheckpointConfig, CheckpointStore
+from actors.compat_ray import set_concurrency_group
 from actors.sequence_state import SequenceConfig, SequenceState
 from ingest.codec_batch import UserEventColumns, UserEventColumnsDecoder
 from ingest.consumer_loop import ConsumerConfig, ContractConsumer
@@ -494,13 +496,14 @@ class ShardRuntime:
         }
 
 
-class SequenceShard:
+class SequenceShard(RuntimeActor):
     """The Ray actor: a :class:`ShardRuntime` started in ``__init__`` (so a restart recovers).
 
     Create it through :func:`shard_actor_class` (``ray.remote`` with
     ``max_restarts``; ``histories()`` runs in its own ``reads`` concurrency
     group, so serving reads never queue behind ``status()``/``stop()`` calls
-    in the default group) — the supervisor does this.
+    in the default group) — the supervisor does this. ``status``, ``pid``,
+    ``ping`` and ``stop`` come from :class:`~actors.actor_fleet.RuntimeActor`.
     """
 
     def __init__(self, config: ShardConfig):
@@ -516,24 +519,11 @@ class SequenceShard:
     def histories(self, user_ids, max_len: int | None = None) -> dict:
         return self.runtime.histories(user_ids, max_len)
 
-    def status(self) -> dict:
-        return self.runtime.status()
-
     def set_item_sids(self, item_ids, slots) -> int:
         return self.runtime.set_item_sids(item_ids, slots)
 
     def snapshot(self) -> dict:
         return self.runtime.snapshot()
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def ping(self) -> bool:
-        return True
-
-    def stop(self, checkpoint: bool = True) -> dict:
-        self.runtime.stop(checkpoint=checkpoint)
-        return self.runtime.status()
 
 
 def _columns(records) -> UserEventColumns:
@@ -565,7 +555,7 @@ def _set_niceness(target: int) -> None:
 
 
 READS_GROUP = "reads"
-SequenceShard.histories.__ray_concurrency_group__ = READS_GROUP  # what @ray.method(concurrency_group=) sets
+set_concurrency_group(SequenceShard.histories, READS_GROUP)
 
 
 def shard_actor_class(read_threads: int = 4):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field, replace
 
+from actors.actor_fleet import Monitor, create_named, recreate_dead, status_rows, stop_all
 from actors.checkpoint import CheckpointConfig
 from actors.router import SequenceRouter, partitions_of_shard
 from actors.sequence_shard import ShardConfig, shard_actor_class
@@ -92,8 +92,7 @@ class SequenceSupervisor:
         self.recreated = 0
         self._pids: dict[int, int] = {}
         self.restarts_seen: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._monitor: threading.Thread | None = None
+        self._monitor: Monitor | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,22 +119,14 @@ class SequenceSupervisor:
         self.shards = [self._create(i) for i in range(n)]
         self.restarts_seen = {i: 0 for i in range(n)}
         if cfg.monitor_s:
-            self._monitor = threading.Thread(target=self._watch, name="seq-supervisor", daemon=True)
-            self._monitor.start()
+            self._monitor = Monitor(self.check, cfg.monitor_s, "sequence supervisor").start()
         return self
 
     def _create(self, i: int):
         cfg = self.config
-        cls = shard_actor_class(read_threads=cfg.max_concurrency)
-        for attempt in range(50):
-            try:
-                return cls.options(name=cfg.shard_name(i), max_restarts=cfg.max_restarts, max_task_retries=3,
-                                   max_concurrency=cfg.max_concurrency, num_cpus=cfg.num_cpus,
-                                   **cfg.extra).remote(self.shard_configs[i])
-            except ValueError as e:  # the dead actor's name is released asynchronously
-                if "already" not in str(e) or attempt == 49:
-                    raise
-                time.sleep(0.2)
+        return create_named(shard_actor_class(read_threads=cfg.max_concurrency), cfg.shard_name(i),
+                            self.shard_configs[i], max_restarts=cfg.max_restarts, max_task_retries=3,
+                            max_concurrency=cfg.max_concurrency, num_cpus=cfg.num_cpus, **cfg.extra)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until every shard answers (worker processes started, checkpoints loaded)."""
@@ -145,56 +136,21 @@ class SequenceSupervisor:
 
     def check(self, timeout_s: float = 10.0) -> list[int]:
         """Re-create shards Ray has given up on; returns the shard ids re-created."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        redone = []
         with self._lock:
-            for i, s in enumerate(self.shards):
-                try:
-                    pid = ray.get(s.pid.remote(), timeout=timeout_s)
-                except GetTimeoutError:
-                    continue  # busy or restarting: Ray is on it
-                except RayActorError:
-                    log.warning("sequence shard %d is dead; re-creating it from its checkpoint", i)
-                    try:
-                        ray.kill(s, no_restart=True)
-                    except Exception:  # noqa: BLE001 - already gone
-                        pass
-                    self.shards[i] = self._create(i)
-                    self.recreated += 1
-                    redone.append(i)
-                    continue
+            redone, pids = recreate_dead(self.shards, self._create, "sequence shard", timeout_s)
+            self.recreated += len(redone)
+            for i, pid in pids.items():
                 old = self._pids.get(i)
                 if old is not None and old != pid:
                     self.restarts_seen[i] = self.restarts_seen.get(i, 0) + 1
                 self._pids[i] = pid
         return redone
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.config.monitor_s):
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - the monitor must outlive hiccups
-                log.exception("sequence supervisor check failed")
-
     def shutdown(self, checkpoint: bool = True, timeout_s: float = 30.0) -> None:
         """Stop the monitor, let every shard write a final checkpoint, then kill the actors."""
-        import ray
-
-        self._stop.set()
         if self._monitor is not None:
-            self._monitor.join(timeout=timeout_s)
-        refs = [s.stop.remote(checkpoint) for s in self.shards]
-        try:
-            ray.get(refs, timeout=timeout_s)
-        except Exception:  # noqa: BLE001 - a dead shard has nothing left to flush
-            pass
-        for s in self.shards:
-            try:
-                ray.kill(s, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
+            self._monitor.stop(timeout_s)
+        stop_all(self.shards, checkpoint, timeout_s)
         self.shards = []
 
     def __enter__(self) -> "SequenceSupervisor":
@@ -220,19 +176,9 @@ class SequenceSupervisor:
 
     def status(self, timeout_s: float = 10.0) -> dict:
         """``{"shards": [per-shard dict], "total": {...}}``; a shard that does not answer says so."""
-        import ray
-
-        refs = [s.status.remote() for s in self.shards]
-        rows = []
-        for i, r in enumerate(refs):
-            try:
-                st = ray.get(r, timeout=timeout_s)
-                st["state"] = "running"
-            except Exception as e:  # noqa: BLE001 - restarting or dead, reported not raised
-                st = {"shard": i, "state": f"unavailable ({type(e).__name__})",
-                      "partitions": list(self.shard_configs[i].partitions)}
+        rows = status_rows(self.shards, "shard", lambda i: self.shard_configs[i].partitions, timeout_s)
+        for i, st in enumerate(rows):
             st["restarts_seen"] = self.restarts_seen.get(i, 0)
-            rows.append(st)
         live = [r for r in rows if r["state"] == "running"]
         total = {
             "shards": len(rows),

@@ -14,7 +14,7 @@ sentence-transformers' output to ~1e-6, see the tests), with:
 
 * one call into the Rust tokenizer for all texts of a batch (no padding, no
   per-batch tensor conversion), then batches *sorted by token length*;
-* the default ``backend='packed'`` runs models/packed_bert.py: the same BERT
+* the default ``backend='packed'`` runs models/text/packed_bert.py: the same BERT
   weights, but every Linear and LayerNorm sees only real tokens (packed, no
   padding rows), Q/K/V are one fused GEMM, and there is none of the
   per-call overhead of ``transformers``' forward — which dominates the
@@ -30,29 +30,17 @@ sentence-transformers' output to ~1e-6, see the tests), with:
 * on CPU, ``threads`` = N runs the length-sorted sub-batches on N Python
   worker threads with *one* intra-op thread each (``torch.set_num_threads``
   is per thread under torch's OpenMP backend, so the caller's setting is left
-  alone). Measured on the 2-core development machine, all-MiniLM-L6-v2 fp32
-  at 20-30 word pieces: ~130 items per CPU-second whatever the variant —
-  SDPA attention (transformers' default; eager is ~15% slower),
-  ``inference_mode`` vs ``no_grad`` (equal), sub-batches of 16/32/64 (equal;
-  8 is ~10% slower), ONNX Runtime 1.31 (equal, so not worth a dependency),
-  bf16 autocast (8x *slower*: this CPU has AVX2 but no AVX512-BF16/AMX).
-  The model is compute-bound at ~70% of one core's fp32 FMA peak, so the
-  only lever left is using both cores, and how matters: two OpenMP intra-op
-  threads per op cost 2x the CPU per item once the machine has other tenants
-  (fork/join barriers spin), while two workers on separate sub-batches keep
-  the one-thread efficiency (the ``sids`` benchmark reports both);
+  alone). The model is compute-bound on one core, so the lever is using both cores: two workers on
+  separate sub-batches keep one-thread efficiency, where two OpenMP threads per op spin at their
+  fork/join barriers once the machine has other tenants (decision 011; the ``sids`` benchmark);
 * optional int8 dynamic quantisation of every ``nn.Linear``
   (``torch.ao.quantization.quantize_dynamic``, per-channel weights; fbgemm
   kernels on x86 CPUs). Dynamic quantisation picks one activation scale per
   *input tensor*, so a batched int8 forward makes an item's embedding depend
-  on which other texts share its batch (measured on MovieLens: cosine 0.98
-  between two batchings, 7-9% of SIDs different) — that would break the
-  indexer's crash determinism. The int8 mode therefore runs one text per
-  forward: its result depends on the text alone. Its cost is fidelity:
-  cosine ≈ 0.98 to fp32 and ~10% of SIDs differ from the fp32 ones (the
-  ``sids`` benchmark reports both), so a tokenizer must be fitted on
-  embeddings from the same mode as the indexer uses — and it is not faster
-  here (one-text forwards: ~90 items per CPU-second vs fp32's ~130).
+  on which other texts share its batch — that would break the indexer's crash determinism. The
+  int8 mode therefore runs one text per forward, so its result depends on the text alone. It moves a
+  share of SIDs against fp32, so a tokenizer must be fitted on embeddings from the same mode as the
+  indexer uses (the ``sids`` benchmark reports both).
   Default: fp32.
 """
 
@@ -94,7 +82,7 @@ class TextEncoderConfig:
     threads: int = 0
     quantize: str = "none"
     cache_size: int = 20_000
-    backend: str = "packed"      # "packed": models/packed_bert.py (no padding compute); "hf": transformers' BertModel
+    backend: str = "packed"      # "packed": models/text/packed_bert.py (no padding compute); "hf": transformers' BertModel
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -178,7 +166,7 @@ class TextEncoder:
         self._tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModel.from_pretrained(model_dir).eval()
         if config.backend == "packed":
-            from models.packed_bert import PackedBert
+            from models.text.packed_bert import PackedBert
             model = PackedBert.from_bert(model)
         if config.quantize == "int8":
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic

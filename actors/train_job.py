@@ -7,23 +7,29 @@ Steps (each a function, so the demo, the CLI and benchmarks reuse them):
    (:func:`ingest.archive.read_archive`), as per-user time-ordered arrays;
 2. :func:`item_embeddings` — content (MiniLM sentence embeddings of the item
    text, :mod:`actors.text_encoder`), collaborative (PPMI-SVD of in-sequence
-   co-occurrence, :mod:`models.embeddings`) or their fusion. Collaborative
+   co-occurrence, :mod:`models.sid.embeddings`) or their fusion. Collaborative
    signal is what makes SIDs useful on interaction-only data; fusion keeps
    cold items placeable by text;
 3. :func:`fit_tokenizer` — RQ-KMeans (default) or RQ-VAE, then the
    de-duplication level: every item index gets a unique SID;
-4. leave-one-out split (:mod:`models.splits`), :func:`models.training.train_generator`
+4. leave-one-out split (:mod:`models.evaluation.splits`), :func:`models.generator.training.train_generator`
    with early stopping on the validation item, test metrics;
-5. :func:`save_generator` — one file (``torch.save`` of plain types, loaded with
-   ``weights_only=True``), written atomically (temp, fsync, rename), carrying
-   the generator config, weights, item ids and SIDs, the tokenizer (bytes and
-   version) and the metrics. :func:`load_generator` refuses a corrupt or
-   foreign file with :class:`GeneratorFileError`, never a raw traceback.
+5. :func:`save_generator` — one safetensors file, never pickle, written atomically (temp, fsync,
+   rename): the tensors of a registry version (:func:`models.generator.checkpoint.encode`: weights,
+   item SIDs, tokenizer bytes) and, in the file's header metadata, its JSON config (generator config,
+   item ids, tokenizer version) and the metrics. One file rather than a folder: it is replaced in one
+   atomic rename, ``--out`` stays a file path, and any safetensors reader opens it. :func:`load_generator`
+   refuses a corrupt, foreign or old pickle-format file with :class:`GeneratorFileError` (naming the
+   fix: retrain), never a raw traceback, and never unpickles anything.
+
+Training runs in this process or through Ray Train (``ray_train``: :mod:`actors.ray_train`,
+``TorchTrainer`` with one worker here and data-parallel GPU workers on a cluster — the path
+``genrec train`` takes, the same one the aligner's rounds take).
 """
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 import os
 import tempfile
@@ -34,13 +40,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.generator import GenerativeRecommender, GeneratorConfig
-from models.training import TrainConfig, TrainReport
+from models.serialization import plain_json
+from models.generator.model import GenerativeRecommender, GeneratorConfig
+from models.generator.training import TrainConfig, TrainReport
 
 log = logging.getLogger(__name__)
 
-FORMAT = "genrec-generator"
-FORMAT_VERSION = 1
+FILE_FORMAT = "genrec-generator-file"
+"""The ``format`` tag in a model file's safetensors metadata (beside ``format_version``, ``config`` — the
+registry's JSON config of :mod:`models.generator.checkpoint` — and ``metrics``, JSON)."""
+FILE_FORMAT_VERSION = 1
 
 
 class GeneratorFileError(ValueError):
@@ -61,7 +70,7 @@ class TrainJobConfig:
 
     data: str = "synthetic"
     archive: str = ""
-    out: str = "generator.pt"
+    out: str = "generator.safetensors"
     embeddings: str = "fusion"
     tokenizer: str = "rq_kmeans"
     levels: int = 3
@@ -72,7 +81,7 @@ class TrainJobConfig:
     train: TrainConfig = TrainConfig()
     eval_beam: int = 20
     eval_max_users: int = 0      # test users evaluated after training (0 = all)
-    init_codes: bool = True      # start code embeddings from the item embeddings (models.code_init)
+    init_codes: bool = True      # start code embeddings from the item embeddings (models.generator.code_init)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,7 +103,7 @@ class TrainJobConfig:
 class Interactions:
     """Per-user time-ordered arrays over contiguous item indices, plus item text."""
 
-    split: object                 # models.splits.LeaveOneOut
+    split: object                 # models.evaluation.splits.LeaveOneOut
     item_text: list[str]          # [n_items] content text ('' when unknown)
     name: str = ""
 
@@ -103,9 +112,10 @@ class Interactions:
         return self.split.n_items
 
 
-def _from_records(name: str, user_events, item_events, max_events: int = 0) -> Interactions:
+def interactions_from_records(name: str, user_events, item_events, max_events: int = 0) -> Interactions:
+    """Engaged events (one per consumption) as a leave-one-out split named ``name``."""
     from ingest.contract import ENGAGED_TYPES, EVENT_TYPES
-    from models.splits import leave_one_out
+    from models.evaluation.splits import leave_one_out
 
     # Positive feedback only (clicks, likes, watches, ratings...): what sessions and the
     # leave-one-out targets are made of (impressions and skips are not recommendations to learn).
@@ -146,7 +156,7 @@ def load_interactions(cfg: TrainJobConfig) -> Interactions:
         user_events = read_archive(cfg.archive, USER_EVENTS)
         item_events = read_archive(cfg.archive, ITEM_EVENTS)
         user_events = sorted(user_events, key=lambda e: e.ts)
-        return _from_records(f"archive:{cfg.archive}", user_events, item_events, cfg.max_events)
+        return interactions_from_records(f"archive:{cfg.archive}", user_events, item_events, cfg.max_events)
     from ingest.datasets import load_dataset
 
     if cfg.data == "synthetic-small":
@@ -155,7 +165,7 @@ def load_interactions(cfg: TrainJobConfig) -> Interactions:
         ds = SyntheticWorld(WorldConfig.small(seed=cfg.seed)).dataset()
     else:
         ds = load_dataset(cfg.data)
-    return _from_records(ds.name, ds.user_events, ds.item_events, cfg.max_events)
+    return interactions_from_records(ds.name, ds.user_events, ds.item_events, cfg.max_events)
 
 
 # ---- 2. embeddings ----------------------------------------------------------------------------
@@ -163,8 +173,8 @@ def load_interactions(cfg: TrainJobConfig) -> Interactions:
 def item_embeddings(data: Interactions, mode: str = "fusion", collab_dim: int = 64, seed: int = 0,
                     encoder=None, text_weight: float = 0.5) -> np.ndarray:
     """[n_items, E] embeddings of every item index: MiniLM text, co-occurrence PPMI-SVD
-    (:mod:`models.embeddings`, training sequences only), or their fusion."""
-    from models.embeddings import CooccurrenceConfig, collaborative_embeddings, fuse
+    (:mod:`models.sid.embeddings`, training sequences only), or their fusion."""
+    from models.sid.embeddings import CooccurrenceConfig, collaborative_embeddings, fuse
 
     text = collab = None
     has_text = any(t for t in data.item_text)
@@ -192,14 +202,14 @@ def item_embeddings(data: Interactions, mode: str = "fusion", collab_dim: int = 
 def fit_tokenizer(emb: np.ndarray, kind: str = "rq_kmeans", levels: int = 3, codebook_size: int = 0,
                   seed: int = 0):
     """Fit a tokenizer and give every item a unique SID. Returns (tokenizer, sids [N, L+1])."""
-    from models.sid_dedup import assign_unique
+    from models.sid.dedup import assign_unique
 
     if kind == "rq_kmeans":
-        from models.rq_kmeans import RQKMeans, RQKMeansConfig
+        from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
 
         tok = RQKMeans(RQKMeansConfig(levels=levels, codebook_size=codebook_size, seed=seed)).fit(emb)
     else:
-        from models.rq_vae import RQVAE, RQVAEConfig
+        from models.sid.rq_vae import RQVAE, RQVAEConfig
 
         kw = {"levels": levels, "seed": seed}
         if codebook_size:
@@ -224,33 +234,32 @@ class LoadedGenerator:
     metrics: dict
 
     def ranker(self, **kw):
-        from models.generator_ranker import GeneratorRanker
+        from models.evaluation.generator_ranker import GeneratorRanker
 
         return GeneratorRanker(self.model, self.item_sids, **kw)
 
 
 def save_generator(path: str | os.PathLike, model: GenerativeRecommender, item_ids, item_sids: np.ndarray,
                    tokenizer_version: str, metrics: dict, tokenizer_bytes: bytes = b"") -> Path:
-    """Write a model file atomically (temp file in the same folder, fsync, rename)."""
+    """Write a model file atomically (temp file in the same folder, fsync, rename): one safetensors file
+    whose tensors are a registry version's weights (:func:`models.generator.checkpoint.encode`) and whose
+    header metadata holds the version's JSON config and the metrics (see :data:`FILE_FORMAT`)."""
+    from models.generator.checkpoint import GeneratorBundle, encode
+    from safetensors.torch import load as st_load, save as st_save
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "config": model.cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "item_ids": [str(i) for i in item_ids],
-        "item_sids": torch.as_tensor(np.asarray(item_sids, dtype=np.int64)),
-        "tokenizer_version": str(tokenizer_version),
-        "tokenizer": torch.frombuffer(bytearray(tokenizer_bytes), dtype=torch.uint8) if tokenizer_bytes
-        else torch.zeros(0, dtype=torch.uint8),
-        "metrics": _plain(metrics),
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
+    bundle = GeneratorBundle(model, None, tuple(str(i) for i in item_ids),
+                             np.asarray(item_sids, dtype=np.int64).reshape(len(item_ids), -1),
+                             str(tokenizer_version), bytes(tokenizer_bytes))
+    weights, config = encode(bundle)
+    blob = st_save(st_load(weights), metadata={"format": FILE_FORMAT, "format_version": str(FILE_FORMAT_VERSION),
+                                               "config": config.decode(),
+                                               "metrics": json.dumps(plain_json(metrics), sort_keys=True)})
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -268,49 +277,63 @@ def save_generator(path: str | os.PathLike, model: GenerativeRecommender, item_i
     return path
 
 
-def _plain(x):
-    """Metrics as plain JSON-like values (what weights_only loading accepts)."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, (int, float, str, bool)) or x is None:
-        return x
-    return str(x)
+def _header_metadata(data: bytes, path: Path) -> dict:
+    """The ``__metadata__`` of a safetensors file's JSON header (parsed here: no tensor is read)."""
+    if len(data) < 8:
+        raise GeneratorFileError(f"model file {path} is corrupt or not a genrec generator ({len(data)} bytes); "
+                                 "retrain it with `genrec train`")
+    n = int.from_bytes(data[:8], "little")
+    try:
+        if n > len(data) - 8:
+            raise ValueError(f"header of {n} bytes in a file of {len(data)}")
+        header = json.loads(data[8:8 + n].decode())
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GeneratorFileError(f"model file {path} is corrupt or not a genrec generator ({str(e)[:200]}); "
+                                 "retrain it with `genrec train`") from None
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """Load a model file written by :func:`save_generator`; clear :class:`GeneratorFileError` otherwise."""
+    """Load a model file written by :func:`save_generator`; clear :class:`GeneratorFileError` otherwise.
+
+    Reads tensors and JSON only. A pickle file (the ``torch.save`` format of older genrec versions, or
+    anything else pickled) is refused without being unpickled: unpickling can run code."""
+    from models.generator.checkpoint import CheckpointError, decode
+
     path = Path(path)
     if not path.is_file():
         raise GeneratorFileError(f"model file {path} does not exist; train one with `genrec train --out {path}`")
+    data = path.read_bytes()
+    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":     # a zip (torch.save) or a raw pickle
+        raise GeneratorFileError(
+            f"{path} is a pickle (torch.save) file, not a genrec generator file in the safetensors format: "
+            "genrec no longer loads pickled models (unpickling can run code). Retrain it with "
+            f"`genrec train --out {path.with_suffix('.safetensors')}`")
+    meta = _header_metadata(data, path)
+    if meta.get("format") != FILE_FORMAT:
+        raise GeneratorFileError(f"{path} is not a genrec generator file (format {meta.get('format')!r}); "
+                                 "train one with `genrec train --out FILE.safetensors`")
+    if meta.get("format_version") != str(FILE_FORMAT_VERSION):
+        raise GeneratorFileError(f"{path} has format_version {meta.get('format_version')}, this code reads "
+                                 f"{FILE_FORMAT_VERSION}; retrain or use a matching genrec version")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickle of foreign objects...
-        raise GeneratorFileError(f"model file {path} is corrupt or not a genrec generator "
-                                 f"({type(e).__name__}: {str(e)[:200]}); retrain it with `genrec train`") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GeneratorFileError(f"{path} is not a genrec generator file (format "
-                                 f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise GeneratorFileError(f"{path} has format_version {payload.get('format_version')}, this code reads "
-                                 f"{FORMAT_VERSION}; retrain or use a matching genrec version")
-    try:
-        cfg = GeneratorConfig.from_dict(payload["config"])
-        model = GenerativeRecommender(cfg)
-        model.load_state_dict(payload["state_dict"])
-        item_sids = payload["item_sids"].numpy().astype(np.int64)
-        item_ids = list(payload["item_ids"])
-        if item_sids.shape != (len(item_ids), cfg.sid_len):
-            raise ValueError(f"item_sids shape {item_sids.shape} does not match {len(item_ids)} items x D={cfg.sid_len}")
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise GeneratorFileError(f"model file {path} is inconsistent ({type(e).__name__}: {str(e)[:300]}); "
-                                 "retrain it with `genrec train`") from None
-    model.to(device).eval()
-    return LoadedGenerator(model, cfg, item_ids, item_sids, str(payload.get("tokenizer_version", "")),
-                           bytes(payload["tokenizer"].numpy().tobytes()), dict(payload.get("metrics", {})))
+        bundle = decode(data, str(meta.get("config", "")).encode(), "cpu")
+        metrics = json.loads(meta.get("metrics") or "{}")
+    except CheckpointError as e:
+        msg = str(e)
+        what = "has an unreadable format_version" if "format_version" in msg else \
+            "is corrupt" if "not a valid safetensors" in msg else "is inconsistent"
+        raise GeneratorFileError(f"model file {path} {what} ({msg[:300]}); retrain it with `genrec train`") from None
+    except json.JSONDecodeError as e:
+        raise GeneratorFileError(f"model file {path} is inconsistent (metrics: {e}); retrain it with "
+                                 "`genrec train`") from None
+    model = bundle.model.to(device).eval()
+    sids = bundle.item_sids if bundle.item_sids is not None else np.zeros((0, model.cfg.sid_len), np.int64)
+    return LoadedGenerator(model, model.cfg, list(bundle.item_ids), sids, bundle.tokenizer_version,
+                           bundle.tokenizer, metrics if isinstance(metrics, dict) else {})
 
 
 # ---- 4. the job ------------------------------------------------------------------------------
@@ -329,8 +352,8 @@ class TrainJobResult:
 def evaluate_test(model: GenerativeRecommender, data: Interactions, item_sids: np.ndarray,
                   beam: int = 20, max_users: int = 0) -> dict:
     """Leave-one-out test metrics of the generator (full ranking over all items, seen excluded)."""
-    from models.generator_ranker import GeneratorRanker
-    from models.metrics import hit_rate, ndcg, target_ranks
+    from models.evaluation.generator_ranker import GeneratorRanker
+    from models.evaluation.metrics import hit_rate, ndcg, target_ranks
 
     cases = data.split.test()
     if max_users and len(cases) > max_users:
@@ -343,30 +366,93 @@ def evaluate_test(model: GenerativeRecommender, data: Interactions, item_sids: n
             "invalid_rate": invalid}
 
 
+def _generator_worker(worker, model: GenerativeRecommender, payload: dict) -> dict:
+    """One Ray Train worker of ``genrec train`` (:func:`actors.ray_train.run_ray_training`'s ``worker_fn``):
+    :func:`models.generator.training.train_generator` on its shard of the examples, its steps through DDP
+    when there are several workers, rank 0 validating; progress reported to Ray Train every epoch."""
+    from models.generator.training import AnchorStep, DataParallel, train_generator
+
+    tcfg = replace(payload["train_cfg"], device=str(worker.device), progress=False)
+    step = None
+    if worker.world_size > 1:   # an MoE decoder leaves unrouted experts without gradients
+        step = worker.wrap(AnchorStep(model), find_unused_parameters=bool(model.cfg.moe_experts))
+
+    def on_epoch(epoch: int, report: TrainReport) -> None:   # Ray Train logs each report on the driver's console
+        val = report.val_ndcg10[-1] if report.val_ndcg10 else float("nan")
+        worker.report({"epoch": epoch, "steps": report.steps, "train_loss": report.train_loss[-1],
+                       "val_ndcg10": val, "train_s": report.train_s})
+
+    dp = DataParallel(worker.rank, worker.world_size, step, worker.all_max, on_epoch)
+    _, report = train_generator(payload["train"], payload["valid"], payload["item_sids"], model.cfg, tcfg,
+                                model=model, parallel=dp)
+    return {"report": report.as_dict()}
+
+
+def train_with_ray(train, valid, item_sids: np.ndarray, gen_cfg: GeneratorConfig, tcfg: TrainConfig,
+                   model: GenerativeRecommender | None, ray_cfg) -> tuple[GenerativeRecommender, TrainReport]:
+    """:func:`models.generator.training.train_generator` through Ray Train (``ray_cfg``:
+    :class:`actors.ray_train.RayTrainConfig`); the trained model comes back from rank 0's safetensors
+    checkpoint. ``model`` None: a random one, initialised here as in-process training would."""
+    import functools
+
+    from actors.ray_train import run_ray_training
+
+    if model is None:
+        torch.manual_seed(tcfg.seed)
+        model = GenerativeRecommender(gen_cfg)
+    payload = {"train": train, "valid": valid, "item_sids": np.asarray(item_sids, dtype=np.int64),
+               "train_cfg": tcfg}
+    res = run_ray_training(_generator_worker, functools.partial(GenerativeRecommender, gen_cfg), model.cpu(),
+                           payload, ray_cfg, name="train")
+    out = GenerativeRecommender(gen_cfg)
+    out.load_state_dict(res.state)
+    return out.eval(), TrainReport(**res.metrics["report"])
+
+
 def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, tokenizer=None,
-                  item_sids: np.ndarray | None = None, encoder=None, say=print) -> TrainJobResult:
+                  item_sids: np.ndarray | None = None, item_emb: np.ndarray | None = None, encoder=None,
+                  say=print, ray_train=None) -> TrainJobResult:
     """The whole job (see module docstring). Pieces already at hand (data, a fitted
-    tokenizer with its ``item_sids``) can be passed in and are not recomputed."""
-    from models.tokenizer import tokenizer_to_bytes
+    tokenizer with its ``item_sids``, ``item_emb`` [n_items, E] the item embeddings the
+    SIDs were fitted on, e.g. the live catalog's) can be passed in and are not recomputed.
+
+    ``ray_train`` (:class:`actors.ray_train.RayTrainConfig`): train through Ray Train with its workers
+    (what ``genrec train`` does by default); None trains in this process (with a per-epoch partial
+    model file at ``cfg.out``; through Ray Train the epochs are reported to Ray Train instead).
+
+    With ``cfg.init_codes`` the code embeddings always start from item embeddings: SIDs
+    passed in without ``item_emb`` get ``cfg.embeddings`` computed here. Started at random,
+    the generator learns little more than the popularity prior in a CPU budget and gives
+    every user nearly the same items.
+    """
+    from models.sid.tokenizer import tokenizer_to_bytes
 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     data = data if data is not None else load_interactions(cfg)
     say(f"data: {data.name}: {data.split.n_users} users, {data.n_items} items, "
         f"{sum(len(s) for s in data.split.items)} events")
-    emb = None
+    emb = None if item_emb is None else np.asarray(item_emb, dtype=np.float32)
+    if emb is not None and (emb.ndim != 2 or len(emb) != data.n_items):
+        raise ValueError(f"item_emb has shape {emb.shape}; it must be [n_items={data.n_items}, E], one row "
+                         "per item index of the data (data.split.item_ids order)")
     if tokenizer is None or item_sids is None:
-        emb = item_embeddings(data, cfg.embeddings, cfg.collab_dim, cfg.seed, encoder=encoder)
+        if emb is None:
+            emb = item_embeddings(data, cfg.embeddings, cfg.collab_dim, cfg.seed, encoder=encoder)
         tokenizer, item_sids = fit_tokenizer(emb, cfg.tokenizer, cfg.levels, cfg.codebook_size, cfg.seed)
+    elif cfg.init_codes and emb is None:
+        emb = item_embeddings(data, cfg.embeddings, cfg.collab_dim, cfg.seed, encoder=encoder)
     level_sizes = tuple(int(x) for x in tokenizer.sid_level_sizes)
     say(f"tokenizer: {cfg.tokenizer if tokenizer is None else type(tokenizer).__name__} "
         f"{tokenizer.version}, SID level sizes {level_sizes} ({time.time() - t0:.1f}s)")
+    if cfg.init_codes:
+        say(f"code embeddings start from the {'given' if item_emb is not None else cfg.embeddings} item embeddings")
     gen_kw = {k: v for k, v in cfg.generator.items() if k != "level_sizes"}
     gcfg = GeneratorConfig(level_sizes=level_sizes, **gen_kw)
     tcfg = cfg.train
     if tcfg.device == "cpu" and torch.cuda.is_available():
         tcfg = replace(tcfg, device="cuda")
-    from models.training import fit_generator
+    from models.generator.training import fit_generator
 
     def checkpoint(epoch, model, report):
         val = f", valid NDCG@10 {report.val_ndcg10[-1]:.4f}" if report.val_ndcg10 else ""
@@ -375,13 +461,27 @@ def run_train_job(cfg: TrainJobConfig, *, data: Interactions | None = None, toke
                        {"epoch": epoch, "partial": True, **report.as_dict()}, tokenizer_to_bytes(tokenizer))
 
     tv = data.split.train_valid()
-    model, report = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts,
-                                  validate=True, on_epoch_end=checkpoint,
-                                  item_emb=emb if cfg.init_codes else None)
+    if ray_train is None:
+        model, report = fit_generator(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts,
+                                      validate=True, on_epoch_end=checkpoint,
+                                      item_emb=emb if cfg.init_codes else None)
+    else:
+        from models.generator.training import fit_inputs
+
+        say(f"training through Ray Train: {ray_train.num_workers} worker(s)"
+            f"{', a GPU each' if ray_train.use_gpu else ''}")
+        train, valid, init = fit_inputs(tv.items, item_sids, gcfg, tcfg, types=tv.types, ts=tv.ts, validate=True,
+                                        item_emb=emb if cfg.init_codes else None)
+        model, report = train_with_ray(train, valid, item_sids, gcfg, tcfg, init, ray_train)
+        for e, loss in enumerate(report.train_loss):
+            val = f", valid NDCG@10 {report.val_ndcg10[e]:.4f}" if e < len(report.val_ndcg10) else ""
+            say(f"  epoch {e + 1}: loss {loss:.4f}{val}")
     model.to("cpu")
     test = evaluate_test(model, data, item_sids, beam=cfg.eval_beam, max_users=cfg.eval_max_users)
     metrics = {"data": data.name, "train": report.as_dict(), "test": test,
-               "tokenizer": cfg.tokenizer, "embeddings": cfg.embeddings, "level_sizes": list(level_sizes)}
+               "tokenizer": cfg.tokenizer, "embeddings": cfg.embeddings, "level_sizes": list(level_sizes),
+               "trainer": "in-process" if ray_train is None else
+               f"ray-train x{ray_train.num_workers}{' gpu' if ray_train.use_gpu else ''}"}
     path = save_generator(cfg.out, model, data.split.item_ids, item_sids, tokenizer.version, metrics,
                           tokenizer_to_bytes(tokenizer))
     say(f"trained {report.epochs_run} epochs ({report.steps} steps, best epoch {report.best_epoch}) in "

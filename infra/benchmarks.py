@@ -7,8 +7,9 @@ measured as ratios against a baseline run in the same process (the machines
 are shared and noisy); no benchmark gates CI on absolute time.
 
 ``genrec bench SUITE --json`` prints one JSON object: ``suite``, ``machine``,
-``config``, ``metrics`` (DESIGN.md §7). ``--write BENCHMARKS.md`` replaces that
-suite's section of the file (between ``<!-- bench:NAME -->`` markers).
+``config``, ``metrics`` (docs/architecture.md §7). ``--write BENCHMARKS.md`` replaces that
+suite's section of the file (between ``<!-- bench:NAME -->`` markers); a suite may also return
+``plots`` (paths of PNG files it wrote), which are copied beside that file and linked from its section.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +37,13 @@ def load_suite(name: str):
         raise ValueError(f"unknown benchmark suite {name!r}; available: {', '.join(available_suites())}")
     spec = importlib.util.spec_from_file_location(f"genrec_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # dataclasses (and pickling) look a module up by name while it loads
+    try:   # Ray workers cannot import a suite loaded by path: cloudpickle ships its functions by value
+        import ray.cloudpickle
+
+        ray.cloudpickle.register_pickle_by_value(mod)
+    except ImportError:
+        pass
     spec.loader.exec_module(mod)
     return mod
 
@@ -75,7 +84,11 @@ def run_suite(name: str, quick: bool = False, dataset: str | None = None) -> dic
         raise ValueError(f"suite {name!r} does not take --dataset {dataset!r}; "
                          f"it takes {list(getattr(mod, 'DATASETS', ())) or 'none'}")
     t0 = time.time()
-    out = mod.run(quick=quick, dataset=dataset)
+    return result_of(name, mod.run(quick=quick, dataset=dataset), t0, quick, dataset)
+
+
+def result_of(name: str, out: dict, t0: float, quick: bool, dataset: str | None = None) -> dict:
+    """One suite's result record from what its ``run`` returned (``genrec bench`` and the suites' own mains)."""
     metrics = {k: (float(v) if not isinstance(v, str) else v) for k, v in out["metrics"].items()}
     return {
         "suite": name,
@@ -85,7 +98,15 @@ def run_suite(name: str, quick: bool = False, dataset: str | None = None) -> dic
         "elapsed_s": round(time.time() - t0, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "tables": out.get("tables", []),
+        "plots": [str(p) for p in out.get("plots", [])],
     }
+
+
+def emit(result: dict, json_path: str | None = None) -> None:
+    """Print ``result`` as a table and, with ``json_path``, write it there as JSON (a suite's own main)."""
+    print(format_table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result))
 
 
 def format_table(result: dict) -> str:
@@ -112,7 +133,8 @@ def _fmt(v) -> str:
 def section_markdown(result: dict, command: str) -> str:
     m = result["machine"]
     rows = "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in result["metrics"].items())
-    extra = "\n\n".join(result.get("tables", []))
+    extra = "\n\n".join(result.get("tables", []) + [f"![{Path(p).stem}]({Path(p).name})"
+                                                    for p in result.get("plots", [])])
     return (f"## {result['suite']}{' — ' + result['config']['dataset'] if result['config'].get('dataset') else ''}\n\n"
             f"Command: `{command}`  \n"
             f"Measured: {result['date']}, {result['elapsed_s']} s  \n"
@@ -136,3 +158,7 @@ def write_section(path: Path, result: dict, command: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
     path.write_text(text)
+    for p in result.get("plots", []):   # beside the markdown file, as its section links them
+        import shutil
+
+        shutil.copyfile(p, path.parent / Path(p).name)

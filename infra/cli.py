@@ -23,8 +23,14 @@ COMMAND_MODULES = [
     "infra.commands.demo",
     "infra.commands.eval",
     "infra.commands.sequences",
+    "infra.commands.rewards",
+    "infra.commands.experiments",
     "infra.commands.train",
+    "infra.commands.align",
+    "infra.commands.models",
+    "infra.commands.audit",
     "infra.commands.serve",
+    "infra.commands.simulate",
     "infra.commands.tokenize",
 ]
 
@@ -34,8 +40,10 @@ environment:
                            command needs one and none is given)
   GENREC_TOPIC_NAMESPACE   prefix of every physical topic name (isolates deployments)
   GENREC_CONFIG            path of genrec.yaml (defaults: ./genrec.yaml, then built-in defaults)
+  RAY_AUTH_TOKEN_PATH      file holding the Ray cluster's auth token (Ray runs with RAY_AUTH_MODE=token;
+                           joining a cluster without a token is refused; SECURITY.md says how a node gets it)
 
-The README has the architecture; DESIGN.md in ../shared the contracts."""
+The README has the quickstart and a code map; docs/architecture.md the architecture and contracts."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -2,11 +2,13 @@
 
 ``nvidia-pytriton`` bundles a real Triton server binary that runs on CPU too,
 but it needs numpy<2 while genrec runs numpy 2, so it lives in a separate
-virtual environment, ``.genrec/triton-venv``, which sees the main venv's
-packages (torch, sentence-transformers) *after* its own (a ``.pth`` file), so
-its numpy<2 wins there and the main venv is never touched.
+virtual environment in the user's cache (:data:`VENV`: ``~/.cache/genrec/triton-venv-py3.X``, or
+``GENREC_TRITON_VENV``), shared by every clone of the repository on the machine. It sees the main
+venv's packages (torch, sentence-transformers) *after* its own (a ``.pth`` file, rewritten by every
+``setup``), so its numpy<2 wins there and the main venv is never touched. The tests create it
+themselves on first use (a download of a few minutes) and reuse it afterwards.
 
-    python -m infra.triton_server setup               # create .genrec/triton-venv (downloads PyTriton)
+    python -m infra.triton_server setup               # create the PyTriton venv (downloads PyTriton)
     python -m infra.triton_server serve --http-port 8000 --grpc-port 8001
     python -m infra.triton_server check 127.0.0.1:8000
 
@@ -31,7 +33,9 @@ from pathlib import Path
 from infra.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".genrec" / "triton-venv"
+VENV = Path(os.environ.get("GENREC_TRITON_VENV") or
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrec" /
+            f"triton-venv-py{sys.version_info.major}.{sys.version_info.minor}")
 PYTRITON_SPEC = ["nvidia-pytriton==0.7.0", "numpy<2"]
 
 
@@ -167,7 +171,7 @@ def serve(model_name: str, http_port: int, grpc_port: int, metrics_port: int) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infra.triton_server", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("setup", help="create .genrec/triton-venv with nvidia-pytriton and numpy<2")
+    s = sub.add_parser("setup", help=f"create the PyTriton venv ({VENV}) with nvidia-pytriton and numpy<2")
     s.add_argument("--force", action="store_true")
     v = sub.add_parser("serve", help="serve the MiniLM encoder (run with the PyTriton venv's python)")
     v.add_argument("--model", default="minilm")

@@ -68,6 +68,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("sids", pa.list_(pa.list_(pa.int64())), nullable=False),
         pa.field("scores", pa.list_(pa.float64()), nullable=False),
         pa.field("decode", pa.string(), nullable=False),  # JSON object text
+        pa.field("latency_ms", pa.float64()),  # absent in files written before the field existed: null
     ]),
     REWARDS: pa.schema([
         pa.field("request_id", pa.string(), nullable=False),

@@ -1,6 +1,6 @@
 """JSON wire codec for the event contract: encode records, decode + validate messages.
 
-One message is one UTF-8 JSON object (DESIGN.md §3). Decoding goes through a
+One message is one UTF-8 JSON object (docs/architecture.md §3). Decoding goes through a
 per-topic ``msgspec.json.Decoder`` bound to the record type, so parsing and
 validation happen in a single C pass; anything wrong raises
 :class:`ContractError` with a reason that names the field (``$.ts``) — the text

@@ -8,7 +8,7 @@ more than the parse itself (BENCHMARKS.md, suite ``sequences``). A consumer
 that only wants a few fields of thousands of events per poll — a sequence
 shard — can do better with :class:`UserEventColumnsDecoder`:
 
-* every message of a run is parsed by msgspec into :class:`_WireUserEvent`,
+* every message of a run is parsed by msgspec into :class:`WireUserEvent`,
   a struct with the *same* fields, types and bounds as ``UserEvent`` but no
   ``__post_init__`` and ``gc=False``; ``UserEvent``'s context rule (at most
   32 keys) is expressed as a msgspec ``max_length`` bound instead;
@@ -32,26 +32,33 @@ from typing import Annotated, Sequence
 import msgspec
 from msgspec import Meta
 
-from ingest.contract import ContextValue, EventType, TimestampMs, UserEvent, WireId
+from ingest.contract import ContextValue, UserEvent
 
 
-class _WireUserEvent(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
-    """``UserEvent``'s wire shape with its checks in msgspec types only (see the module docstring).
+def wire_twin(record: type, name: str, types: dict | None = None, **config) -> type:
+    """A msgspec struct with ``record``'s fields, types, bounds and defaults but no ``__post_init__``.
 
-    Kept field-for-field in step with ``ingest.contract.UserEvent``
-    (``tests/ingest/test_codec_batch.py`` compares them).
+    The contract's records check what msgspec types cannot express in ``__post_init__``, once per
+    record; batch decoders parse a run into the twin and run those checks once per run. ``types``
+    replaces a field's type (a rule of ``__post_init__`` written as a msgspec bound); ``config`` is the
+    struct's options (``gc=False`` and ``frozen=True`` always). Built from the record itself, so the twin
+    cannot drift from the contract.
     """
+    fields = []
+    for f in msgspec.structs.fields(record):
+        t = (types or {}).get(f.name, f.type)
+        if f.required:
+            fields.append((f.name, t))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, t, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, t, f.default))
+    return msgspec.defstruct(name, fields, frozen=True, gc=False, **config)
 
-    event_id: WireId
-    user_id: WireId
-    item_id: WireId
-    type: EventType
-    ts: TimestampMs
-    watch_ms: Annotated[int, Meta(ge=0, le=86_400_000)] | None = None
-    request_id: WireId | None = None
-    position: Annotated[int, Meta(ge=0, le=10_000)] | None = None
-    value: float | None = None
-    context: Annotated[dict[Annotated[str, Meta(max_length=64)], ContextValue], Meta(max_length=32)] | None = None
+
+#: ``UserEvent``'s wire shape; its context rule (at most 32 keys) as a msgspec bound (module docstring).
+WireUserEvent = wire_twin(UserEvent, "WireUserEvent", forbid_unknown_fields=False, types={
+    "context": Annotated[dict[Annotated[str, Meta(max_length=64)], ContextValue], Meta(max_length=32)] | None})
 
 
 class UserEventColumns:
@@ -97,7 +104,7 @@ class UserEventColumnsDecoder:
     """
 
     def __init__(self) -> None:
-        self._decode = msgspec.json.Decoder(_WireUserEvent).decode
+        self._decode = msgspec.json.Decoder(WireUserEvent).decode
 
     def __call__(self, values: Sequence[bytes]) -> UserEventColumns:
         recs = list(map(self._decode, values))

@@ -14,7 +14,7 @@ is this loop plus what it does with a batch of valid records. Guarantees:
   makes the callers exactly-once.
 
 Partitions are assigned manually (``assign()``), never through group
-rebalancing: each owner knows its partitions (the Flink pattern, DESIGN §4).
+rebalancing: each owner knows its partitions (the Flink pattern, docs/architecture.md §4).
 A ``group_id`` is still used to *commit* offsets so lag shows up in standard
 Kafka tools.
 """

@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md §3, invariant): topics, their keys and typed records.
+"""The event contract (docs/architecture.md §3, invariant): topics, their keys and typed records.
 
 Every producer and consumer in genrec shares these definitions. Records are
 ``msgspec.Struct`` types: decoding a JSON message *is* validation (types,
@@ -37,7 +37,7 @@ MAX_MESSAGE_BYTES = 1 << 20
 
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
 #: The same rule as ``Id`` for the record fields, checked faster: a msgspec ``pattern`` calls Python's
-#: ``re`` once per id field, which measured 1.6-2x slower ``user-events`` decoding (BENCHMARKS.md, suite
+#: ``re`` once per id field, which made ``user-events`` decoding markedly slower (BENCHMARKS.md, suite
 #: codec). The records' ``__post_init__`` checks "no whitespace" with ``str.split()``, which uses the same
 #: Unicode whitespace definition (Py_UNICODE_ISSPACE) as the regex's ``\s``; the JSON schema still shows the
 #: pattern. Messages are accepted and rejected exactly as with ``Id``, except one case ``Id`` let through by
@@ -144,7 +144,15 @@ class ItemEvent(Struct, frozen=True, omit_defaults=True):
 
 
 class Served(Struct, frozen=True, omit_defaults=True):
-    """The exposure log: one record per answered ``/recommend`` (topic ``served``)."""
+    """The exposure log: one record per answered ``/recommend`` (topic ``served``).
+
+    ``latency_ms``: how long the ingress took to answer, from the moment its
+    recommend route starts on the (parsed) request to the moment it writes
+    this record (admission, arm resolution, history, generation; the produce
+    acknowledgement it then awaits is not in it), as the ingress measured it. Optional: records written before the field
+    existed have none, and readers that do not know it ignore it. The A/B
+    report's p99-latency guardrail reads it per arm.
+    """
 
     request_id: WireId
     user_id: WireId
@@ -156,9 +164,12 @@ class Served(Struct, frozen=True, omit_defaults=True):
     sids: list[list[NonNegInt]]
     scores: list[float]
     decode: dict[str, ContextValue] = {}
+    latency_ms: Annotated[float, Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         _check_ids(self, "request_id", "user_id", "model_version")
+        if self.latency_ms is not None and not math.isfinite(self.latency_ms):
+            raise ValueError(f"latency_ms must be a finite number of milliseconds, got {self.latency_ms!r}")
         for item in self.items:
             if item.split() != [item]:
                 raise ValueError(f"items must be ids without whitespace, got {item[:80]!r}")

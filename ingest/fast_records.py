@@ -29,9 +29,10 @@ deserializers — goes through kafka-python's own code; control batches are
 skipped exactly as the parent skips them.
 
 :func:`install_lean_records` puts it into one ``KafkaConsumer`` (the fetcher
-builds ``self.PartitionRecords(...)`` per fetched partition); it checks the
-kafka-python internals it relies on first and otherwise logs once and leaves
-kafka-python's parser in place. ``tests/ingest/test_fast_records.py`` checks
+builds ``self.PartitionRecords(...)`` per fetched partition); the kafka-python
+internals it relies on are reached through :mod:`ingest.compat_kafka`, which checks
+the installed version first; otherwise it logs once why and leaves kafka-python's
+parser in place. ``tests/ingest/test_fast_records.py`` checks
 equality with kafka-python field by field against the real broker.
 """
 
@@ -69,23 +70,11 @@ def decode_varint_at(buf, pos: int) -> tuple[int, int]:
 
 def _define():
     """Build the subclass (only if kafka-python's internals are what this module expects)."""
-    from kafka.consumer.fetcher import READ_UNCOMMITTED, ConsumerRecord, Fetcher
-    from kafka.errors import CorruptRecordError
-    from kafka.record.default_records import DefaultRecordBatch
+    from ingest.compat_kafka import record_internals
 
-    parent = Fetcher.PartitionRecords
-    need = [(parent, "_unpack_records"), (parent, "drain"), (parent, "_deserialize"),
-            (DefaultRecordBatch, "_maybe_uncompress"), (DefaultRecordBatch, "validate_crc"),
-            (DefaultRecordBatch, "HEADER_STRUCT")]
-    missing = [f"{c.__name__}.{a}" for c, a in need if not hasattr(c, a)]
-    slots = getattr(DefaultRecordBatch, "__slots__", ())
-    missing += [f"DefaultRecordBatch.{s}" for s in ("_buffer", "_header_data", "_pos") if s not in slots]
-    if ConsumerRecord._fields != ("topic", "partition", "leader_epoch", "offset", "timestamp", "timestamp_type",
-                                  "key", "value", "headers", "checksum", "serialized_key_size",
-                                  "serialized_value_size", "serialized_header_size"):
-        missing.append("ConsumerRecord fields")
-    if missing:
-        raise AttributeError("kafka-python internals changed: " + ", ".join(missing))
+    k = record_internals()
+    parent, READ_UNCOMMITTED, ConsumerRecord = k.PartitionRecords, k.READ_UNCOMMITTED, k.ConsumerRecord
+    CorruptRecordError = k.CorruptRecordError
 
     tuple_new = tuple.__new__  # builds the namedtuple in C (its __new__ is a Python function)
     varint = decode_varint_at
@@ -258,7 +247,7 @@ def _define():
 try:
     LeanPartitionRecords = _define()
     _unavailable: str | None = None
-except (ImportError, AttributeError) as e:  # another kafka-python: keep its own parser
+except (ImportError, AttributeError, RuntimeError) as e:  # another kafka-python: keep its own parser
     LeanPartitionRecords = None
     _unavailable = f"{type(e).__name__}: {e}"
 
@@ -272,15 +261,16 @@ def install_lean_records(consumer) -> bool:
     kafka-python's parser and works exactly as before.
     """
     global _warned
-    fetcher = getattr(consumer, "_fetcher", None)
+    from ingest.compat_kafka import partition_records_class, set_partition_records_class
+
+    current = partition_records_class(consumer)
     reason = _unavailable
-    if reason is None and (fetcher is None or not isinstance(getattr(fetcher, "PartitionRecords", None), type)
-                           or not issubclass(LeanPartitionRecords, fetcher.PartitionRecords)):
+    if reason is None and (current is None or not issubclass(LeanPartitionRecords, current)):
         reason = "KafkaConsumer._fetcher.PartitionRecords not found"
     if reason is not None:
         if not _warned:
             _warned = True
             log.warning("lean Kafka record decoder not installed (%s); using kafka-python's parser", reason)
         return False
-    fetcher.PartitionRecords = LeanPartitionRecords
+    set_partition_records_class(consumer, LeanPartitionRecords)
     return True

@@ -1,6 +1,6 @@
 """A seeded synthetic world: users with drifting latent tastes, topical items, a closed loop.
 
-Why a world and not just a log: the closed-loop simulator (DESIGN.md §6) needs
+Why a world and not just a log: the closed-loop simulator (docs/architecture.md §6) needs
 users who *answer* served sessions the way they would, so the world keeps each
 user's true preference over latent topics and exposes :meth:`SyntheticWorld.respond`.
 
@@ -20,27 +20,37 @@ items and ~150k events is built in a few seconds):
   activity level. Sessions happen at random times; each slot of a session
   shows one item, picked by Gumbel-max over popularity-sampled candidates
   with utility ``beta · affinity`` among the items that exist at that time.
-* Reaction to a shown item follows the relative affinity ``r`` ∈ [0, 1]:
+* Reaction to a shown item in the log follows the relative affinity ``r`` ∈ [0, 1]:
   impression, then click → watch (``watch_ms`` ∝ r · the item's length) →
   like / share / comment / follow / purchase with probabilities growing with
   r, or a skip. Repeating a topic inside a session tires the user (fatigue),
   which gives session-level generation something to learn.
 
-The same reaction model answers :meth:`SyntheticWorld.respond` for served
-sessions (with a position-dependent examination probability, as in cascade
-click models), seeded by the request id, so replies are reproducible.
+Served sessions are answered by the user response model of
+:mod:`ingest.user_response` instead (RecSim / KuaiSim style: cascade
+attention by position, a logit choice between click, pass and dislike with a
+no-click option, fatigue for same-topic items, leaving when bored, watch
+fraction by match; parameters :class:`ingest.user_response.ResponseConfig`,
+calibrated in docs/decisions/030-simulator-user-model.md): :meth:`SyntheticWorld.respond`
+builds one session's event records, seeded by the request id so replies are
+reproducible; :meth:`SyntheticWorld.respond_arrays` answers many sessions as
+arrays; :meth:`SyntheticWorld.expected_value` is a session's true value (the
+expected product reward). The log keeps its own reaction model, so the data
+every model trains on does not change with the simulator's calibration.
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ingest.contract import ItemEvent, UserEvent
 from ingest.datasets import Dataset, merge_by_time
+from ingest.user_response import (EXTRA_TYPES, ResponseConfig, Responses, draw_uniforms, respond_arrays,
+                                  session_rewards)
 
 # ---- topic vocabularies ----------------------------------------------------------------------
 
@@ -75,8 +85,9 @@ _TEXT = [
     "{Adj} {topic} {form}: {w1} meets {w2}, with a twist of {w3}.",
 ]
 
-#: Event types the world emits, with a rough share of what a slot produces.
-WORLD_EVENT_TYPES = ("impression", "click", "watch", "like", "share", "comment", "follow", "purchase", "skip")
+#: Event types the world emits (``dislike`` only in answers to served sessions, not in the log).
+WORLD_EVENT_TYPES = ("impression", "click", "watch", "like", "share", "comment", "follow", "purchase", "skip",
+                     "dislike")
 
 
 def topic_names(n_topics: int) -> list[str]:
@@ -95,6 +106,10 @@ def topic_vocab(k: int) -> list[str]:
     if q:
         base.append(_QUALIFIERS[(q - 1) % len(_QUALIFIERS)])
     return base
+
+
+#: Points of the table of each user's best affinity over the taste mix (SyntheticWorld._match).
+_GRID = 33
 
 
 # ---- config ----------------------------------------------------------------------------------
@@ -154,8 +169,10 @@ class WorldConfig:
 class SyntheticWorld:
     """Users, items and their interactions, generated from :class:`WorldConfig` (see module doc)."""
 
-    def __init__(self, cfg: WorldConfig = WorldConfig()):
+    def __init__(self, cfg: WorldConfig = WorldConfig(), response: ResponseConfig | Mapping | None = None):
         self.cfg = cfg
+        #: How users answer served sessions (:meth:`respond`, :meth:`expected_value`); the log does not use it.
+        self.response = ResponseConfig.of(response)
         rng = np.random.default_rng(cfg.seed)
         U, I, T = cfg.n_users, cfg.n_items, cfg.n_topics
         self.topic_names = topic_names(T)
@@ -191,6 +208,10 @@ class SyntheticWorld:
         self._amax1 = self._A1.max(axis=1)  # [U]
         self._catalog = self._make_catalog(np.random.default_rng([cfg.seed, 1]))
         self._user_events: list[UserEvent] | None = None
+        #: An item's appeal to everybody, its popularity percentile in [0, 1] (the user response model's quality).
+        self.item_quality = (np.argsort(np.argsort(self.item_popularity, kind="stable"), kind="stable")
+                             / max(1, I - 1))  # [I]
+        self._best_grid: np.ndarray | None = None  # [U, _GRID] best affinity by taste mix (lazy, see _match)
 
     def describe(self) -> str:
         """One line: sizes of the world and its log."""
@@ -276,6 +297,22 @@ class SyntheticWorld:
         amax = (1 - w) * self._amax0[u] + w * self._amax1[u]
         return np.clip(a / np.maximum(amax, 1e-9), 0.0, 1.0)
 
+    def _match(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Affinity relative to the user's best item *at that taste mix* ``w`` (1 = the best item then): the
+        user response model's match. (:meth:`_rel_affinity`, which the log uses, divides by the mix of the two
+        tastes' maxima, an upper bound, so the best item scores below 1 once tastes drift.) The best affinity
+        is convex and piecewise linear in ``w``; it is tabulated on ``_GRID`` points of [0, drift] and read by
+        linear interpolation (a chord, never below the true value, so the match stays in [0, 1])."""
+        if self._best_grid is None:
+            grid = np.linspace(0.0, self.cfg.drift, _GRID)
+            self._best_grid = np.stack([((1 - g) * self._A0 + g * self._A1).max(axis=1) for g in grid], axis=1)
+        x = np.clip(np.asarray(w, dtype=np.float64) / max(self.cfg.drift, 1e-12), 0.0, 1.0) * (_GRID - 1)
+        lo = np.minimum(x.astype(np.int64), _GRID - 2)
+        f = x - lo
+        best = (1 - f) * self._best_grid[u, lo] + f * self._best_grid[u, lo + 1]
+        a = (1 - w) * self._A0[u, i] + w * self._A1[u, i]
+        return np.clip(a / np.maximum(best, 1e-9), 0.0, 1.0)
+
     def best_items(self, user_id: str, n: int = 10, ts: int | None = None) -> list[str]:
         """The ``n`` available items this user likes most at ``ts`` (an oracle for tests and reports)."""
         u, w = self.user_index(user_id), float(self._w(ts))
@@ -350,7 +387,7 @@ class SyntheticWorld:
     def _reactions(self, rng: np.random.Generator, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
                    eng: np.ndarray, request_ids: list[str] | None, positions: np.ndarray | None,
                    id_prefix: str, examined: np.ndarray | None = None) -> list[UserEvent]:
-        """Turn shown items with engagement ``eng`` ∈ [0, 1] into events (vectorised)."""
+        """Turn shown items with engagement ``eng`` ∈ [0, 1] into events (vectorised): the log's reaction model."""
         N = users.size
         if examined is None:
             examined = np.ones(N, dtype=bool)
@@ -367,6 +404,13 @@ class SyntheticWorld:
         for j, (name, p) in enumerate(extras):
             parts.append((click & (rng.random(N) < p * eng), name, 1200 + 100 * j))
         parts.append((examined & ~click & (rng.random(N) < 0.5 + 0.4 * (1 - eng)), "skip", 300))
+        return self._records(users, items, ts, watch_ms, parts, request_ids, positions, id_prefix)
+
+    def _records(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, watch_ms: np.ndarray,
+                 parts: list, request_ids: list[str] | None, positions: np.ndarray | None,
+                 id_prefix: str) -> list[UserEvent]:
+        """Event records of ``N`` slots: ``parts`` is ``(mask [N], type, offset ms)`` in tie-break order;
+        events are sorted by time, then slot, then offset, and numbered ``{id_prefix}{n}``."""
         slot_idx, types, ev_ts, sub = [], [], [], []
         for k, (mask, name, off) in enumerate(parts):
             idx = np.flatnonzero(mask)
@@ -407,37 +451,128 @@ class SyntheticWorld:
 
     # -- closed loop -----------------------------------------------------------------------
 
+    def session_arrays(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(rel, topic, shown, length_ms, quality)``, each ``[S, K]``, of sessions ``items`` ``[S, K]`` (world item
+        indices, −1 for an empty slot or an unknown item) served to ``users`` ``[S]`` at ``ts`` ``[S]``:
+        the inputs of :func:`ingest.user_response.respond_arrays`. ``rel`` is the affinity relative to the
+        user's best item at ``ts`` (:meth:`_match`), 0 for an item shown earlier in the session or not
+        existing yet; ``quality`` the item's popularity percentile (:attr:`item_quality`)."""
+        items = np.asarray(items, dtype=np.int64)
+        S, K = items.shape
+        shown = items >= 0
+        it = np.where(shown, items, 0)
+        ts = np.asarray(ts, dtype=np.int64).reshape(S)
+        w = np.asarray(self._w(ts), dtype=np.float64).reshape(S, 1)
+        rel = self._match(np.asarray(users, dtype=np.int64).reshape(S, 1), it, w)
+        dup = np.zeros((S, K), dtype=bool)
+        for p in range(1, K):
+            dup[:, p] = (items[:, :p] == items[:, p:p + 1]).any(axis=1)
+        rel = np.where(dup | (self.item_arrival_ms[it] > ts[:, None]) | ~shown, 0.0, rel)
+        return rel, self.item_primary[it], shown, self.item_length_ms[it], self.item_quality[it]
+
+    @staticmethod
+    def draw_uniforms(rng: np.random.Generator, n_sessions: int, k: int) -> np.ndarray:
+        """The randomness of ``n_sessions`` answers of ``k`` slots (:func:`ingest.user_response.draw_uniforms`)."""
+        return draw_uniforms(rng, n_sessions, k)
+
+    def respond_arrays(self, u: np.ndarray, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> Responses:
+        """The answers to ``S`` sessions at once (:func:`ingest.user_response.respond_arrays` on
+        :meth:`session_arrays`), with the randomness ``u`` ``[S, K, N_UNIFORMS]`` of
+        :func:`ingest.user_response.draw_uniforms`."""
+        rel, topic, shown, _, quality = self.session_arrays(users, items, ts)
+        return respond_arrays(self.response, rel, topic, shown, u, quality)
+
+    def session_index(self, item_ids: Sequence[str]) -> np.ndarray:
+        """World item indices of ``item_ids`` (``[K]`` int64), −1 for an unknown id or an empty slot."""
+        return np.array([self._item_index.get(i, -1) if isinstance(i, str) else -1 for i in item_ids],
+                        dtype=np.int64)
+
     def respond(self, user_id: str, item_ids: list[str], request_id: str, ts: int) -> list[UserEvent]:
         """How ``user_id`` reacts to the session ``item_ids`` served at ``ts`` (closed-loop simulator).
 
-        Position ``k`` is examined with probability 0.92^k (cascade-style
-        examination); engagement is the user's relative affinity at ``ts`` times
-        ``fatigue`` per earlier same-topic item, and 0 for a repeat or an item
-        that does not exist (yet). Every returned event carries ``request_id``
-        and ``position``; ids are ``{request_id}-{n}``. Reproducible: the
-        randomness is seeded by (world seed, request_id).
+        The user response model of :mod:`ingest.user_response` (cascade
+        attention, a logit choice between click, pass and dislike, fatigue for
+        same-topic items, leaving when bored, watch time by match) with
+        :attr:`response`'s parameters. Slot ``k`` is position ``k``; an
+        unknown item id is not shown (no event) but keeps its position.
+        Events: ``impression`` for every slot the user reached, then for an
+        examined item ``click`` + ``watch`` (+ like / share / comment / follow
+        / purchase), ``skip`` or ``dislike``; slot ``k``'s events are
+        ``2 s · k`` after ``ts``. Every event carries ``request_id`` and
+        ``position``; ids are ``{request_id}-{n}`` in time order.
+        Reproducible: the randomness is seeded by (world seed, request_id), so
+        two policies served under the same request id meet the same draws.
         """
         u = self.user_index(user_id)
-        rng = np.random.default_rng([self.cfg.seed, 3, zlib.crc32(request_id.encode())])
-        known = [(k, self._item_index[i]) for k, i in enumerate(item_ids) if i in self._item_index]
-        if not known:
+        idx = self.session_index(item_ids)[None, :]  # [1, K]
+        if not (idx >= 0).any():
             return []
-        pos = np.array([k for k, _ in known], dtype=np.int64)
-        items = np.array([i for _, i in known], dtype=np.int64)
-        n = items.size
-        w = np.full(n, float(self._w(ts)))
-        eng = self._rel_affinity(np.full(n, u), items, w)
-        seen_topic: dict[int, int] = {}
-        seen_item: set[int] = set()
-        for j in range(n):
-            it = int(items[j])
-            t = int(self.item_primary[it])
-            eng[j] *= self.cfg.fatigue ** seen_topic.get(t, 0)
-            seen_topic[t] = seen_topic.get(t, 0) + 1
-            if it in seen_item or self.item_arrival_ms[it] > ts:
-                eng[j] = 0.0
-            seen_item.add(it)
-        examined = rng.random(n) < 0.92 ** pos
-        slot_ts = np.full(n, int(ts), dtype=np.int64) + pos * 2_000
-        return self._reactions(rng, np.full(n, u), items, slot_ts, eng, [request_id] * n, pos,
-                               id_prefix=f"{request_id}-", examined=examined)
+        rng = np.random.default_rng([self.cfg.seed, 3, zlib.crc32(request_id.encode())])
+        K = idx.shape[1]
+        rel, topic, shown, length, quality = self.session_arrays(np.array([u]), idx, np.array([ts]))
+        r = respond_arrays(self.response, rel, topic, shown, draw_uniforms(rng, 1, K), quality)
+        pos = np.arange(K)
+        slot_ts = int(ts) + pos * 2_000
+        parts = [(r.reached[0], "impression", 0), (r.skip[0], "skip", 300), (r.dislike[0], "dislike", 300),
+                 (r.click[0], "click", 400), (r.click[0], "watch", 800)]
+        parts += [(r.extras[0, :, j], name, 1200 + 100 * j) for j, name in enumerate(EXTRA_TYPES)]
+        return self._records(np.full(K, u), np.where(shown[0], idx[0], 0), slot_ts, r.watch_ms(length)[0],
+                             parts, [request_id] * K, pos, id_prefix=f"{request_id}-")
+
+    def expected_value(self, user_id: str, item_ids: Sequence[str], ts: int, reward=None,
+                       draws: int | None = None, seed: int = 0) -> float:
+        """The session's expected reward when ``user_id`` is served ``item_ids`` at ``ts``: its true value.
+
+        A Monte-Carlo mean over ``draws`` (default :attr:`ResponseConfig.draws`)
+        answers of the user response model (the watch cap of the reward makes
+        the exact expectation a sum over the joint watch distribution); the
+        draws are seeded by (world seed, ``seed``, user) only, so all of a
+        user's sessions are scored with the same draws (common random numbers:
+        the difference between two sessions' values has far less noise than
+        each), and different users' draws are independent.
+        ``reward`` is the product's session reward: an
+        :class:`actors.reward_spec.RewardSpec`, a mapping of its fields, or
+        None for its defaults (the weights of
+        :func:`serving.experiments.rewards.session_reward` too).
+        """
+        return float(self.expected_values([user_id], [item_ids], ts, reward, draws, seed)[0])
+
+    def expected_values(self, user_ids: Sequence[str], sessions: Sequence[Sequence[str]], ts, reward=None,
+                        draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """:meth:`expected_value` of many sessions (``ts``: one time or one per session). ``[S]`` floats."""
+        from actors.reward_spec import RewardSpec
+
+        spec = RewardSpec.of(reward)
+        if spec.duration_aware:
+            raise ValueError("expected_value scores watch time as capped minutes; a duration_aware reward needs "
+                             "each user's watch history, which a session's value does not have")
+        if len(user_ids) != len(sessions):
+            raise ValueError(f"{len(user_ids)} users for {len(sessions)} sessions; give one user per session")
+        S = len(sessions)
+        n = self.response.draws if draws is None else int(draws)
+        if n < 1:
+            raise ValueError(f"draws={n} must be >= 1")
+        users = np.array([self.user_index(u) for u in user_ids], dtype=np.int64)
+        ts_arr = np.broadcast_to(np.asarray(ts, dtype=np.int64), (S,))
+        K = max((len(s) for s in sessions), default=0)
+        out = np.zeros(S)
+        if S == 0 or K == 0:
+            return out
+        items = np.full((S, K), -1, dtype=np.int64)
+        for j, s in enumerate(sessions):
+            items[j, :len(s)] = self.session_index(s)
+        rel, topic, shown, length, quality = self.session_arrays(users, items, ts_arr)
+        draws_of: dict[int, np.ndarray] = {}  # user -> [n, K, N_UNIFORMS]: the same for all their sessions
+        chunk = max(1, (1 << 16) // n)
+        for a in range(0, S, chunk):
+            b = min(S, a + chunk)
+            for x in users[a:b].tolist():
+                if x not in draws_of:
+                    draws_of[x] = draw_uniforms(np.random.default_rng([self.cfg.seed, 4, int(seed), x]), n, K)
+            u = np.concatenate([draws_of[x] for x in users[a:b].tolist()])  # [(b - a) * n, K, N_UNIFORMS]
+            rep = lambda x: np.repeat(x[a:b], n, axis=0)  # noqa: E731  [(b - a) * n, K]
+            r = respond_arrays(self.response, rep(rel), rep(topic), rep(shown), u, rep(quality))
+            vals = session_rewards(r.counts(), r.watch_ms(rep(length)).sum(1), spec.weights, spec.watch_cap_min)
+            out[a:b] = vals.reshape(b - a, n).mean(axis=1)
+        return out

@@ -1,38 +1,21 @@
 """How long a rejected client is told to wait: an adaptive, jittered ``Retry-After``.
 
-Why: on overload the ingress answers 503 at once instead of queueing (see
-:mod:`serving.app`), but a fixed ``Retry-After: 1`` brings every rejected
-client back one second later, all together. On a small machine the proxy then
-spends its CPU turning away hundreds of retries per second, and the admitted
-requests queue behind that herd in the proxy — the measured symptom was
-admitted p99 in seconds while the server-side time stayed near the unloaded one.
+Why: on overload the ingress answers 503 at once instead of queueing (:mod:`serving.app`), but a
+fixed ``Retry-After: 1`` brings every rejected client back together one second later, and the
+admitted requests then queue behind that herd.
 
-What: the ingress counts admitted and rejected ``/recommend`` calls per
-window (0.5 s). At each window's end the base delay moves towards the value at
-which clients come back at about the rate the server admits them:
-``base ← clamp(base · sqrt(rejected / admitted), min_s, max_s)`` — the square
-root damps the step (with N waiting clients and capacity C the fixed point is
-N/base ≈ 2C, i.e. rejected ≈ admitted). Within a window the same ratio, taken
-over the counts so far, can only raise the delay, so the first burst of
-clients is already spread instead of returning together one second later. Each 503 then carries a uniformly
-drawn integer in ``[base, 2·base]`` seconds (capped at ``max_s``), so the returning clients are spread
-over a window instead of arriving in one burst (the "full jitter" remedy for
-retry storms; Brooker, "Exponential Backoff And Jitter", AWS Architecture
-Blog, 2015). Without overload the base decays back to ``min_s``.
+What: the ingress counts admitted and rejected ``/recommend`` calls per window (0.5 s). At each
+window's end the base delay moves towards the value at which clients come back at about the rate
+the server admits them: ``base ← clamp(base · sqrt(rejected / admitted), min_s, max_s)`` (the square
+root damps the step); within a window the ratio so far can only raise it, so a first burst is already
+spread. Each 503 carries a uniform integer in ``[base, 2·base]`` seconds ("full jitter": Brooker,
+"Exponential Backoff And Jitter", AWS Architecture Blog, 2015); without overload the base decays to
+``min_s``.
 
-Sub-second spread (``spread_s``). Jitter in whole seconds does not break a
-herd: clients rejected in the same instant and told 1, 2 or 3 s all come back
-at that instant plus whole seconds, so the phase of the first burst is kept
-for ever. Measured on the 2-core dev machine with 500 well-mannered clients
-that start together (the ``serving`` benchmark's overload phase): a herd
-arrived at every whole second, its ~200 rejections took the replica's event
-loop (and the GIL it shares with the decode thread) for 60–90 ms, and the
-batch decoding at that moment took 80–120 ms instead of 25 ms: these batches
-were the whole p99 of admitted requests. So each rejection is also *answered*
-after a uniform random delay in ``[0, spread_s)`` (:meth:`AdaptiveRetryAfter.answer_delay`):
-one round trip later the returns are spread over the second. The delay is a
-timer on the event loop (no CPU while it waits); the admission decision is
-made on arrival, so no admitted request waits for it.
+Sub-second spread (``spread_s``): whole-second jitter keeps the phase of a herd (clients rejected in
+the same instant come back at that instant plus whole seconds), so each rejection is also answered
+after a uniform random delay in ``[0, spread_s)`` (:meth:`AdaptiveRetryAfter.answer_delay`): a timer
+on the event loop, decided after admission, so no admitted request waits for it.
 """
 
 from __future__ import annotations

@@ -1,266 +1,64 @@
-"""The HTTP API: a FastAPI ingress deployment with (or in front of) the recommender (Ray Serve).
+"""The HTTP API: the FastAPI ingress deployment, in front of (or holding) the recommender (Ray Serve).
 
-Routes (all under ``/v1`` except the probes; every one is in the OpenAPI schema with examples):
+Routes (under ``/v1`` except the probes; each in the OpenAPI schema with examples): ``POST /v1/recommend``
+(resolve the user's experiment arms, generate a session, log it to ``served``, answer), ``POST
+/v1/events`` and ``/v1/items`` (validate with the event contract, write to Kafka, 202 with a reason per
+invalid record), ``/v1/experiments`` and their reports, ``/v1/admin/...`` (bearer token), ``/healthz``,
+``/readyz``, ``/metrics``.
 
-* ``POST /v1/recommend`` — resolve the user's experiment arms, generate a session
-  through the recommender deployment, write the ``served`` record, answer.
-* ``POST /v1/events`` / ``POST /v1/items`` — validate a batch with the event
-  contract (:func:`ingest.codec.decode_dict`), write the valid records to
-  Kafka, answer 202 with counts and a reason per invalid record.
-* ``GET /v1/experiments``, ``GET /v1/experiments/{name}/report`` (+ ``.png``).
-* ``POST /v1/admin/...`` — reload experiments, promote / roll back the default
-  model version, load a model version; bearer token from config.
-* ``/healthz`` (process up), ``/readyz`` (recommender answers, catalog not empty),
-  ``/metrics`` (Prometheus, :mod:`serving.metrics`).
+Exposure log: the ``served`` record is written after the recommender answered and acknowledged by the
+broker before the client's answer (:mod:`serving.recommend_path`), so no client sees a session without
+its record and no record exists for a request the recommender did not answer (except an answer lost on
+the wire after the ack, which the reward joiner treats as a session without feedback).
 
-Exposure logging (the ``served`` topic). The ingress writes the record after
-the recommender answered and *waits for the broker's ack before it answers
-the client* (:class:`serving.recommend_path.RecommendPath`: one linger-0
-producer, each answer awaits its own ack). If the recommender fails (replica killed, back-pressure) there is
-no result, no record and the client gets 503; if the write fails the client
-gets 503 too. So no client sees a session without its ``served`` record, and a
-record never exists for a request the recommender did not answer. (A record
-*can* exist for a response lost on the wire after the ack — the one window no
-server can close; the reward joiner treats such a session as one without
-feedback.) In the colocated topology the recommender dies with the ingress: its in-flight
-requests get no answer (the proxy answers 500, a direct client sees the connection drop), and
-for a request killed between its ack and its response that same window applies.
+Overload: the ingress admits at most ``max_inflight`` recommend requests (what the recommender decodes
+at once, or an adaptive AIMD limit near ``latency_target_ms``); beyond that it answers 503 with a
+jittered ``Retry-After`` (:mod:`serving.admission`) before FastAPI reads the body (:class:`RecommendGate`),
+so admitted requests keep their latency instead of everybody queueing; beyond ``max_inflight +
+ingress_slack`` Serve itself sheds.
 
-Overload: the ingress admits at most ``max_inflight`` recommend requests (by
-default what the recommender decodes at once: its rows with continuous
-batching, two static batches without; :func:`serving.recommender.default_max_inflight`;
-optionally an adaptive AIMD limit that keeps admitted latency near
-``latency_target_ms``); beyond that it answers ``503`` (admitted requests keep
-their latency instead of everybody queueing), with an adaptive, jittered
-``Retry-After`` (:mod:`serving.admission`) and after a random sub-second delay,
-so that clients rejected together do not come back together; that
-503 comes from :class:`RecommendGate`, before FastAPI routes, reads or
-validates the body. The recommender's ``max_queued_requests`` back-pressure
-maps to the same answer, and beyond ``max_inflight + ingress_slack`` (+ a
-short queue) Serve itself sheds with 503 + ``Retry-After: shed_retry_after_s``
-(in the proxy, or with direct ingress in the replica's own server).
-With static batches an admitted request waits for the batch that is running when
-it arrives, then runs in the next one: about two batch decodes. With continuous
-batching (the default in the colocated topology, :mod:`serving.session_streams`) it
-joins the running rows at the next item boundary and costs one decode at the
-running size (``serving.recommender.DEFAULT_MAX_BATCH`` rows). BENCHMARKS.md,
-``serving``, runs the overload phase at several sizes and limits, static and continuous.
+Limits (:mod:`serving.limits`, outermost): 413 for a body over ``max_body_bytes`` before it is read,
+429 + ``Retry-After`` beyond a client's optional rate on ``/v1/recommend``; 422 for a batch over
+``max_batch_records`` or ``k`` over ``max_k``.
 
-Topology (:data:`TOPOLOGIES`, ``AppSettings.topology``). ``colocated`` (default): every
-ingress replica builds its own recommender (the :class:`serving.recommender.Recommender`
-class in a child process of the replica, :mod:`serving.decode_process`, behind
-:class:`serving.local_handle.LocalHandle`), so ``/recommend`` never leaves the replica that
-parsed it, and decoding does not share a GIL with the HTTP server (``batching: worker`` keeps
-it in the replica's own process). ``split``: the FastAPI ingress deployment calls a
-separate batching recommender deployment through a Serve handle over Serve's gRPC transport
-(``rec_transport``); the two scale apart. Measured on the 2-core dev machine (trivial
-deployments, one script): the handle hop alone costs 3.4 ms over gRPC and 5.2 ms over Ray
-actor calls, against the 5 ms budget of HTTP + Serve overhead; a one-deployment app answers
-a trivial POST in 1.9 ms. The ``serving`` benchmark measures both topologies in one run.
-
-Measured before (BENCHMARKS.md, ``serving``): clients talk to the ingress replica's own port
-(Serve direct ingress, :mod:`serving.direct_ingress`), which took the HTTP + Serve overhead at
-concurrency 1 from 44 ms (through the Serve proxy, same run) to 23 ms in the split topology;
-Ray's workers start at nice 15 and a serving cluster started here runs them at nice 0
-(same module), without which every replica got a few percent of a core beside other work.
+Topology (:data:`serving.settings.TOPOLOGIES`): ``colocated`` runs the recommender in a child process of
+each ingress replica (:mod:`serving.decode_process`); ``split`` calls a recommender deployment over
+Serve's gRPC transport (:mod:`serving.recommender_deployment`) so the two scale apart. The application
+is assembled in :mod:`serving.application`.
 """
-
 
 import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import msgspec
-from fastapi import FastAPI, Header, HTTPException, Path as PathParam, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Header, HTTPException, Path as PathParam, Query
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from ingest.codec import ContractError, decode_dict
 from ingest.contract import ITEM_EVENTS, USER_EVENTS
 from serving.admission import AdaptiveRetryAfter, RetryAfterConfig
-from serving.backend import ModelSpec, RecRequest, RecResult
-from serving.experiments import ExperimentRegistry
-from serving.loop_lag import ONE_LOOP_ENV, LoopLagProbe, tune_replica_process
+from serving.limits import RateLimiter, RequestLimits
+from serving.requests import RecRequest, RecResult
+from serving.experiments.config import ExperimentRegistry, ExperimentsConfig
+from serving.loop_lag import LoopLagProbe, tune_replica_process
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.recommend_path import RecommendPath, ServedLog, Unavailable, await_kafka
+from serving import rollout
+from serving.rollout import FollowingExperiments, arm_with_model, config_yaml
+from serving.schemas import (Accepted, AdmissionRequest, EventsBatch, ItemsBatch, LoadModelRequest, PromoteRequest,
+                             RateLimitRequest, RecommendRequest, RecommendResponse, RecordBatch, ReloadRequest)
+from serving.settings import AppSettings
 
 log = logging.getLogger(__name__)
 _REJECT_JSON = msgspec.json.Encoder()
 
-MAX_BATCH_RECORDS = 1000
-
-
-#: ``colocated``: every ingress replica holds its own recommender (model, catalog, history feed,
-#: ``@serve.batch``): a /recommend never leaves the process that parsed it. ``split``: a FastAPI
-#: ingress deployment calls a separate batching recommender deployment through a Serve handle, so
-#: the two scale apart (e.g. CPU ingress replicas in front of GPU recommender replicas) at the cost
-#: of one inter-process hop per request (measured: :mod:`serving.local_handle`).
-TOPOLOGIES = {"colocated", "split"}
-
-
-@dataclass(frozen=True)
-class AppSettings:
-    """Ingress settings (frozen, validated).
-
-    ``experiments``: YAML text or a path to the experiments file.
-    ``admin_token``: bearer token of the admin routes; ``None`` disables them.
-    ``max_inflight``: admitted concurrent /recommend per ingress replica before 503.
-    ``latency_target_ms``: when set, the admission limit adapts (AIMD) so that
-    admitted requests stay near this latency; ``None`` keeps ``max_inflight`` fixed.
-    ``ingress_slack`` / ``ingress_queue``: the ingress deployment takes ``max_inflight + ingress_slack``
-    concurrent requests (other routes, fast 503s) and the Serve proxy queues ``ingress_queue`` more;
-    beyond that the proxy itself answers 503 + ``Retry-After: shed_retry_after_s``. The ingress's own 503s carry an adaptive,
-    jittered Retry-After in ``[retry_after_s, max_retry_after_s]`` (:mod:`serving.admission`), and each is
-    answered after a uniform random delay in ``[0, reject_spread_s)`` so that a herd of clients rejected
-    together does not return together (0 answers at once).
-    """
-
-    kafka: object                      # ingest.kafka_client.KafkaConfig
-    experiments: str = ""
-    admin_token: str | None = None
-    max_inflight: int = 64
-    latency_target_ms: float | None = None
-    retry_after_s: int = 1
-    produce_timeout_s: float = 10.0
-    recommend_timeout_s: float = 30.0
-    report_cache_s: float = 5.0
-    max_k: int = 100
-    num_replicas: int = 1
-    ingress_slack: int = 1024
-    shed_retry_after_s: int = 5
-    ingress_queue: int = 64
-    max_retry_after_s: int = 30
-    reject_spread_s: float = 1.0
-    topology: str = "colocated"
-    rec_transport: str = "grpc"
-
-    def __post_init__(self) -> None:
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(f"AppSettings.topology={self.topology!r}: use one of {sorted(TOPOLOGIES)}")
-        if self.rec_transport not in ("grpc", "ray"):
-            raise ValueError(f"AppSettings.rec_transport={self.rec_transport!r}: use 'grpc' or 'ray'")
-        if self.max_inflight < 1:
-            raise ValueError(f"AppSettings.max_inflight={self.max_inflight} must be >= 1")
-        if self.latency_target_ms is not None and self.latency_target_ms <= 0:
-            raise ValueError(f"AppSettings.latency_target_ms={self.latency_target_ms} must be > 0 (or None: off)")
-        if not 0 <= self.reject_spread_s <= 10:
-            raise ValueError(f"AppSettings.reject_spread_s={self.reject_spread_s} must be in [0, 10] seconds "
-                             "(0: answer 503s at once)")
-        if self.retry_after_s < 1:
-            raise ValueError(f"AppSettings.retry_after_s={self.retry_after_s} must be >= 1 second")
-        if self.admin_token is not None and len(self.admin_token) < 16:
-            raise ValueError("AppSettings.admin_token must be at least 16 characters (or None to disable admin)")
-        if self.shed_retry_after_s < 1 or self.max_retry_after_s < self.retry_after_s:
-            raise ValueError(f"AppSettings: shed_retry_after_s={self.shed_retry_after_s} must be >= 1 and "
-                             f"max_retry_after_s={self.max_retry_after_s} >= retry_after_s={self.retry_after_s}")
-        if self.ingress_slack < 1 or self.ingress_queue < 1:
-            raise ValueError(f"AppSettings.ingress_slack={self.ingress_slack} and ingress_queue={self.ingress_queue} "
-                             "must be >= 1 (extra ingress concurrency / proxy queue beyond max_inflight)")
-        if not 1 <= self.max_k <= 1000:
-            raise ValueError(f"AppSettings.max_k={self.max_k} must be in 1..1000")
-
-
-# ---- request / response schemas --------------------------------------------------------------
-
-#: The contract's id rule (ingest.contract: no character for which Python's str.isspace() is true).
-#: pydantic's regex engine has Unicode White_Space for \s, which lacks \x1c-\x1f; add them so an id
-#: accepted here is never rejected by the contract (and dead-lettered) downstream.
-ID_PATTERN = r"^[^\s\x1c-\x1f]+$"
-UserId = Field(min_length=1, max_length=128, pattern=ID_PATTERN, description="the user to recommend for")
-
-
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"user_id": "u42", "k": 5, "exclude_seen": True, "context": {"surface": "home"}}]})
-    user_id: str = UserId
-    k: int = Field(10, ge=1, le=1000, description="session length (items to generate)")
-    exclude_seen: bool = Field(True, description="never recommend an item the user already interacted with")
-    context: Optional[dict[str, Optional[str | int | float | bool]]] = Field(
-        None, max_length=32, description="free-form request context (logged, not used for bucketing)")
-
-
-class RecItem(BaseModel):
-    item_id: str
-    sid: list[int]
-    score: float
-
-
-class RecommendResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "request_id": "4f1c0a9e2b7d4c18a5e3f0b6d9c2e71a", "model_version": "v1", "experiment": "decode-ab",
-        "arm": "beam", "items": [{"item_id": "i17", "sid": [3, 0, 1], "score": -1.2}],
-        "timings": {"total_ms": 12.5, "recommender_ms": 9.1, "log_ms": 1.2}}]})
-    request_id: str
-    items: list[RecItem]
-    model_version: str
-    experiment: str
-    arm: str
-    timings: dict[str, float]
-
-
-class RecordBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    records: list[Any] = Field(..., max_length=MAX_BATCH_RECORDS,
-                               description=f"up to {MAX_BATCH_RECORDS} records of the event contract")
-
-
-class EventsBatch(RecordBatch):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [
-        {"event_id": "e1", "user_id": "u42", "item_id": "i17", "type": "click", "ts": 1764000000000},
-        {"event_id": "e2", "user_id": "u42", "item_id": "i17", "type": "watch", "ts": 1764000005000,
-         "watch_ms": 5000, "request_id": "4f1c0a9e2b7d4c18a5e3f0b6d9c2e71a"}]}]})
-
-
-class ItemsBatch(RecordBatch):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"records": [
-        {"item_id": "i900", "ts": 1764000000000, "op": "upsert", "title": "Night trains of Europe",
-         "tags": ["travel", "rail"]}]}]})
-
-
-class RecordError(BaseModel):
-    index: int
-    reason: str
-
-
-class Accepted(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"accepted": 1, "rejected": 1, "errors": [{"index": 1, "reason": "invalid record: Expected `int`, "
-                                                                           "got `str` - at `$.ts`"}]}]})
-    accepted: int
-    rejected: int
-    errors: list[RecordError]
-
-
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"yaml": None}]})
-    yaml: Optional[str] = Field(None, max_length=1_000_000,
-                                description="new experiments YAML; omitted: re-read the configured file")
-
-
-class PromoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model_version": "v2"}]})
-    model_version: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
-
-
-class AdmissionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"max_inflight": 32, "latency_target_ms": 500}]})
-    max_inflight: Optional[int] = Field(None, ge=1, le=100_000)
-    latency_target_ms: Optional[float] = Field(None, gt=0, le=600_000,
-                                               description="adaptive limit target; 0 or omitted keeps it as is")
-    adaptive: Optional[bool] = Field(None, description="false: switch the adaptive limit off")
-
-
-class LoadModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"model_version": "v3", "path": "/models/v3.pt"}]})
-    model_version: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
-    path: str = Field(min_length=1, max_length=4096)
-
+#: How often the ingress asks its recommender which promoted version it follows (serving.recommender_follow);
+#: the recommender itself reads the registry every ``recommender.promoted_poll_s``.
+FOLLOW_CHECK_S = 1.0
 
 api = FastAPI(title="genrec", version="0.1.0",
               description="Streaming generative recommender: sessions generated from fresh histories, "
@@ -297,15 +95,9 @@ _INGRESS: list = []
 class RecommendGate:
     """ASGI middleware: a ``POST /v1/recommend`` beyond the admission limit gets its 503 before FastAPI.
 
-    Why: under overload most requests are rejected, and rejected clients come
-    back in bursts (``Retry-After`` has whole-second resolution, so everyone
-    turned away in the same instant returns in the same instant). Measured in
-    the ingress replica: such a burst kept its event loop busy for up to
-    ~0.4 s — routing, reading and validating every body only to answer 503 —
-    and the admitted requests in flight on that loop waited behind it. Here
-    the 503 (same body and adaptive ``Retry-After`` as the route's own) is sent
-    without routing, body read or validation. The route keeps its own check,
-    which stays authoritative (admission can change while a body is read).
+    Rejected clients come back in bursts; routing, reading and validating every body only to answer
+    503 would hold the event loop that admitted requests wait on. The 503 here has the route's body
+    and adaptive ``Retry-After``; the route keeps its own check, which stays authoritative.
     """
 
     def __init__(self, app):
@@ -332,6 +124,20 @@ class RecommendGate:
 api.add_middleware(RecommendGate)
 
 
+def _request_limits():
+    """``(max_body_bytes, RateLimiter or None, key header)`` of this replica's Ingress, for
+    :class:`serving.limits.RequestLimits` (None before the constructor ran). A module-level function, so
+    the middleware reaches the module's ``_INGRESS`` by reference (see the Ingress constructor)."""
+    if not _INGRESS:
+        return None
+    ing = _INGRESS[0]
+    return ing.s.max_body_bytes, ing.rate_limiter, ing.s.rate_limit_key_header
+
+
+# Added last: outermost, so the body limit and the rate limit answer before the admission gate.
+api.add_middleware(RequestLimits, limits=_request_limits)
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -340,27 +146,39 @@ class Ingress:
     def __init__(self, recommender, settings: AppSettings, rec_cfg=None):
         from ingest.producer import EventProducer, ProducerConfig
         from ingest.topics import ensure_topics
+        from serving.startup import StartupLog
 
-        if recommender is None:  # colocated: this replica's own recommender (a child process by default)
+        self.startup = StartupLog()
+        with self.startup.stage("ingress: topics"):   # before the recommender: its feeds follow them
+            ensure_topics(settings.kafka)
+        if recommender is None:  # colocated: this replica's own recommender, in a child process
+            from serving.decode_process import RecommenderProcess
             from serving.local_handle import LocalHandle
 
-            if rec_cfg.batching == "process":
-                from serving.decode_process import RecommenderProcess
+            with self.startup.stage("ingress: recommender process"):
+                proc = RecommenderProcess(rec_cfg)
+            self.startup.stages += [(f"  {name}", s) for name, s in proc.startup_stages]
+            self.rec = LocalHandle(proc)
+        else:  # split: the recommender deployment, over Serve's gRPC transport
+            from serving.compat_serve import grpc_handle
 
-                self.rec = LocalHandle(RecommenderProcess(rec_cfg))
-            else:
-                from serving.recommender import Recommender
-
-                self.rec = LocalHandle(Recommender.func_or_class(rec_cfg))
-        else:  # split: the recommender deployment; gRPC transport unless told otherwise
-            self.rec = recommender.options(_by_reference=settings.rec_transport == "ray")
+            self.rec = grpc_handle(recommender)
         self.s = settings
-        ensure_topics(settings.kafka)
+        self.admin_token = settings.admin_secret()   # from the environment or admin_token_file, never argv
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst) \
+            if settings.rate_limit_per_s else None
+        t = time.perf_counter()
         self.producer = EventProducer(settings.kafka, ProducerConfig(linger_ms=1))
         self.registry = ExperimentRegistry(source=settings.experiments or None) if settings.experiments \
             else ExperimentRegistry()
         self.metrics = ServingMetrics()
-        self.path = RecommendPath(self.registry, ServedLog(settings.kafka, settings.produce_timeout_s), self.metrics)
+        # the default model version follows the registry's promoted version once the recommender loaded it
+        self.routing = FollowingExperiments(self.registry)
+        self._follow_task = None
+        self._registry_uri = rec_cfg.registry if rec_cfg is not None else None
+        self.routing.promoted = rollout.promoted_at_start(rec_cfg)
+        self.path = RecommendPath(self.routing, ServedLog(settings.kafka, settings.produce_timeout_s), self.metrics,
+                                  decode_defaults=settings.decode)
         self.retry = AdaptiveRetryAfter(RetryAfterConfig(min_s=settings.retry_after_s,
                                                          max_s=max(settings.retry_after_s, settings.max_retry_after_s),
                                                          spread_s=settings.reject_spread_s))
@@ -377,7 +195,12 @@ class Ingress:
         import serving.app as this_module
 
         this_module._INGRESS[:] = [self]
+        self.startup.add("ingress: producers, experiments, metrics", time.perf_counter() - t)
         tune_replica_process()  # last: frozen start-up heap, 1 ms GIL switches, fewer young GCs (serving.loop_lag)
+
+    def startup_stages(self) -> list[tuple[str, float]]:
+        """``(stage, seconds)`` of this replica's start-up (``genrec serve`` prints them)."""
+        return list(self.startup.stages)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose recommender process died is replaced (its in-flight
@@ -408,16 +231,20 @@ class Ingress:
             self.limit = min(float(self.max_inflight), self.limit + 1.0 / max(self.limit, 1.0))
 
     def _admin(self, authorization: str | None) -> None:
-        if not self.s.admin_token:
-            raise HTTPException(403, "admin API disabled: no admin_token configured (genrec serve --admin-token)")
+        if not self.admin_token:
+            raise HTTPException(403, "admin API disabled: no admin token configured (set GENREC_SERVING__ADMIN_TOKEN "
+                                     "or serving.admin_token_file)")
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "admin route: send 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(authorization[7:].encode(), self.s.admin_token.encode()):
+        if not hmac.compare_digest(authorization[7:].encode(), self.admin_token.encode()):
             raise HTTPException(403, "admin token does not match")
 
     async def _write(self, topic: str, body: RecordBatch) -> JSONResponse:
         t0 = time.perf_counter()
+        if len(body.records) > self.s.max_batch_records:
+            raise HTTPException(422, f"{len(body.records)} records exceed the limit of {self.s.max_batch_records} "
+                                     "per request (serving.max_batch_records); split the batch")
         valid, errors = [], []
         for i, obj in enumerate(body.records):
             if not isinstance(obj, dict):
@@ -450,8 +277,11 @@ class Ingress:
         """Generate a session of ``k`` items for ``user_id`` from their fresh history."""
         t0 = time.perf_counter()
         self.loop_lag.ensure_started()
+        if self._follow_task is None:
+            await self._ensure_following()
         if body.k > self.s.max_k:
-            raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session")
+            raise HTTPException(422, f"k={body.k} exceeds the limit of {self.s.max_k} items per session "
+                                     "(serving.max_k)")
         rejected = _overload_rejection(self)
         if rejected is not None:
             await _spread(self)
@@ -475,13 +305,28 @@ class Ingress:
         self._adapt(timings["total_ms"])
         return Response(out, media_type="application/json")
 
-    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None,
-                                 continuous: bool | None = None) -> dict:
-        """Change the recommender's batch size (and continuous batching, in a recommender process) live.
+    # -- following the registry's promoted version --------------------------------------------
 
-        The benchmark compares settings in one run; in the split topology this reaches one recommender replica.
-        """
-        return await self.rec.configure_batching.remote(max_batch_size, batch_wait_timeout_s, continuous)
+    async def _sync_promoted(self) -> dict | None:
+        """Ask the recommender which promoted version it follows and make it the default model version."""
+        try:
+            st = await asyncio.wait_for(self.rec.status.remote(), 5)
+        except Exception:  # noqa: BLE001 - busy or restarting: keep the current default, ask again later
+            return None
+        self._registry_uri = st.get("registry") or self._registry_uri
+        self.routing.promoted = (st.get("promoted") or {}).get("version")
+        return st
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_CHECK_S)
+            await self._sync_promoted()
+
+    async def _ensure_following(self) -> None:
+        """Start the follow loop on first use (the replica's event loop runs by then), after one sync."""
+        if self._follow_task is None:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow_loop())
+            await self._sync_promoted()
 
     def _lag_timings(self) -> dict:
         """Ingress event-loop lag now (ms), reported with each answer (:mod:`serving.loop_lag`)."""
@@ -533,7 +378,14 @@ class Ingress:
     @api.get("/v1/experiments", tags=["experiments"])
     async def experiments(self) -> dict:
         """The live experiment layers, arms, weights and guardrails."""
-        return {"version": self.registry.version, **self.registry.config.describe()}
+        return {"version": self.registry.version, **self.routing.config.describe()}
+
+    @api.get("/v1/experiments.html", tags=["experiments"], response_class=HTMLResponse)
+    async def experiments_html(self) -> HTMLResponse:
+        """The experiments as a page for people: layers, arms, traffic, links to each report page."""
+        from serving.experiments.html import experiments_page
+
+        return HTMLResponse(experiments_page({"version": self.registry.version, **self.routing.config.describe()}))
 
     def _experiment(self, name: str):
         try:
@@ -543,18 +395,18 @@ class Ingress:
             raise HTTPException(404, f"no experiment {name!r}; known: {names}") from None
 
     async def _report(self, name: str, plot: str | None = None) -> dict:
-        from serving.ab_report import build_report, read_kafka
+        from serving.experiments.report import read_report_records, report_from_records
 
         exp = self._experiment(name)
         hit = self._report_cache.get(name)
         if hit and time.monotonic() - hit[0] < self.s.report_cache_s and plot is None:
             return hit[1]
         loop = asyncio.get_running_loop()
-        try:
-            served, events = await loop.run_in_executor(None, read_kafka, self.s.kafka, 30.0)
+        try:  # the rewards topic when the joiners wrote this experiment's sessions, else served + user-events
+            records = await loop.run_in_executor(None, read_report_records, self.s.kafka, name, 30.0)
         except Exception as e:  # noqa: BLE001
             raise _unavailable(f"could not read Kafka ({type(e).__name__})", self.s.retry_after_s) from None
-        rep = await loop.run_in_executor(None, build_report, exp, served, events, plot)
+        rep = await loop.run_in_executor(None, report_from_records, exp, records, plot)
         self._report_cache[name] = (time.monotonic(), rep)
         return rep
 
@@ -562,8 +414,8 @@ class Ingress:
              responses={404: {"description": "unknown experiment"}})
     async def report(self, name: str = PathParam(..., min_length=1, max_length=128),
                      format: str = Query("json", pattern="^(json|markdown)$")) -> Response:
-        """Per-arm exposures, feedback, CTR, reward, watch time with 95% CIs, Welch tests vs control, SRM."""
-        from serving.ab_report import markdown
+        """Per-arm metrics over users (the randomisation unit): lifts with intervals, corrected p-values, guardrails, SRM."""
+        from serving.experiments.report import markdown
 
         rep = await self._report(name)
         if format == "markdown":
@@ -573,7 +425,7 @@ class Ingress:
     @api.get("/v1/experiments/{name}/report.png", tags=["experiments"],
              responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown experiment"}})
     async def report_png(self, name: str = PathParam(..., min_length=1, max_length=128)) -> Response:
-        """The report's plot (per-arm means with 95% CIs)."""
+        """The report's plot: a forest plot of relative lifts and the cumulative lift with its bounds."""
         import os
         import tempfile
 
@@ -587,14 +439,35 @@ class Ingress:
         finally:
             os.unlink(path)
 
+    @api.get("/v1/experiments/{name}/report.html", tags=["experiments"], response_class=HTMLResponse,
+             responses={404: {"description": "unknown experiment (a page saying so)"}})
+    async def report_html(self, name: str = PathParam(..., min_length=1, max_length=128)) -> HTMLResponse:
+        """The report as a page for people (tables and the plot); a failure is a page that says what failed."""
+        from serving.experiments.html import message_page, report_page
+
+        back = "../../experiments.html"
+        try:
+            return HTMLResponse(report_page(await self._report(name)))
+        except HTTPException as e:
+            return HTMLResponse(message_page(f"Experiment {name}", str(e.detail), back), status_code=e.status_code,
+                                headers=e.headers)
+        except Exception as e:  # noqa: BLE001 - a bug in the analysis: say so on the page, log the traceback
+            log.exception("report of experiment %r failed", name)
+            return HTMLResponse(message_page(f"Experiment {name}", f"the report could not be computed "
+                                             f"({type(e).__name__}: {e})"[:500], back), status_code=500)
+
     # -- admin -------------------------------------------------------------------------------
 
     @api.post("/v1/admin/experiments/reload", tags=["admin"],
               responses={400: {"description": "invalid experiments config"}, 401: {}, 403: {}})
     async def reload(self, body: ReloadRequest, authorization: str | None = Header(None)) -> dict:
-        """Re-read the experiments (from the body's YAML or the configured file) without a restart."""
+        """Re-read the experiments (from the body's YAML or the configured file) without a restart. An arm that
+        names a model version whose gate verdict failed is refused (400): it never receives traffic."""
         self._admin(authorization)
         try:
+            mreg = self._model_registry()
+            if mreg is not None and body.yaml:
+                rollout.check_arms(ExperimentsConfig.from_yaml(body.yaml), mreg)
             self.registry.reload(body.yaml)
         except (ValueError, OSError) as e:
             raise HTTPException(400, f"experiments not reloaded: {e}") from None
@@ -607,26 +480,128 @@ class Ingress:
         except Exception as e:  # noqa: BLE001
             raise _unavailable(f"recommender unavailable ({type(e).__name__})", self.s.retry_after_s) from None
 
+    def _model_registry(self):
+        """The model registry the recommender loads from (None when it has none)."""
+        if not self._registry_uri:
+            return None
+        from actors.model_registry import ModelRegistry
+
+        return ModelRegistry(self._registry_uri)
+
+    async def _load_on_this_replica(self, version: str) -> None:
+        """Load ``version`` into this replica's recommender before it takes traffic (400 when it cannot)."""
+        if version in await self._versions():
+            return
+        try:
+            await self.rec.load_model.remote(version)
+        except Exception as e:  # noqa: BLE001 - damaged, foreign or refused version: serving keeps its own
+            raise HTTPException(400, f"model version {version!r} not promoted, serving keeps its version: "
+                                     f"{type(e).__name__}: {e}"[:2000]) from None
+
     @api.post("/v1/admin/models/promote", tags=["admin"],
-              responses={404: {"description": "model version not loaded"}, 401: {}, 403: {}})
+              responses={404: {"description": "model version neither in the registry nor loaded"},
+                         409: {"description": "no passing gate verdict (the version never receives traffic)"},
+                         400: {"description": "the version cannot be loaded; serving keeps its version"},
+                         401: {}, 403: {}})
     async def promote(self, body: PromoteRequest, authorization: str | None = Header(None)) -> dict:
-        """Make a loaded model version the default (users outside model experiments get it)."""
+        """Make a model version the default (users outside model experiments get it).
+
+        A version of the model registry is promoted *in the registry* (as ``genrec models promote``): only
+        with a passing gate verdict (409 otherwise), after this replica loaded it (400 when it cannot, the
+        pointer unchanged); every replica follows the pointer within ``recommender.promoted_poll_s``. A
+        loaded version outside the registry (an untrained test model) moves this replica's experiments
+        default, unless the app follows a registry version."""
+        from actors.model_registry import RegistryError
+
         self._admin(authorization)
+        await self._ensure_following()
+        version = body.model_version
+        mreg = self._model_registry()
+        try:
+            registered = mreg is not None and rollout.registered(mreg, version)
+            if registered:
+                rollout.check_promotable(mreg, version, self.routing.promoted)
+        except rollout.Refused as e:
+            raise HTTPException(e.status, e.detail) from None
+        if registered:
+            await self._load_on_this_replica(version)
+            try:
+                previous = mreg.promote(version)
+            except RegistryError as e:
+                raise HTTPException(409, f"not promoted: {e}") from None
+            await self._sync_promoted()
+            return {"default_model_version": version, "previous": previous, "registry": mreg.uri}
         versions = await self._versions()
-        if body.model_version not in versions:
-            raise HTTPException(404, f"model version {body.model_version!r} is not loaded; loaded: {versions}")
-        previous = self.registry.promote(body.model_version)
-        return {"default_model_version": body.model_version, "previous": previous}
+        if version not in versions:
+            raise HTTPException(404, f"model version {version!r} is not loaded and not in the model registry; "
+                                     f"loaded: {versions}")
+        if self.routing.promoted is not None:
+            raise HTTPException(409, f"this app serves the model registry's promoted version "
+                                     f"{self.routing.promoted!r}; promote a registry version that passed its gate")
+        previous = self.registry.promote(version)
+        return {"default_model_version": version, "previous": previous}
 
     @api.post("/v1/admin/models/rollback", tags=["admin"], responses={409: {"description": "nothing to roll back"}})
     async def rollback(self, authorization: str | None = Header(None)) -> dict:
-        """Undo the last promote: one call."""
+        """Undo the last promote: one call. While the app follows the registry's promoted version, the registry
+        pointer moves back (every replica follows it); otherwise this replica's experiments default does."""
+        from actors.model_registry import RegistryError
+
         self._admin(authorization)
+        await self._ensure_following()
+        mreg = self._model_registry()
+        if self.routing.promoted is None:
+            try:
+                return {"default_model_version": self.registry.rollback()}
+            except ValueError as e:
+                if mreg is None:
+                    raise HTTPException(409, str(e)) from None
         try:
-            restored = self.registry.rollback()
-        except ValueError as e:
+            restored = mreg.rollback()
+        except RegistryError as e:
             raise HTTPException(409, str(e)) from None
-        return {"default_model_version": restored}
+        return {"default_model_version": restored, "registry": mreg.uri}
+
+    @api.get("/v1/admin/models", tags=["admin"], responses={401: {}, 403: {}})
+    async def models(self, authorization: str | None = Header(None)) -> dict:
+        """The versions this replica's recommender holds, the promoted version it follows (with its failed
+        loads) and the default model version users get."""
+        self._admin(authorization)
+        await self._ensure_following()
+        st = await self._sync_promoted()
+        if st is None:
+            raise _unavailable("recommender unavailable", self.s.retry_after_s)
+        return {"models": st.get("models"), "promoted": st.get("promoted"), "registry": st.get("registry"),
+                "default_model_version": self.routing.config.default_model_version}
+
+    @api.post("/v1/admin/experiments/{name}/arms/{arm}", tags=["admin"],
+              responses={404: {"description": "unknown experiment or arm"},
+                         409: {"description": "no passing gate verdict"},
+                         400: {"description": "the version cannot be loaded"}, 401: {}, 403: {}})
+    async def assign_arm(self, body: PromoteRequest, name: str = PathParam(..., min_length=1, max_length=128),
+                         arm: str = PathParam(..., min_length=1, max_length=40),
+                         authorization: str | None = Header(None)) -> dict:
+        """Put a model version that passed its gate into an experiment arm (this replica's experiments; the
+        file-backed way for every replica is ``serving.rollout.assign_arm_model`` and a reload)."""
+        from actors.model_registry import RegistryError
+
+        self._admin(authorization)
+        mreg = self._model_registry()
+        if mreg is None:
+            raise HTTPException(409, "this app has no model registry (recommender.registry): arms take registry "
+                                     "versions that passed their gate")
+        try:
+            mreg.require_passing(body.model_version)
+        except RegistryError as e:
+            raise HTTPException(404 if "is not in the registry" in str(e) else 409, f"not assigned: {e}") from None
+        try:
+            new = arm_with_model(self.registry.config, name, arm, body.model_version)
+        except KeyError as e:
+            raise HTTPException(404, str(e.args[0])) from None
+        await self._load_on_this_replica(body.model_version)
+        self.registry.reload(config_yaml(new))
+        self._report_cache.clear()
+        return {"experiment": name, "arm": arm, "model_version": body.model_version, "version": self.registry.version}
 
     @api.post("/v1/admin/admission", tags=["admin"], responses={401: {}, 403: {}})
     async def admission(self, body: AdmissionRequest, authorization: Optional[str] = Header(None)) -> dict:
@@ -642,14 +617,22 @@ class Ingress:
             self.limit = float(self.max_inflight)
         return {"max_inflight": self.max_inflight, "limit": self.limit, "latency_target_ms": self.latency_target_ms}
 
+    @api.post("/v1/admin/rate-limit", tags=["admin"], responses={401: {}, 403: {}})
+    async def rate_limit(self, body: RateLimitRequest, authorization: Optional[str] = Header(None)) -> dict:
+        """Switch the per-client rate limit of /v1/recommend on (``per_s``, ``burst``) or off (``per_s: 0``), live,
+        in the replica that answers (each replica has its own buckets)."""
+        self._admin(authorization)
+        self.rate_limiter = RateLimiter(body.per_s, body.burst or self.s.rate_limit_burst) if body.per_s else None
+        return {"per_s": body.per_s or None, "burst": self.rate_limiter.burst if self.rate_limiter else None}
+
     @api.post("/v1/admin/models/load", tags=["admin"], responses={400: {"description": "cannot load"}})
     async def load_model(self, body: LoadModelRequest, authorization: str | None = Header(None)) -> dict:
-        """Load a checkpoint as a new model version beside the running ones (every replica that gets it)."""
+        """Load a version of the model registry beside the running ones (every replica that gets it)."""
         self._admin(authorization)
         try:
-            versions = await self.rec.load_model.remote(ModelSpec(body.model_version, path=body.path))
-        except Exception as e:  # noqa: BLE001 - a bad path / config is the caller's problem
-            raise HTTPException(400, f"could not load {body.path!r}: {type(e).__name__}: {e}"[:2000]) from None
+            versions = await self.rec.load_model.remote(body.model_version)
+        except Exception as e:  # noqa: BLE001 - an unknown or damaged version is the caller's problem
+            raise HTTPException(400, f"could not load {body.model_version!r}: {type(e).__name__}: {e}"[:2000]) from None
         return {"models": versions}
 
     # -- probes ------------------------------------------------------------------------------
@@ -678,45 +661,3 @@ class Ingress:
         except Exception:  # noqa: BLE001 - a scrape never fails because the recommender is busy
             pass
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-
-
-
-
-#: No per-request access log lines from the replicas (or, passed to ``serve.start``, the proxy): Serve
-#: formats and flushes one line per request per component, which on a 2-core machine is CPU taken from
-#: decoding exactly when overload makes it scarce. Latency, status and errors per route and arm are in
-#: ``/metrics``; warnings and errors are still logged.
-QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
-
-
-def build_app(settings: AppSettings, rec_cfg):
-    """The bound Serve application: ingress → recommender."""
-    from serving.recommender import recommender_deployment
-
-    dep, rec_cfg = recommender_deployment(rec_cfg)
-    # The proxy sheds load before the ingress replica: beyond max_ongoing (the admitted /recommend
-    # plus room for the other routes and for fast 503s) and a short queue, Serve's router answers
-    # 503 + Retry-After itself, without a replica call (a rejected request then costs the proxy only).
-    opts = dict(max_ongoing_requests=settings.max_inflight + settings.ingress_slack,
-                max_queued_requests=settings.ingress_queue,
-                backpressure_config={"status_code": 503, "retry_after_s": settings.shed_retry_after_s},
-                logging_config=QUIET_LOGS)
-    if settings.topology == "colocated":
-        # one deployment: each ingress replica is also a recommender (its resources, GPU included)
-        rec_opts = dep.ray_actor_options or {}
-        ingress = Ingress.options(num_replicas=settings.num_replicas, **opts, health_check_period_s=2,
-                                  health_check_timeout_s=30, ray_actor_options={
-            "num_cpus": rec_opts.get("num_cpus", 0.5), "num_gpus": rec_opts.get("num_gpus", 0),
-            "runtime_env": {"env_vars": ONE_LOOP_ENV}})
-        return ingress.bind(None, settings, rec_cfg)
-    ingress = Ingress.options(num_replicas=settings.num_replicas, **opts,
-                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ONE_LOOP_ENV}})
-    dep = dep.options(logging_config=QUIET_LOGS)
-    return ingress.bind(dep.bind(rec_cfg), settings)
-
-
-def app_builder(args: dict):
-    """Application builder for ``serve run`` / ``serve deploy`` (``import_path: serving.app:app_builder``)."""
-    from serving.serve_args import app_from_args
-
-    return app_from_args(args)

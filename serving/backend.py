@@ -7,7 +7,8 @@ generator, and the benchmarks can call the very same backend in-process to
 measure what HTTP + Serve add.
 
 :class:`GeneratorBackend` is the real one: per request it reads the user's
-fresh history, maps it onto the live catalog (:class:`serving.live_state.LiveCatalog`),
+fresh history, maps it onto the live catalog (:class:`serving.live_state.LiveCatalog`, a
+:class:`models.sid.catalog.Catalog`),
 encodes it once and generates a session of ``k`` items with the arm's decode
 settings under the trie constraint (never an invalid ID), without repeats, and
 without already-seen items when asked. Several model versions are loaded side
@@ -18,118 +19,33 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
 from serving.live_state import HistorySource, LiveCatalog
+from models.decoding.settings import DecodeSettings
+from serving.requests import EMPTY_CATALOG, ModelSpec, RecRequest, RecResult
 
 
-@dataclass(frozen=True)
-class RecRequest:
-    """One recommendation to compute (already resolved to a model version and decode settings)."""
+def load_model(spec: ModelSpec, device: str, level_sizes: tuple[int, ...] | None = None):
+    """``(model, mtp_heads or None)`` of a spec, in eval mode on ``device``.
 
-    user_id: str
-    k: int
-    model_version: str
-    decode: dict = field(default_factory=dict, hash=False)
-    exclude_seen: bool = True
-
-
-@dataclass
-class RecResult:
-    """A generated session, or ``error`` (then nothing was recommended)."""
-
-    items: list[str] = field(default_factory=list)
-    sids: list[list[int]] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    error: str | None = None
-
-
-EMPTY_CATALOG = "the catalog is empty: no item can be recommended yet"
-
-
-class RecommenderBackend(Protocol):
-    """What a recommender replica needs from the model side."""
-
-    def model_versions(self) -> list[str]: ...
-
-    def recommend(self, requests: Sequence[RecRequest]) -> list[RecResult]: ...
-
-    def status(self) -> dict: ...
-
-    def is_recommendable(self, item_id: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model version: a saved checkpoint (``path``: ``{"config", "state_dict"}``) or a seeded init.
-
-    A seeded init (no ``path``) is an untrained model with the given
-    ``config`` — used by tests and by benchmarks that measure speed only.
+    A registry version is checked against the serving catalog's ``level_sizes``
+    (:class:`actors.model_registry.RegistryError` names the fix); a seeded spec is an untrained model.
     """
-
-    version: str
-    config: dict = field(default_factory=dict, hash=False)
-    path: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.version or len(self.version) > 64 or any(c.isspace() for c in self.version):
-            raise ValueError(f"ModelSpec.version={self.version!r} must be 1-64 characters without spaces")
-        if self.path is None and not self.config:
-            raise ValueError(f"ModelSpec {self.version!r}: give a checkpoint path or a generator config")
-
-
-def save_model(model, path: str, mtp_heads=None) -> None:
-    """Write a generator checkpoint the backend can load (``{"config": dict, "state_dict": ...}``).
-
-    ``mtp_heads`` (a trained :class:`models.mtp.MTPHeads`) are stored beside the generator under
-    ``"mtp"``; a served version that has them can decode in the MTP and speculative modes.
-    """
-    import dataclasses
-
     import torch
 
-    blob = {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}
-    if mtp_heads is not None:
-        blob["mtp"] = {"config": dataclasses.asdict(mtp_heads.cfg), "state_dict": mtp_heads.state_dict()}
-    torch.save(blob, path)
+    from models.generator.model import GenerativeRecommender, GeneratorConfig
 
+    if spec.registry:
+        from actors.model_registry import ModelRegistry
 
-def load_mtp_heads(spec: ModelSpec, device: str):
-    """The :class:`models.mtp.MTPHeads` saved with a checkpoint (``save_model(..., mtp_heads=...)``), or None."""
-    import torch
-
-    if not spec.path:
-        return None
-    blob = torch.load(spec.path, map_location="cpu", weights_only=False)
-    if not blob.get("mtp"):
-        return None
-    from models.mtp import MTPConfig, MTPHeads
-
-    heads = MTPHeads(MTPConfig(**blob["mtp"]["config"]))
-    heads.load_state_dict(blob["mtp"]["state_dict"])
-    return heads.to(device).eval()
-
-
-def load_model(spec: ModelSpec, device: str):
-    """Build the :class:`models.generator.GenerativeRecommender` of a spec, in eval mode."""
-    import torch
-
-    from models.generator import GenerativeRecommender, GeneratorConfig
-
-    if spec.path:
-        blob = torch.load(spec.path, map_location="cpu", weights_only=False)
-        cfg = GeneratorConfig.from_dict(blob["config"])
-        model = GenerativeRecommender(cfg)
-        model.load_state_dict(blob["state_dict"])
-    else:
-        torch.manual_seed(spec.seed)
-        model = GenerativeRecommender(GeneratorConfig.from_dict(dict(spec.config)))
-    return model.to(device).eval()
+        bundle = ModelRegistry(spec.registry).load(spec.version, device, level_sizes=level_sizes)
+        return bundle.model, bundle.mtp_heads
+    torch.manual_seed(spec.seed)
+    return GenerativeRecommender(GeneratorConfig.from_dict(dict(spec.config))).to(device).eval(), None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -157,18 +73,23 @@ class GeneratorBackend:
         self._lock = threading.Lock()  # one decode at a time per replica (the batch is the parallelism)
 
     def model_versions(self) -> list[str]:
-        return sorted(self.models)
+        return sorted(list(self.models))
 
     def add_model(self, version: str, model, mtp_heads=None) -> None:
-        """Load another version beside the running ones (no restart), with its MTP heads when it has them."""
+        """Load another version beside the running ones (no restart), with its MTP heads when it has them.
+
+        Safe from another thread (the recommender's promoted-pointer follower): the model is moved to the
+        device first, then both tables are replaced by new dicts between two decode steps (under the
+        decode lock), so a running decode never sees a half-added version."""
         if tuple(model.cfg.level_sizes) != self.catalog.level_sizes:
             raise ValueError(f"model {version!r} level_sizes {model.cfg.level_sizes} != catalog "
                              f"{self.catalog.level_sizes}")
-        self.models[version] = model.to(self.device).eval()
-        if mtp_heads is not None:
-            self.mtp_heads[version] = mtp_heads.to(self.device).eval()
-        else:
-            self.mtp_heads.pop(version, None)
+        model = model.to(self.device).eval()
+        heads = None if mtp_heads is None else mtp_heads.to(self.device).eval()
+        with self._lock:
+            self.models = {**self.models, version: model}
+            rest = {v: h for v, h in self.mtp_heads.items() if v != version}
+            self.mtp_heads = rest if heads is None else {**rest, version: heads}
 
     def is_recommendable(self, item_id: str) -> bool:
         return self.catalog.is_live(item_id)
@@ -192,12 +113,12 @@ class GeneratorBackend:
                 out[i] = RecResult(error=f"unknown model version {r.model_version!r}; loaded: "
                                          f"{self.model_versions()}")
                 continue
-            key = (r.model_version, tuple(sorted(r.decode.items())), r.k, r.exclude_seen)
+            key = (r.model_version, r.decode, r.k, r.exclude_seen)
             groups.setdefault(key, []).append(i)
         with self._lock, self.catalog.lock:
             for (version, dec, k, excl), idx in groups.items():
                 t1 = time.perf_counter()
-                res = self._generate(self.models[version], [hist[i] for i in idx], dict(dec), k, excl,
+                res = self._generate(self.models[version], [hist[i] for i in idx], dec, k, excl,
                                      self.mtp_heads.get(version), version)
                 dt = time.perf_counter() - t1
                 for j, i in enumerate(idx):
@@ -208,46 +129,39 @@ class GeneratorBackend:
         return out  # type: ignore[return-value]
 
     def model_inputs(self, model, hists, exclude_seen: bool):
-        """Histories on the live catalog -> (HistoryBatch on the device, seen mask [B, n_items] or None).
+        """Histories on the live catalog -> (HistoryBatch on the device, seen: B arrays of item indices, or None).
 
         Items the catalog does not know are dropped from the history. Call with the catalog lock held.
         """
-        import torch
-
-        from models.history_features import history_batch
+        from models.generator.features import history_batch
 
         cat = self.catalog
         items = [cat.indices_of(h.item_ids) for h in hists]
         keep = [it >= 0 for it in items]
-        hb = history_batch([it[m] for it, m in zip(items, keep)], cat.item_sids(), model.cfg.max_history,
+        hb = history_batch([it[m] for it, m in zip(items, keep)], cat.sids(), model.cfg.max_history,
                            model.cfg.n_time_buckets, types=[h.types[m] for h, m in zip(hists, keep)],
                            ts=[h.ts[m] for h, m in zip(hists, keep)]).to(self.device)
-        seen = None
-        if exclude_seen:
-            seen = torch.zeros(len(hists), cat.n_items, dtype=torch.bool)
-            for b, (it, m) in enumerate(zip(items, keep)):
-                if m.any():
-                    seen[b, torch.as_tensor(it[m])] = True
-            seen = seen.to(self.device)
+        seen = [it[m] for it, m in zip(items, keep)] if exclude_seen else None   # no [B, n_items] mask
         return hb, seen
 
-    def _generate(self, model, hists, decode: dict, k: int, exclude_seen: bool, heads=None,
+    def _generate(self, model, hists, decode: DecodeSettings, k: int, exclude_seen: bool, heads=None,
                   version: str = "") -> list[RecResult]:
         import torch
 
         cat = self.catalog
         if len(cat) == 0:
             return [RecResult(error=EMPTY_CATALOG) for _ in hists]
+        settings = replace(decode, session_len=k, exclude_seen=exclude_seen)
+        mode = settings.mode
         hb, seen = self.model_inputs(model, hists, exclude_seen)
-        mode = decode.get("mode", "greedy")   # DecodeSettings's default, which _decode uses
         try:
             with torch.no_grad():
                 memory = model.encode(hb)
-                session = self._decode(model, memory, k, mode, decode, seen, exclude_seen, heads)
+                session = self._decode(model, memory, settings, seen, heads)
         except ValueError as e:  # e.g. a mode that needs MTP heads this version does not have
             hint = ("" if heads is not None or "MTP heads" not in str(e) else
-                    f" Model version {version!r} was loaded without MTP heads: serve a checkpoint written "
-                    "with serving.backend.save_model(model, path, mtp_heads=heads).")
+                    f" Model version {version!r} has no MTP heads: publish a version with them "
+                    "(actors.model_registry, GeneratorBundle(model, mtp_heads=...)).")
             return [RecResult(error=f"decode mode {mode!r} failed: {e}.{hint}") for _ in hists]
         it = session.items.cpu().numpy()
         sids = session.sids.cpu().numpy()
@@ -260,28 +174,14 @@ class GeneratorBackend:
         """One generated session (item indices [K], codes [K, D], scores [K]) as item ids; -1 items dropped."""
         items, sids, scores = np.asarray(items), np.asarray(sids), np.asarray(scores, dtype=np.float64)
         ok = items >= 0
-        ids = self.catalog.item_ids
-        return RecResult(items=[ids[i] for i in items[ok].tolist()], sids=sids[ok].tolist(),
+        return RecResult(items=self.catalog.item_ids(items[ok]), sids=sids[ok].tolist(),
                          scores=[float(s) if np.isfinite(s) else -1e9 for s in scores[ok]], stats=dict(stats))
 
-    def _decode(self, model, memory, k: int, mode: str, decode: dict, seen, exclude_seen: bool, heads=None):
-        """Run the arm's decode mode through ``models.decode_modes.generate`` (the one switch every
-        caller shares); plain ``models.decoding`` searches where that module is not there."""
-        from models import decoding as dec
+    def _decode(self, model, memory, settings, seen, heads=None):
+        """Decode with :func:`models.decoding.generate.generate` (the one entry point every caller shares) under
+        the catalog's constraint as it is now. Call with the catalog lock held."""
+        from models.decoding.constraint import SidConstraint
+        from models.decoding.generate import generate
 
-        try:
-            from models import decode_modes as dm
-        except ImportError:
-            dm = None
-        if dm is not None:
-            known = set(getattr(dm.DecodeSettings, "__dataclass_fields__", {}))
-            kw = {key: v for key, v in decode.items() if key in known}
-            kw.update(session_len=k, exclude_seen=exclude_seen)
-            return dm.generate(model, memory, self.catalog.trie, dm.DecodeSettings(**kw), seen=seen,
-                               mtp_heads=heads)
-        procs = dec.default_processors(self.catalog.trie, seen=seen, no_repeat=True,
-                                       index=self.catalog.range_index(), n_items=self.catalog.n_items)
-        if mode == "greedy":
-            return dec.greedy_session(model, memory, self.catalog.trie, session_len=k, processors=procs)
-        return dec.beam_session(model, memory, self.catalog.trie, session_len=k,
-                                beam_width=int(decode.get("beam_width", 4)), processors=procs)
+        return generate(model, memory, SidConstraint.of(self.catalog.trie, self.device), settings, seen=seen,
+                        mtp_heads=heads)

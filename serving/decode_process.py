@@ -1,37 +1,20 @@
-"""The recommender of a colocated ingress replica in a child process: decoding with a GIL of its own.
+"""The recommender in a child process: decoding with a GIL of its own, batched continuously.
 
-Why: in the ``colocated`` topology (:mod:`serving.local_handle`) the decode
-thread (:mod:`serving.decode_worker`) shares one GIL with everything else in
-the replica: the event loop parsing HTTP and answering 503s, the ``served``-log
-producer's I/O thread, the history and catalog feeds. Measured on the 2-core
-dev machine at 500 clients (``/tmp``-free reproduction: the ``serving``
-benchmark's overload phase, per-process CPU from ``/proc``): the replica used
-0.72 of a core while the other core sat mostly idle, and a batch of 15 that
-decodes in 19 ms alone took 27–37 ms at the median and over 100 ms at the
-tail; those slow batches were the p99 of admitted requests. A separate Serve
-deployment (the ``split`` topology) has a GIL of its own too, but its handle hop
-costs ~8 ms per request at concurrency 1.
+Why a process: in the ingress replica's process, decoding would share one GIL with the event loop
+(HTTP, 503s), the ``served``-log producer and the feeds, and every batch would stretch under load.
 
-What: :class:`RecommenderProcess` spawns one child process that builds the
-same :class:`serving.recommender.Recommender` (backend, live catalog feeds,
-model versions) and serves it over a ``multiprocessing`` pipe (~0.1 ms a
-round trip here). Greedy ``recommend`` calls are batched continuously
-(``RecommenderConfig.continuous_batching``, default on; :mod:`serving.session_streams`):
-they join the running rows between two items, up to ``max_batch_size`` rows,
-and are answered the moment their session is complete. Other modes are batched
-as :class:`serving.decode_worker.DecodeWorker` batches them: a batch takes
-everything that arrived while the previous one decoded, up to
-``max_batch_size``, with an optional ``batch_wait_timeout_s`` for company when
-idle. Every other method (status, catalog lookups, model loading, batch-size
-changes) runs in the child between two batches. In the parent every method is
-a coroutine, so :class:`serving.local_handle.LocalHandle` gives the ingress
-the same surface as a Serve deployment handle.
+What: :class:`RecommenderProcess` spawns a child that builds a :class:`serving.recommender.Recommender`
+and serves it over a ``multiprocessing`` pipe. Requests whose decode mode can join at item
+boundaries (greedy) join the running rows between two items, up to ``max_batch_size`` rows
+(:mod:`serving.session_streams`), and are answered when their session is complete; the other modes
+decode in static batches in the same loop. Every other method runs in the child between two steps.
+In the parent every method is a coroutine, so :class:`serving.local_handle.LocalHandle` gives the
+ingress the surface of a Serve deployment handle.
 
-Failure: the parent holds no state the child needs. If the child dies, every
-call waiting on it fails with :class:`RecommenderProcessDied` (the ingress
-answers 503: no session, no ``served`` record), :attr:`RecommenderProcess.alive`
-turns false, and the ingress's ``check_health`` fails so that Serve replaces
-the replica. If the parent dies, the child reads end-of-file on its pipe and exits.
+Failure: the parent holds no state the child needs. If the child dies, every waiting call fails with
+:class:`RecommenderProcessDied` (503, no ``served`` record), :attr:`RecommenderProcess.alive` turns
+false and the replica's health check fails, so Serve replaces it. If the parent dies, the child reads
+end-of-file on its pipe and exits.
 """
 
 from __future__ import annotations
@@ -42,11 +25,9 @@ import multiprocessing
 import os
 import threading
 import time
-from dataclasses import replace
 
 #: What the parent may call in the child (the public surface of serving.recommender.Recommender).
-METHODS = ("recommend", "recommend_unbatched", "configure_batching", "status", "is_recommendable",
-           "item_state", "model_versions", "load_model", "pid")
+METHODS = ("recommend", "status", "is_recommendable", "item_state", "model_versions", "load_model", "pid")
 
 
 class RecommenderProcessDied(RuntimeError):
@@ -76,35 +57,36 @@ def _raise_priority(niceness: int) -> None:
 
 def _child_main(conn, cfg_blob: bytes, ray_address: str | None) -> None:
     """Build the recommender, say ready (or why not), then serve calls until the pipe closes."""
-    from ray import cloudpickle  # Ray's own copy: a declared dependency
+    from serving.startup import StartupLog
 
-    from serving.recommender import Recommender
-
+    startup = StartupLog()
     try:
-        cfg = cloudpickle.loads(cfg_blob)
+        with startup.stage("recommender: imports (torch, Ray)"):
+            from ray import cloudpickle  # Ray's own copy: a declared dependency
+
+            from serving.recommender import Recommender
+
+            cfg = cloudpickle.loads(cfg_blob)
         _raise_priority(cfg.process_niceness)
         _connect_ray(ray_address, cfg)
-        # the child batches itself (below): no decode thread, no @serve.batch in the way
-        rec = Recommender.func_or_class(replace(cfg, batching="serve"))
+        rec = Recommender(cfg, startup)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it in the replica
         conn.send([(0, False, RuntimeError(f"recommender process could not start: {type(e).__name__}: {e}"))])
         return
-    conn.send([(0, True, os.getpid())])
-    _serve(conn, rec, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.continuous_batching)
+    conn.send([(0, True, (os.getpid(), startup.stages))])
+    _serve(conn, rec, cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
 
-def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = False) -> None:
+def _serve(conn, rec, max_batch: int, batch_wait_s: float) -> None:
     """The child's loop: take every message that is there, answer plain calls, decode pending requests.
 
-    Static batching: a batch takes up to ``max_batch`` pending requests and decodes them together.
-    Continuous batching (``continuous``; :mod:`serving.session_streams`): greedy requests join the
-    running rows between two items, up to ``max_batch`` rows, and leave as soon as their session is
-    complete; requests in other modes still decode in static batches, between two items.
+    Requests that can join between items (:meth:`serving.session_streams.SessionStreams.accepts`) join
+    the running rows, up to ``max_batch`` rows, and leave when their session is complete; the others
+    decode in static batches of up to ``max_batch``, between two items.
     """
     from serving.session_streams import SessionStreams
 
     pending: list[tuple[int, object, float]] = []   # (call id, RecRequest, perf_counter when sent)
-    settings = {"max_batch": max_batch, "wait": batch_wait_s, "continuous": bool(continuous)}
     streams = SessionStreams(rec.backend)
 
     def take(msg) -> None:
@@ -113,20 +95,11 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = Fa
             pending.append((cid, args[0], args[1]))
             return
         try:
-            if method == "recommend_unbatched":   # a coroutine on the Recommender: the same work, here
-                out = rec.backend.recommend([args[0]])[0]
-            else:
-                out = getattr(rec, method)(*args)
-            if method == "configure_batching":
-                settings["max_batch"] = int(args[0])
-                if len(args) > 1 and args[1] is not None:
-                    settings["wait"] = float(args[1])
-                if len(args) > 2 and args[2] is not None:
-                    settings["continuous"] = bool(args[2])
-                out = {**out, "continuous": settings["continuous"]}
-            elif method == "status":
-                out = {**out, "batching": "process", "continuous_batching": settings["continuous"],
-                       **streams.status()}
+            if method not in METHODS:
+                raise AttributeError(f"the recommender process has no method {method!r}; it serves {METHODS}")
+            out = getattr(rec, method)(*args)
+            if method == "status":
+                out = {**out, "max_batch_size": max_batch, **streams.status()}
             reply = (cid, True, out)
         except Exception as e:  # noqa: BLE001 - raised in the parent, where the caller awaits
             reply = (cid, False, _picklable(e))
@@ -138,11 +111,11 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = Fa
                 take(conn.recv())                      # idle: block for the next call
             while conn.poll():
                 take(conn.recv())                      # everything that arrived meanwhile
-            if pending and not len(streams) and settings["wait"] > 0 and len(pending) < settings["max_batch"]:
-                deadline = time.perf_counter() + settings["wait"]
-                while len(pending) < settings["max_batch"] and conn.poll(max(0.0, deadline - time.perf_counter())):
+            if pending and not len(streams) and batch_wait_s > 0 and len(pending) < max_batch:
+                deadline = time.perf_counter() + batch_wait_s
+                while len(pending) < max_batch and conn.poll(max(0.0, deadline - time.perf_counter())):
                     take(conn.recv())
-            joining, batch = _take(pending, streams, settings["continuous"], settings["max_batch"])
+            joining, batch = _take(pending, streams, max_batch)
             if joining:
                 _admit(conn, rec, streams, joining)
             if batch:
@@ -153,14 +126,14 @@ def _serve(conn, rec, max_batch: int, batch_wait_s: float, continuous: bool = Fa
         return
 
 
-def _take(pending: list, streams, continuous: bool, max_batch: int) -> tuple[list, list]:
-    """Split the pending requests, oldest first, into those that join the running rows now (up to the free
-    rows; streamable ones with continuous batching) and the next static batch (the others, up to
-    ``max_batch``). The rest stay pending, in order."""
-    room = max_batch - len(streams) if continuous else 0
+def _take(pending: list, streams, max_batch: int) -> tuple[list, list]:
+    """Split the pending requests, oldest first, into those that join the running rows now (streamable
+    ones, up to the free rows) and the next static batch (the others, up to ``max_batch``). The rest stay
+    pending, in order."""
+    room = max_batch - len(streams)
     joining, batch, rest = [], [], []
     for p in pending:
-        if continuous and streams.accepts(p[1]):
+        if streams.accepts(p[1]):
             (joining if len(joining) < room else rest).append(p)
         else:
             (batch if len(batch) < max_batch else rest).append(p)
@@ -244,21 +217,25 @@ def _picklable(e: BaseException) -> BaseException:
 class RecommenderProcess:
     """A :class:`serving.recommender.Recommender` in a child process; every method is a coroutine here.
 
-    ``start_timeout_s`` bounds the child's start-up (imports, model loading, feeds catching up).
+    ``cfg.start_timeout_s`` bounds the child's start-up (imports, model loading, feeds catching up).
     """
 
-    def __init__(self, cfg, start_timeout_s: float = 300.0):
+    def __init__(self, cfg):
         from ray import cloudpickle  # Ray's own copy: a declared dependency
 
+        from serving.recommender_config import for_cluster
+
+        cfg = for_cluster(cfg)   # by-device defaults (batch rows) resolved here, where the cluster is known
         ctx = multiprocessing.get_context("spawn")   # never fork a process that runs Ray's threads
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child_main, name="genrec-recommender", daemon=True,
                                  args=(child, cloudpickle.dumps(cfg), _ray_address()))
         self._proc.start()
         child.close()
-        if not self._conn.poll(start_timeout_s):
+        if not self._conn.poll(cfg.start_timeout_s):
             self._proc.kill()
-            raise RuntimeError(f"the recommender process did not start in {start_timeout_s:.0f} s")
+            raise RuntimeError(f"the recommender process did not start in {cfg.start_timeout_s:.0f} s "
+                               "(RecommenderConfig.start_timeout_s)")
         try:
             [(_, ok, val)] = self._conn.recv()
         except EOFError:
@@ -267,7 +244,8 @@ class RecommenderProcess:
         if not ok:
             self._proc.join(5)
             raise val
-        self.child_pid: int = val
+        self.child_pid: int = val[0]
+        self.startup_stages: list[tuple[str, float]] = val[1]   # the child's (stage, seconds)
         self.alive = True
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
@@ -336,16 +314,6 @@ class RecommenderProcess:
         """One request, batched in the child with whatever else is pending."""
         return await self._call("recommend", req, time.perf_counter())
 
-    async def recommend_unbatched(self, req):
-        return await self._call("recommend_unbatched", req)
-
-    async def configure_batching(self, max_batch_size: int, batch_wait_timeout_s: float | None = None,
-                                 continuous: bool | None = None) -> dict:
-        """Batch size (rows, with continuous batching), idle wait and continuous batching on/off, live."""
-        if not 1 <= int(max_batch_size) <= 1024:
-            raise ValueError(f"max_batch_size={max_batch_size} must be in 1..1024")
-        return await self._call("configure_batching", int(max_batch_size), batch_wait_timeout_s, continuous)
-
     async def status(self) -> dict:
         st = await self._call("status")
         st.update({"decode_process": True, "replica_pid": os.getpid()})
@@ -360,8 +328,8 @@ class RecommenderProcess:
     async def model_versions(self) -> list[str]:
         return await self._call("model_versions")
 
-    async def load_model(self, spec) -> list[str]:
-        return await self._call("load_model", spec)
+    async def load_model(self, version: str) -> list[str]:
+        return await self._call("load_model", version)
 
     async def pid(self) -> int:
         return self.child_pid

@@ -1,18 +1,20 @@
 """What a recommender replica keeps live: the servable catalog and where histories come from.
 
-* :class:`LiveCatalog` — item id ↔ item index ↔ semantic ID, the prefix trie
-  that constrains decoding (:class:`models.sid_trie.SidTrie`) and the SID range
-  index used for bans. Items are added and retired in place while requests
-  are decoded (a lock orders them); an item's SID is stable once assigned.
+* :class:`LiveCatalog` — the item indexer's catalog type
+  (:class:`models.sid.catalog.Catalog`: item id ↔ item index ↔ semantic ID,
+  dedup, the prefix trie that constrains decoding) without embeddings, plus
+  the lock that orders the feeds' writes against decoding; items are added
+  and retired in place while requests are decoded, and an item's SID is
+  stable once assigned.
 * :class:`ItemFeed` — a thread that follows ``item-events`` (from the
   beginning) and applies them to the catalog, giving new items a SID with a
   :class:`SidAssigner` (the tokenizer in production, a hash in tests). This is
   what makes an item posted to ``/v1/items`` recommendable within a second.
 * :class:`DeltaFeed` — instead of :class:`ItemFeed` when an item indexer runs:
-  follows the indexer's versioned catalog deltas, so serving uses the
-  indexer's SIDs (the tokenizer's codes), applied with :meth:`LiveCatalog.apply_delta`.
+  follows the indexer's versioned catalog deltas (:meth:`models.sid.catalog.Catalog.apply`),
+  so the replica's catalog equals the indexer's: its SIDs (the tokenizer's codes) and item indices.
 * History sources — :class:`ShardHistory` reads the sequence shard actors
-  (batched, one Ray call per shard, DESIGN §4); :class:`KafkaHistory` folds
+  (batched, one Ray call per shard, docs/architecture.md §4); :class:`KafkaHistory` folds
   ``user-events`` in-process for a stand-alone serving process.
 """
 
@@ -29,6 +31,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ingest.contract import EVENT_TYPES, ITEM_EVENTS, USER_EVENTS, ItemEvent, UserEvent
+from models.sid.catalog import Catalog, CatalogConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,187 +63,26 @@ class HashSidAssigner:
 
 # ---- the catalog -----------------------------------------------------------------------------
 
-class LiveCatalog:
-    """Servable items with their SIDs, the decoding trie and a ban index; thread-safe.
+class LiveCatalog(Catalog):
+    """A replica's catalog: the indexer's :class:`models.sid.catalog.Catalog` without embeddings, plus ``lock``.
 
-    ``level_sizes`` include the de-duplication level (D = len(level_sizes)).
-    New items get the smallest free dedup code under their prefix (as
-    :func:`models.sid_dedup.assign_unique` does offline); an item whose prefix
-    is full is rejected with a reason instead of colliding.
+    Ids ↔ indices ↔ SIDs, smallest-free dedup codes, rejections (``state_of``), the decoding trie,
+    deltas and snapshots are all the models catalog's, so a replica fed by the indexer's deltas is the
+    indexer's catalog (same fingerprint). Serving adds only ``lock``: the feed threads write under it
+    and decoding reads under it (models stay free of threads).
     """
 
     def __init__(self, level_sizes: Sequence[int]):
-        from models.sid_trie import SidTrie
-
-        self.level_sizes = tuple(int(k) for k in level_sizes)
-        self.D = len(self.level_sizes)
+        super().__init__(CatalogConfig(level_sizes=tuple(int(k) for k in level_sizes), dim=0))
         self.lock = threading.RLock()
-        self.trie = SidTrie(self.level_sizes)
-        self.item_ids: list[str] = []
-        self.index: dict[str, int] = {}
-        self.sids = np.zeros((0, self.D), np.int64)     # [N, D]
-        self.live = np.zeros(0, bool)                   # [N]
-        self._next_dedup: dict[tuple, int] = {}
-        self._taken: set[tuple] = set()
-        self.version = 0
-        self._range_index = None
-        self._range_version = -1
-        self.rejected = 0
-        self.rejections: dict[str, str] = {}   # item_id -> reason (bounded)
-
-    def __len__(self) -> int:
-        return int(self.live.sum())
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    def _grow(self, n: int) -> None:
-        if n > len(self.sids):
-            cap = max(n, 2 * len(self.sids), 1024)
-            s = np.full((cap, self.D), -1, np.int64)
-            s[:len(self.sids)] = self.sids
-            lv = np.zeros(cap, bool)
-            lv[:len(self.live)] = self.live
-            self.sids, self.live = s, lv
-
-    def add_with_sids(self, item_ids: Sequence[str], sids: np.ndarray) -> list[str]:
-        """Add items whose full SIDs [N, D] are already known (a tokenizer's catalog, a delta)."""
-        sids = np.asarray(sids, np.int64).reshape(-1, self.D)
-        added = []
-        with self.lock:
-            new_idx, new_sids = [], []
-            for iid, sid in zip(item_ids, sids):
-                idx = self.index.get(iid)
-                if idx is not None and self.live[idx]:
-                    continue
-                if idx is None:
-                    idx = len(self.item_ids)
-                    self._grow(idx + 1)
-                    self.item_ids.append(iid)
-                    self.index[iid] = idx
-                    self.sids[idx] = sid
-                    key = tuple(sid.tolist())
-                    self._taken.add(key)
-                    p = key[:-1]
-                    self._next_dedup[p] = max(self._next_dedup.get(p, 0), key[-1] + 1)
-                self.live[idx] = True
-                new_idx.append(idx)
-                new_sids.append(self.sids[idx])
-                added.append(iid)
-            if new_idx:
-                self.trie.add(np.stack(new_sids), np.asarray(new_idx, np.int64))
-                self.version += 1
-        return added
-
-    def upsert(self, item_ids: Sequence[str], codes: np.ndarray) -> tuple[list[str], dict[str, str]]:
-        """Add new items from their non-dedup ``codes`` [N, D-1]; known items keep their SID.
-
-        Returns ``(added, rejected {item_id: reason})``.
-        """
-        codes = np.asarray(codes, np.int64).reshape(-1, self.D - 1)
-        ids, full, rejected = [], [], {}
-        with self.lock:
-            for iid, c in zip(item_ids, codes):
-                idx = self.index.get(iid)
-                if idx is not None:
-                    if not self.live[idx]:  # un-retire: same SID as before
-                        ids.append(iid)
-                        full.append(self.sids[idx])
-                    continue
-                p = tuple(c.tolist())
-                d = self._next_dedup.get(p, 0)
-                while d < self.level_sizes[-1] and p + (d,) in self._taken:
-                    d += 1
-                if d >= self.level_sizes[-1]:
-                    rejected[iid] = (f"SID prefix {p} already holds {self.level_sizes[-1]} items "
-                                     "(dedup level full); widen the last level")
-                    self.rejected += 1
-                    if len(self.rejections) < 100_000:
-                        self.rejections[iid] = rejected[iid]
-                    continue
-                self._next_dedup[p] = d + 1
-                ids.append(iid)
-                full.append(np.asarray(p + (d,), np.int64))
-            added = self.add_with_sids(ids, np.stack(full)) if ids else []
-        return added, rejected
-
-    def retire(self, item_ids: Sequence[str]) -> list[str]:
-        """Remove items from what can be recommended (their SID stays reserved)."""
-        gone = []
-        with self.lock:
-            idx = [self.index[i] for i in item_ids if i in self.index and self.live[self.index[i]]]
-            if idx:
-                self.trie.remove(np.asarray(idx, np.int64))
-                self.live[idx] = False
-                self.version += 1
-                gone = [self.item_ids[i] for i in idx]
-        return gone
-
-    def apply_delta(self, delta) -> None:
-        """Apply a :class:`models.catalog.CatalogDelta` (ops add/update/retire) from the item indexer.
-
-        Ops apply in their order (an item retired and re-added within one delta ends live), in runs
-        of adds and runs of retires. The SIDs are the indexer's: an add (or un-retire) puts the item
-        into the trie under exactly that SID; an update keeps it (SIDs are stable).
-        """
-        from models.catalog import OP_RETIRE
-
-        ops = np.asarray(delta.ops)
-        sids = np.asarray(delta.sids, np.int64).reshape(-1, self.D)
-        with self.lock:
-            start = 0
-            for j in range(1, len(ops) + 1):
-                if j < len(ops) and (ops[j] == OP_RETIRE) == (ops[start] == OP_RETIRE):
-                    continue
-                ids = list(delta.item_ids[start:j])
-                if ops[start] == OP_RETIRE:
-                    self.retire(ids)
-                else:
-                    self.add_with_sids(ids, sids[start:j])
-                start = j
-
-    def state_of(self, item_id: str) -> tuple[str, str | None]:
-        """``("live" | "retired" | "rejected" | "unknown", reason)`` of an item."""
-        idx = self.index.get(item_id)
-        if idx is not None:
-            return ("live" if self.live[idx] else "retired"), None
-        if item_id in self.rejections:
-            return "rejected", self.rejections[item_id]
-        return "unknown", None
-
-    def is_live(self, item_id: str) -> bool:
-        idx = self.index.get(item_id)
-        return idx is not None and bool(self.live[idx])
-
-    def indices_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Item indices of ids (-1 for unknown)."""
-        return np.asarray([self.index.get(i, -1) for i in item_ids], np.int64)
-
-    def item_sids(self) -> np.ndarray:
-        """SID of every item index [N, D] (retired items included: histories may hold them)."""
-        return self.sids[:len(self.item_ids)]
-
-    def range_index(self):
-        """The :class:`models.decoding.SidRangeIndex` of the live items (cached per version)."""
-        from models.decoding import SidRangeIndex
-
-        with self.lock:
-            if self._range_version != self.version:
-                live = np.flatnonzero(self.live[:self.n_items])
-                self._range_index = SidRangeIndex(self.level_sizes, self.sids[live], live, self.n_items)
-                self._range_version = self.version
-            return self._range_index
 
 
 # ---- following item-events -------------------------------------------------------------------
 
 #: How long the broker may hold a feed's fetch (and so how often an idle feed thread wakes). tansu
 #: answers a fetch only when this wait ends, even when data arrived meanwhile, so it bounds how stale
-#: a feed is; but every wake-up takes the GIL in the serving replica. Measured there (one script, idle
-#: replica): 20 ms polls cost each of the two feeds ~10 % of a core and made a trivial call to the replica
-#: 10 ms instead of 5.7 ms and the same decode 70 ms instead of 28 ms; 100 ms polls keep event → next
-#: recommendation p99 at ~120-140 ms (target 1 s, benchmark ``serving``).
+#: a feed is; but every wake-up takes the GIL from decoding. 100 ms keeps freshness well inside its 1 s
+#: target (BENCHMARKS.md, ``serving``) at a small fraction of the CPU that shorter polls cost.
 FEED_POLL_MS = 100
 
 
@@ -314,10 +156,12 @@ class ItemFeed(_FeedThread):
     def apply(self, events: Sequence[ItemEvent]) -> None:
         ups = [e for e in events if e.op == "upsert"]
         ret = [e.item_id for e in events if e.op == "retire"]
-        if ups:
-            self.catalog.upsert([e.item_id for e in ups], self.assigner(ups))
-        if ret:
-            self.catalog.retire(ret)
+        codes = self.assigner(ups) if ups else None     # [N, D-1], outside the lock (a tokenizer may be slow)
+        with self.catalog.lock:
+            if ups:
+                self.catalog.upsert([e.item_id for e in ups], codes)
+            if ret:
+                self.catalog.retire(ret)
         self.applied += len(events)
 
     def _run(self) -> None:
@@ -325,22 +169,26 @@ class ItemFeed(_FeedThread):
 
 
 class DeltaFeed(_FeedThread):
-    """Thread that keeps a :class:`LiveCatalog` equal to the item indexer's catalog (its SIDs, live).
+    """Thread that keeps a :class:`LiveCatalog` equal to the item indexer's catalog (ids, indices, SIDs, live).
 
     The indexer (:mod:`actors.item_indexer`) publishes versioned catalog deltas;
-    this feed asks ``source.delta_since(version)`` every ``poll_s`` and applies
-    what came (:meth:`LiveCatalog.apply_delta`), so an item posted to
-    ``/v1/items`` is served under the SID the tokenizer gave it, not a hash.
-    ``source`` is the indexer itself (in-process) or its Ray actor handle; when
-    the indexer has dropped the ops since our version from its log, the feed
-    restarts from a ``snapshot()``. Same surface as :class:`ItemFeed`
-    (``start``, ``wait_caught_up``, ``lag`` in versions, ``applied``, ``last_error``, ``stop``).
+    this feed asks ``source.delta_since(catalog.version)`` every ``poll_s`` and
+    applies what came (:meth:`models.sid.catalog.Catalog.apply`), so an item
+    posted to ``/v1/items`` is served under the SID the tokenizer gave it, not a
+    hash. ``source`` is the indexer itself (in-process) or its Ray actor handle.
+    The catalog is loaded from a ``snapshot()`` instead when deltas cannot
+    bring it up to date: it holds items of its own at start (a seed), the
+    indexer dropped the ops since its version from the log, or the indexer is
+    behind it (restarted from an older checkpoint). Same surface as
+    :class:`ItemFeed` (``start``, ``wait_caught_up``, ``lag`` in versions,
+    ``applied``, ``last_error``, ``stop``).
     """
 
     def __init__(self, source, catalog: LiveCatalog, poll_s: float = 0.02):
         super().__init__("delta-feed")
         self.source, self.catalog, self.poll_s = source, catalog, poll_s
-        self.version = 0          # the indexer version this catalog reflects
+        self._from_snapshot = catalog.num_indexed > 0   # items not from this indexer: deltas cannot apply
+        self.version = 0 if self._from_snapshot else catalog.version   # the indexer version the catalog reflects
 
     def _call(self, method: str, *args):
         fn = getattr(self.source, method)
@@ -351,38 +199,31 @@ class DeltaFeed(_FeedThread):
         return fn(*args)
 
     def step(self) -> int:
-        """Fetch and apply one delta; returns how many ops it held."""
+        """Fetch and apply one delta (or a snapshot, see the class); returns how many ops or items it held."""
+        if self._from_snapshot:
+            return self._load_snapshot()
         try:
-            delta = self._call("delta_since", self.version)
-        except ValueError as e:              # ops dropped from the indexer's log: start from a snapshot
+            delta = self._call("delta_since", self.catalog.version)
+            with self.catalog.lock:
+                self.catalog.apply(delta)
+        except ValueError as e:              # "... reload a snapshot": deltas cannot bring this catalog up to date
             if "snapshot" not in str(e):
                 raise
             return self._load_snapshot()
-        if len(delta):
-            width = np.asarray(delta.sids).reshape(len(delta), -1).shape[1]
-            if width != self.catalog.D:
-                raise ValueError(f"the indexer's SIDs have {width} levels but this catalog has level_sizes "
-                                 f"{self.catalog.level_sizes}; serve with the indexer tokenizer's level sizes")
-            self.catalog.apply_delta(delta)
-            self.applied += len(delta)
-        self.version = int(delta.to_version)
+        self.applied += len(delta)
+        self.version = self.catalog.version
         self.lag = 0
         return len(delta)
 
     def _load_snapshot(self) -> int:
-        from models.catalog import Catalog
-
-        cat = Catalog.from_bytes(self._call("snapshot"))
-        ids = cat.item_ids(np.arange(cat.num_indexed))
-        live = [i for i in ids if cat.is_live(i)]
-        gone = [i for i in ids if not cat.is_live(i)]
-        if live:
-            self.catalog.add_with_sids(live, np.stack([cat.sid_of(i) for i in live]))
-        if gone:
-            self.catalog.retire(gone)
-        self.version = int(cat.version)
-        self.applied += len(ids)
-        return len(ids)
+        blob = self._call("snapshot")
+        with self.catalog.lock:
+            self.catalog.load_snapshot(blob)
+            n = self.catalog.num_indexed
+        self._from_snapshot = False
+        self.version = self.catalog.version
+        self.applied += n
+        return n
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -415,7 +256,7 @@ class HistorySource(Protocol):
 
 
 class ShardHistory:
-    """Histories from the sequence shard actors (issue 3), found by name; batched per shard."""
+    """Histories from the sequence shard actors, found by name; batched per shard."""
 
     def __init__(self, shard_names: Sequence[str], num_partitions: int, namespace: str | None = None,
                  max_len: int = 50):

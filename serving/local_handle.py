@@ -1,21 +1,9 @@
-"""A recommender object in the ingress's own process, behind the surface of a Serve deployment handle.
+"""An object in the ingress's own process behind the surface of a Serve deployment handle.
 
-Why: in the ``colocated`` topology (:class:`serving.app.AppSettings.topology`)
-each ingress replica holds its own recommender — model, live catalog, history
-feed and ``@serve.batch`` — so a ``/recommend`` never leaves the process that
-parsed it. Measured on the 2-core dev machine with trivial deployments (same
-script, ``tests/bench/bench_serving.py`` reports both topologies every run):
-the ingress → recommender handle call between two replicas costs 3.4 ms over
-Serve's gRPC transport and 5.2 ms over Ray actor calls, while a plain Ray
-actor call costs 1.2 ms and the whole HTTP request on a one-deployment app
-1.9 ms. The hop alone was more than the 5 ms overhead budget of issue 7.
-
-What: the ingress code calls ``self.rec.<method>.remote(...)`` and awaits the
-result in both topologies. :class:`LocalHandle` gives a local object that same
-surface: ``.remote()`` of a coroutine method returns the coroutine (its
-``@serve.batch`` batches the concurrent requests of this replica exactly as
-in the recommender deployment); ``.remote()`` of a plain method runs it now
-and returns a finished future (status reads, catalog lookups: microseconds).
+The ingress calls ``self.rec.<method>.remote(...)`` and awaits the result in both topologies: a
+deployment handle in ``split``, and in ``colocated`` a :class:`LocalHandle` around the replica's
+:class:`serving.decode_process.RecommenderProcess`. ``.remote()`` of a coroutine method returns the
+coroutine; of a plain method it runs it now and returns a finished future.
 """
 
 from __future__ import annotations

@@ -24,26 +24,16 @@ import time
 def freeze_startup_heap() -> int:
     """Move everything alive after a replica's start-up into CPython's permanent generation.
 
-    Why: a replica's heap after start-up (Ray, FastAPI, pydantic, torch, the
-    model, the catalog) is large and lives forever, yet every full (gen-2)
-    collection walks it again. Measured in the ingress replica under overload:
-    one gen-2 pass of 259 ms, i.e. every admitted request in flight stalled a
-    quarter second, which alone set the admitted p99. ``gc.freeze()`` (Python
-    ≥ 3.7, introduced for pre-fork servers; the same remedy Ray Serve applies
-    to its proxy with ``RAY_SERVE_FREEZE_GC_ON_STARTUP``) takes those objects
-    out of every later collection; cycles created afterwards are still
-    collected as usual. Returns the number of frozen objects.
+    Why: that heap (Ray, FastAPI, pydantic, torch, the model, the catalog) lives
+    forever, yet every full collection walks it again, a pause of a quarter second
+    in the ingress that every request in flight waits for. ``gc.freeze()`` takes it
+    out of later collections (Serve does the same for its proxy); new cycles are
+    still collected. Returns the number of frozen objects.
     """
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
 
-
-#: Serve replicas run user code on a second event loop in a second thread, and a handle's router on
-#: a third; every request then crosses threads (call_soon_threadsafe + GIL hand-offs) at each hop.
-#: Our replicas do only async work on their loop (the decode runs on :mod:`serving.decode_worker`'s
-#: thread), so they run user code and router on the replica's main loop.
-ONE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 #: A serving replica's thread switch interval (s) and young-generation GC threshold (see below).
 SWITCH_INTERVAL_S = 0.001
@@ -55,12 +45,9 @@ def tune_replica_process(switch_interval_s: float = SWITCH_INTERVAL_S, gen0_thre
 
     * :func:`freeze_startup_heap`.
     * ``sys.setswitchinterval(1 ms)`` instead of CPython's 5 ms: a replica runs
-      its event loop beside the decode thread (:mod:`serving.decode_worker`),
-      the Kafka producer's I/O thread (the ``served``-log acks) and the feed
-      threads; a thread that wants the GIL while another computes waits up to
-      one interval. Measured at 500 clients (colocated ingress, one run each):
-      decode p99 150 → 84 ms and admitted p99 4.5 s → 0.57 s together with the
-      next two settings and the 100 ms feed polls (:mod:`serving.live_state`).
+      its event loop beside the Kafka producer's I/O thread (the ``served``-log
+      acks), the pipe reader and the feed threads; a thread that wants the GIL
+      while another computes waits up to one interval.
     * gen-0 collections every 20,000 allocations instead of 700: a request
       allocates thousands of short-lived objects (HTTP, pydantic, tensors'
       Python wrappers), and each young collection is a pause on whatever

@@ -6,7 +6,9 @@ in-process with a direct backend call in place of the Serve handle, so the
 in-process baseline does exactly the work of one HTTP request minus HTTP and
 Serve: the arm resolution, the history read and generation (one backend call),
 the ``served`` record written and acknowledged, the metrics, and the JSON
-encoding of the answer.
+encoding of the answer. The record carries the latency the ingress measured up
+to writing it (``Served.latency_ms``: from ``t0``, the route's start, through
+generation), which the A/B report's p99-latency guardrail reads per arm.
 
 Exposure log (:class:`ServedLog`): one long-lived producer per process with
 ``linger_ms=0`` and ``acks='all'``; each answer awaits *its own* delivery
@@ -16,7 +18,7 @@ while a produce request is in flight, kafka-python keeps appending the records
 of concurrent requests to the next batch, so under load the acks come per batch
 of answers and at concurrency 1 nothing waits on a linger timer. A response is
 encoded only after its record is acknowledged by the broker, so no client sees a
-session without its ``served`` record (DESIGN §6).
+session without its ``served`` record (docs/architecture.md §6).
 
 The JSON answer is encoded with msgspec (a few µs) and returned as bytes;
 FastAPI's ``response_model`` stays on the route for the OpenAPI schema only.
@@ -32,7 +34,8 @@ from typing import Awaitable, Callable
 import msgspec
 
 from ingest.contract import Served
-from serving.backend import RecRequest, RecResult
+from models.decoding.settings import DecodeSettings
+from serving.requests import RecRequest, RecResult
 
 _json = msgspec.json.Encoder()
 
@@ -43,13 +46,9 @@ _ids = random.Random()  # seeded from os.urandom once, at import: one per proces
 def new_request_id() -> str:
     """A random 128-bit request id (32 hex digits), drawn without a system call.
 
-    Why not ``uuid.uuid4()``: it reads ``os.urandom`` on every call, a system call
-    that releases the GIL, and getting the GIL back waits for the decode thread's
-    switch interval (the convoy effect). Profiled in a colocated replica at 500
-    clients (py-spy, 15 s): ``uuid4`` held 10 % of the event loop's busy samples,
-    about 0.4 ms per admitted request. A
-    request id must be unique, not unpredictable: 128 bits from a per-process
-    Mersenne Twister seeded from ``os.urandom`` are.
+    Not ``uuid.uuid4()``: its ``os.urandom`` system call releases the GIL, and taking it back waits
+    behind the other threads' switch interval on every request. A request id must be unique, not
+    unpredictable: 128 bits from a per-process Mersenne Twister seeded from ``os.urandom`` are.
     """
     return f"{_ids.getrandbits(128):032x}"
 
@@ -101,6 +100,15 @@ class ServedLog:
         self.producer.close()
 
 
+def non_default_fields(settings) -> dict:
+    """The fields of a dataclass instance that differ from its class's defaults."""
+    import dataclasses
+
+    base = type(settings)()
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if getattr(settings, f.name) != getattr(base, f.name)}
+
+
 #: ``call(req) -> RecResult``: the Serve handle in the ingress, a direct backend call in the benchmark.
 RecCall = Callable[[RecRequest], Awaitable[RecResult]]
 
@@ -108,8 +116,11 @@ RecCall = Callable[[RecRequest], Awaitable[RecResult]]
 class RecommendPath:
     """Resolve arms → generate (through ``call``) → log ``served`` (acked) → metrics → JSON bytes."""
 
-    def __init__(self, registry, served_log: ServedLog, metrics=None):
+    def __init__(self, registry, served_log: ServedLog, metrics=None, decode_defaults=None):
+        """``decode_defaults``: the ``decode`` section (a ``DecodeSettings``); the experiment arms' decode
+        settings override its fields."""
         self.registry, self.log, self.metrics = registry, served_log, metrics
+        self.decode_base = non_default_fields(decode_defaults) if decode_defaults is not None else {}
 
     async def run(self, user_id: str, k: int, exclude_seen: bool, call: RecCall,
                   t0: float | None = None, extra: Callable[[], dict] | None = None) -> tuple[bytes, dict]:
@@ -121,14 +132,16 @@ class RecommendPath:
         res = self.registry.resolve(user_id)
         rid = new_request_id()
         t1 = time.perf_counter()
-        out = await call(RecRequest(user_id, k, res.model_version, res.decode, exclude_seen))
+        decode = {**self.decode_base, **res.decode} if self.decode_base else res.decode
+        out = await call(RecRequest(user_id, k, res.model_version, DecodeSettings.from_dict(decode), exclude_seen))
         t2 = time.perf_counter()
         if out.error:
             raise Unavailable(out.error, "backend")
         served = Served(request_id=rid, user_id=user_id, ts=int(time.time() * 1000),
                         model_version=res.model_version, experiment=res.experiment, arm=res.arm,
                         items=out.items, sids=out.sids, scores=out.scores,
-                        decode={k2: v for k2, v in res.decode.items() if isinstance(v, (str, int, float, bool))})
+                        decode={k2: v for k2, v in decode.items() if isinstance(v, (str, int, float, bool))},
+                        latency_ms=round((t2 - t0) * 1e3, 3))  # route start → answer, before the log write
         try:
             await self.log.write(served)
         except Exception as e:  # noqa: BLE001 - no exposure log, no answer
@@ -138,7 +151,7 @@ class RecommendPath:
         m = self.metrics
         if m is not None:
             m.served.labels(experiment=res.experiment, arm=res.arm, model_version=res.model_version).inc()
-            m.decode_mode.labels(mode=str(st.get("mode", res.decode.get("mode", "")))).inc()
+            m.decode_mode.labels(mode=str(st.get("mode", decode.get("mode", "")))).inc()
             if "batch_size" in st:
                 m.batch_size.observe(st["batch_size"])
             m.latency.labels(route="recommend", arm=res.arm, status="200").observe(t3 - t0)

@@ -2,13 +2,12 @@
 
 Why: with static batches an admitted request waits for the batch that is
 decoding when it arrives and then decodes in the next one — about two batch
-decodes. Measured with the ``serving`` benchmark at 500 clients (batches of 4,
-8 admitted, seven runs): admitted p99 was 1.4–2.3× the unloaded p99, with the
-wait behind the running batch as the cause. Continuous batching (Orca, Yu et
-al., OSDI 2022) lets a request start at the next item boundary instead.
+decodes, which is most of the tail under overload (docs/decisions/009).
+Continuous batching (Orca, Yu et al., OSDI 2022) lets a request start at the
+next item boundary instead.
 
 What: :class:`SessionStreams` wraps a :class:`serving.backend.GeneratorBackend`
-with one :class:`models.continuous_batching.ContinuousGreedy` per model version.
+with one :class:`models.decoding.continuous.ContinuousGreedy` per model version.
 :meth:`admit` reads the requests' histories, encodes them and adds their rows;
 :meth:`step` generates one more item for every row and returns the requests
 that are complete. Both hold the backend's decode lock and the catalog lock,
@@ -26,7 +25,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from serving.backend import EMPTY_CATALOG, GeneratorBackend, RecRequest, RecResult
+from serving.backend import GeneratorBackend
+from serving.requests import EMPTY_CATALOG, RecRequest, RecResult
 
 
 class SessionStreams:
@@ -44,7 +44,7 @@ class SessionStreams:
 
     def accepts(self, req: RecRequest) -> bool:
         """Whether this request can join a stream: greedy decoding of a loaded model version."""
-        return req.model_version in self.backend.models and req.decode.get("mode", "greedy") == "greedy"
+        return req.model_version in self.backend.models and req.decode.mode == "greedy"
 
     def admit(self, requests: Sequence[RecRequest], tags: Sequence,
               sent: Sequence[float] | None = None) -> list[tuple[object, RecResult]]:
@@ -55,7 +55,7 @@ class SessionStreams:
         """
         import torch
 
-        from models.continuous_batching import ContinuousGreedy
+        from models.decoding.continuous import ContinuousGreedy
 
         if not requests:
             return []
@@ -87,17 +87,19 @@ class SessionStreams:
 
     def step(self) -> list[tuple[object, RecResult]]:
         """One more item for every running row; the requests that are now complete, with their sessions."""
+        from models.decoding.constraint import SidConstraint
+
         be = self.backend
         out = []
         with be._lock, be.catalog.lock:
-            trie, index = be.catalog.trie, be.catalog.range_index()
+            constraint = SidConstraint.of(be.catalog.trie, be.device)      # the catalog as it is at this step
             for stream in self.streams.values():
                 n = len(stream)
                 if not n:
                     continue
                 self.steps += 1
                 self.row_steps += n
-                for f in stream.step(trie, index):
+                for f in stream.step(constraint):
                     out.append((f.tag, self._result(f)))
         return out
 
@@ -113,10 +115,12 @@ class SessionStreams:
 
     def _drain(self, stream) -> list[tuple[object, RecResult]]:
         """Finish a stream's rows (its model version is being replaced)."""
+        from models.decoding.constraint import SidConstraint
+
         out = []
-        index = self.backend.catalog.range_index()
+        constraint = SidConstraint.of(self.backend.catalog.trie, self.backend.device)
         while len(stream):
-            out += [(f.tag, self._result(f)) for f in stream.step(self.backend.catalog.trie, index)]
+            out += [(f.tag, self._result(f)) for f in stream.step(constraint)]
         return out
 
     def abandon(self) -> list:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+# Ray token auth is off only for local test clusters: the suite's many short-lived local Ray clusters on a trusted
+# machine (infra/ray_auth.py; a command that joins a cluster refuses "disabled").
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -32,6 +32,8 @@ def register(sub) -> None:
                    help="what --budget-s counts: wall time, or this process's CPU time (equal compute for "
                         "every model on a shared machine)")
     p.add_argument("--epochs", type=int, default=0, help="cap on training epochs of both models (0 = defaults)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = fit the machine: half its usable CPUs, 1 on 2 cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: CUDA when present)")
     p.add_argument("--out", default=None, help="write the full result (config, per-seed metrics, summary) as JSON")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -40,6 +42,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from actors.eval_job import EvalConfig, run_eval, write_json
+    from models.evaluation.budget import fit_threads
+
+    fit_threads(getattr(args, "threads", 0))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # OpenMP spinning on small shared machines costs more than it gains
+    except ImportError:
+        pass
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())

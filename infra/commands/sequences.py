@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 
+from infra.commands.ray_local import init_ray, run_supervised
 from infra.commands.topics import add_kafka_args, kafka_from_args
 
 
@@ -46,10 +44,6 @@ def describe_user(h: dict, b: int, user_id: str, now_ms: float | None = None, la
 
 
 def run(args) -> int:
-    import json
-
-    import ray
-
     from actors.checkpoint import CheckpointConfig
     from actors.sequence_state import SequenceConfig
     from actors.supervisor import SequenceSupervisor, SupervisorConfig, format_status
@@ -59,38 +53,18 @@ def run(args) -> int:
         kafka=kafka, num_shards=args.shards, group_id=args.group_id,
         checkpoint=CheckpointConfig(uri=args.checkpoint_dir, every_events=args.every_events, every_s=args.every_s),
         sequence=SequenceConfig(capacity=args.capacity))
-    address = args.ray_address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, namespace="genrec")
-        else:
-            os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="genrec",
-                     log_to_driver=False, configure_logging=False)
+    init_ray(args.ray_address, args.num_cpus)
     users = [u for u in args.users.split(",") if u]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     sup = SequenceSupervisor(cfg).start()
-    try:
-        sup.wait_ready()
-        print(f"{len(sup.shards)} sequence shard(s) over {sup.num_partitions} partitions of "
-              f"{kafka.topic(cfg.topic)}; checkpoints in {args.checkpoint_dir}", flush=True)
-        t0 = time.monotonic()
-        while not stop.wait(args.interval):
-            st = sup.status()
-            if args.json:
-                print(json.dumps(st, default=str), flush=True)
-            else:
-                print(time.strftime("%H:%M:%S ") + format_status(st), flush=True)
-            if users:
-                h = sup.histories(users)
-                for b, u in enumerate(users):
-                    print("  " + describe_user(h, b, u, time.time() * 1000), flush=True)
-            if args.duration and time.monotonic() - t0 >= args.duration:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sup.shutdown()
-        print("sequence shards stopped (final checkpoints written)")
-    return 0
+
+    def show_users() -> None:
+        h = sup.histories(users)
+        for b, u in enumerate(users):
+            print("  " + describe_user(h, b, u, time.time() * 1000), flush=True)
+
+    return run_supervised(
+        sup, args,
+        banner=lambda s: (f"{len(s.shards)} sequence shard(s) over {s.num_partitions} partitions of "
+                          f"{kafka.topic(cfg.topic)}; checkpoints in {args.checkpoint_dir}"),
+        line=format_status, stopped="sequence shards stopped (final checkpoints written)",
+        extra=show_users if users else None)

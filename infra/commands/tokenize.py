@@ -6,8 +6,8 @@ items dropped). Embeddings: MiniLM text (``content``), co-occurrence PPMI-SVD
 from the data set's user events (``collab``), or their fusion; items without
 text fall back to collaborative vectors. Prints the quality report
 (utilisation per level, collision rate, unique SIDs, reconstruction error)
-and writes ``OUT/tokenizer.bin`` (load with models.tokenizer.tokenizer_from_bytes),
-``OUT/catalog.bin`` (models.catalog.Catalog.from_bytes) and ``OUT/report.json``.
+and writes ``OUT/tokenizer.bin`` (load with models.sid.tokenizer.tokenizer_from_bytes),
+``OUT/catalog.bin`` (models.sid.catalog.Catalog.from_bytes) and ``OUT/report.json``.
 ``--install-checkpoint DIR`` also installs the tokenizer for an item indexer.
 """
 
@@ -81,9 +81,9 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from models.catalog import Catalog, CatalogConfig
-    from models.embeddings import CooccurrenceConfig, collaborative_embeddings, fuse
-    from models.tokenizer import report, tokenizer_to_bytes
+    from models.sid.catalog import Catalog, CatalogConfig
+    from models.sid.embeddings import CooccurrenceConfig, collaborative_embeddings, fuse
+    from models.sid.tokenizer import report, tokenizer_to_bytes
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,11 +116,11 @@ def run(args) -> int:
     items = [r for r, k in zip(items, keep) if k]
     emb = emb[keep]
     if args.tokenizer == "rq_kmeans":
-        from models.rq_kmeans import RQKMeans, RQKMeansConfig
+        from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
         tok = RQKMeans(RQKMeansConfig(levels=args.levels, codebook_size=args.codebook_size,
                                             balanced=not args.plain_kmeans)).fit(emb)
     else:
-        from models.rq_vae import RQVAE, RQVAEConfig
+        from models.sid.rq_vae import RQVAE, RQVAEConfig
         tok = RQVAE(RQVAEConfig(levels=args.levels, codebook_size=args.codebook_size, epochs=args.epochs)).fit(emb)
     rep = report(tok, emb)
     cat = Catalog(CatalogConfig(level_sizes=tuple(tok.sid_level_sizes), dim=tok.dim))

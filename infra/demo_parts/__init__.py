@@ -34,4 +34,5 @@ PARTS = [
     "generator",        # issue 5: train a small generator, eval table, generated sessions
     "fast_decoding",    # issue 6: plain vs speculative decoding on the trained model
     "serving",          # issue 7: Ray Serve app, HTTP traffic, first A/B report
+    "alignment",        # issue 16: reward model, one alignment round, the gate, base vs aligned A/B
 ]

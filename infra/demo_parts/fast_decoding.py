@@ -3,7 +3,7 @@
 Takes the generator of the ``generator`` part (``ctx.state["generator"]`` and its
 item table), or trains a tiny one on the synthetic world when that part did not
 run. Trains MTP heads as a second stage (the generator stays frozen), then
-decodes the same users' sessions with every mode of :mod:`models.decode_modes`
+decodes the same users' sessions with every mode of :mod:`models.decoding.generate`
 and prints latency, target forwards, acceptance and whether each lossless
 mode's output is identical to its plain twin. Leaves ``ctx.state["mtp_heads"]``
 for the serving part (decode modes are per-request settings there).
@@ -20,12 +20,12 @@ TITLE = "Fast decoding: multi-token prediction and speculative decoding vs plain
 
 
 def _model_and_data(ctx):
-    from actors.train_job import _from_records, fit_tokenizer, item_embeddings
-    from models.generator import GeneratorConfig
-    from models.training import TrainConfig, fit_generator
+    from actors.train_job import interactions_from_records, fit_tokenizer, item_embeddings
+    from models.generator.model import GeneratorConfig
+    from models.generator.training import TrainConfig, fit_generator
 
     ds = ctx.world.dataset()
-    data = _from_records("synthetic", ds.user_events, ds.item_events)
+    data = interactions_from_records("synthetic", ds.user_events, ds.item_events)
     model, sids = ctx.state.get("generator"), ctx.state.get("generator_item_sids")
     if model is not None and sids is not None and \
             list(ctx.state.get("generator_item_ids", [])) == list(data.split.item_ids):
@@ -45,17 +45,19 @@ def _model_and_data(ctx):
 def run(ctx) -> None:
     import torch
 
-    from models.decode_modes import DecodeSettings, generate
-    from models.generator_ranker import build_trie
-    from models.history_features import history_batch
-    from models.mtp import MTPConfig, MTPHeads, MTPTrainConfig, fit_mtp
+    from models.decoding.constraint import SidConstraint
+    from models.decoding.generate import generate
+    from models.decoding.settings import DecodeSettings
+    from models.evaluation.generator_ranker import build_trie
+    from models.generator.features import history_batch
+    from models.generator.mtp import MTPConfig, MTPHeads, fit_mtp
 
     threads = torch.get_num_threads()
     if (os.cpu_count() or 1) <= 2:
         torch.set_num_threads(1)      # small tensors on 2 shared cores: one thread is faster
     try:
         model, sids, data = _model_and_data(ctx)
-        trie = build_trie(sids, model.cfg.level_sizes)
+        constraint = SidConstraint.of(build_trie(sids, model.cfg.level_sizes))
         K = 5 if ctx.quick else 10
 
         # --- MTP heads, second stage: distil the frozen generator on its own greedy sessions
@@ -66,9 +68,10 @@ def run(ctx) -> None:
         hist_items = [tr.items[u] for u in users]
         hb = history_batch(hist_items, sids, model.cfg.max_history, model.cfg.n_time_buckets)
         t0 = time.time()
-        sessions = generate(model, hb, trie, DecodeSettings("greedy", session_len=K), seen=hist_items).sids
-        heads = MTPHeads(MTPConfig(model.cfg.level_sizes, model.cfg.d_model, horizon=5)).init_from_generator(model)
-        losses = fit_mtp(model, heads, hb, sessions, MTPTrainConfig(epochs=3 if ctx.quick else 10, batch_size=64))
+        sessions = generate(model, hb, constraint, DecodeSettings("greedy", session_len=K), seen=hist_items).sids
+        heads = MTPHeads(MTPConfig(model.cfg.level_sizes, model.cfg.d_model, horizon=5,
+                                   train_epochs=3 if ctx.quick else 10, train_batch_size=64)).init_from_generator(model)
+        losses = fit_mtp(model, heads, hb, sessions)
         ctx.say(f"MTP heads trained on {len(users)} self-generated sessions in {time.time() - t0:.1f}s "
                 f"(distillation loss {losses[0]:.3f} -> {losses[-1]:.3f}); the generator is unchanged")
 
@@ -98,9 +101,9 @@ def run(ctx) -> None:
                 memory = model.encode(hb1)
                 for m, s in modes.items():
                     if i == 0:
-                        generate(model, memory, trie, s, seen=h.items, mtp_heads=heads)   # warm-up
+                        generate(model, memory, constraint, s, seen=h.items, mtp_heads=heads)   # warm-up
                     t0 = time.perf_counter()
-                    res = generate(model, memory, trie, s, seen=h.items, mtp_heads=heads)
+                    res = generate(model, memory, constraint, s, seen=h.items, mtp_heads=heads)
                     lat[m].append(time.perf_counter() - t0)
                     fwd[m].append(res.stats["target_forwards"])
                     acc[m][0] += res.stats.get("accepted", 0)

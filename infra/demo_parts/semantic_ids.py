@@ -14,7 +14,7 @@
    through versioned deltas, then indexes the rest of the world's catalog.
 
 Leaves ``ctx.state["tokenizer"]`` (the fitted RQ-KMeans) and
-``ctx.state["catalog"]`` (:class:`models.catalog.Catalog` with every world
+``ctx.state["catalog"]`` (:class:`models.sid.catalog.Catalog` with every world
 item) for later parts.
 """
 
@@ -54,9 +54,9 @@ def run(ctx) -> None:
     from ingest.contract import ITEM_EVENTS, ItemEvent, replace
     from ingest.producer import EventProducer, ProducerConfig
     from ingest.topics import ensure_topics
-    from models.catalog import Catalog
-    from models.rq_kmeans import RQKMeans
-    from models.tokenizer import report
+    from models.sid.catalog import Catalog
+    from models.sid.rq_kmeans import RQKMeans
+    from models.sid.tokenizer import report
 
     threads = torch.get_num_threads()
     if (os.cpu_count() or 1) <= 2:
@@ -89,7 +89,7 @@ def run(ctx) -> None:
         rep = report(tok, x0)
         ctx.say(f"RQ-KMeans on {len(initial):,} initial items in {time.time() - t0:.1f} s: "
                 f"{len(tok.level_sizes)} levels x {tok.level_sizes[0]} codes (K ~ sqrt(N), see "
-                f"models/tokenizer.py) + a de-duplication level of {tok.dedup_size}")
+                f"models/sid/tokenizer.py) + a de-duplication level of {tok.dedup_size}")
         ctx.say("  utilisation per level: " + ", ".join(f"L{i + 1} {u:.0%}" for i, u in enumerate(rep.utilization))
                 + f"; collision rate before de-duplication {rep.collision_rate:.1%}; "
                   f"unique SIDs after {rep.unique_sid_fraction:.0%}; reconstruction cosine {rep.recon_cosine:.3f}")

@@ -20,8 +20,8 @@ from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
 from ingest.kafka_client import KafkaConfig
 from ingest.producer import EventProducer
 from ingest.topics import TopicsConfig, ensure_topics
-from models.catalog import Catalog
-from models.rq_kmeans import RQKMeans, RQKMeansConfig
+from models.sid.catalog import Catalog
+from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
 
 DIM = 16
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, ItemEvent
 from ingest.kafka_client import KafkaConfig
 from ingest.producer import EventProducer
 from ingest.topics import TopicsConfig, ensure_topics
-from models.catalog import Catalog
-from models.rq_kmeans import RQKMeans, RQKMeansConfig
-from models.tokenizer import tokenizer_to_bytes
+from models.sid.catalog import Catalog
+from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
+from models.sid.tokenizer import tokenizer_to_bytes
 
 ray = pytest.importorskip("ray")
 DIM = 8

@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -29,25 +28,6 @@ from ingest.topics import TopicsConfig, ensure_topics
 ray = pytest.importorskip("ray")
 
 N_PARTITIONS = 4
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
-        for attempt in range(3):  # Ray gives its raylet 30 s to register; a busy host can miss that
-            try:
-                ray.init(num_cpus=2, include_dashboard=False, namespace=f"seq-{uuid.uuid4().hex[:6]}",
-                         log_to_driver=False, configure_logging=False)
-                break
-            except Exception:
-                ray.shutdown()
-                if attempt == 2:
-                    raise
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 ``genrec bench batching [--quick]`` (or ``python tests/bench/bench_batching.py [--quick] [--json FILE]``
 on a machine with only numpy and torch: it touches ``models/`` alone).
 
-Why: the recommender's batch size (:data:`serving.recommender.DEFAULT_MAX_BATCH`) trades
+Why: the recommender's batch size (:data:`serving.recommender_config.DEFAULT_MAX_BATCH`) trades
 answers per second against the latency of each admitted request. Under overload an admitted
 request costs one decode at the running batch size with continuous batching
-(:mod:`models.continuous_batching`), and about two with static batches; so the size to run at
+(:mod:`models.decoding.continuous`), and about two with static batches; so the size to run at
 is the largest one whose decode costs little more than a single request's.
 
 One run, the same model and requests for every figure, per device (``cpu`` with one intra-op
@@ -14,9 +14,9 @@ thread, and ``cuda`` when a GPU is there) and per model size (``serving``: the m
 ``serving`` suite; ``large``: d_model 256, 2 encoder / 4 decoder layers):
 
 * ``{dev}_{model}_static_b{B}_ms`` — median time to encode and greedily decode a session of
-  ``K`` items for B requests in one static batch (:func:`models.decoding.greedy_session`);
+  ``K`` items for B requests in one static batch (:func:`models.decoding.search.greedy_session`);
 * ``{dev}_{model}_continuous_b{B}_ms`` — the same B requests through
-  :class:`models.continuous_batching.ContinuousGreedy` (admitted together, stepped to the end);
+  :class:`models.decoding.continuous.ContinuousGreedy` (admitted together, stepped to the end);
 * ``{dev}_{model}_cost_b{B}`` — static time at B / static time at 1 (what a bigger batch costs
   each of its requests); ``{dev}_{model}_sessions_per_s_b{B}`` — B / static time;
 * ``{dev}_{model}_continuous_overhead`` — continuous / static time, median over the batch sizes;
@@ -27,7 +27,6 @@ thread, and ``cuda`` when a GPU is there) and per model size (``serving``: the m
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ MODELS = {"serving": {"d_model": 64, "heads": 2, "enc_layers": 1, "dec_layers": 
 
 
 def _catalog(rng):
-    from models.generator_ranker import build_trie
+    from models.evaluation.generator_ranker import build_trie
 
     sids = np.stack([rng.integers(0, LEVELS[0], N_ITEMS), rng.integers(0, LEVELS[1], N_ITEMS),
                      np.zeros(N_ITEMS, np.int64)], 1)
@@ -81,14 +80,15 @@ def _paired_ms(fns, reps: int, dev: str) -> list[float]:
 def _measure(dev: str, name: str, cfg: dict, batches, reps: int, rng) -> dict:
     import torch
 
-    from models.continuous_batching import ContinuousGreedy
-    from models.decoding import SidRangeIndex, default_processors, greedy_session
-    from models.generator import GenerativeRecommender, GeneratorConfig
-    from models.history_features import history_batch
+    from models.decoding.constraint import SidConstraint
+    from models.decoding.continuous import ContinuousGreedy
+    from models.decoding.search import greedy_session
+    from models.generator.model import GenerativeRecommender, GeneratorConfig
+    from models.generator.features import history_batch
 
     sids, trie = _catalog(rng)
     n = len(sids)
-    index = SidRangeIndex(LEVELS, sids, np.arange(n), n, device=dev)
+    constraint = SidConstraint.of(trie, dev)
     torch.manual_seed(1)
     model = GenerativeRecommender(GeneratorConfig(level_sizes=LEVELS, session_len=SESSION, dropout=0.0,
                                                   **cfg)).to(dev).eval()
@@ -104,8 +104,7 @@ def _measure(dev: str, name: str, cfg: dict, batches, reps: int, rng) -> dict:
     def static(b: int):
         hb, seen = inputs(b)
         with torch.no_grad():
-            procs = default_processors(trie, seen=seen, no_repeat=True, index=index, n_items=n)
-            return greedy_session(model, model.encode(hb), trie, session_len=SESSION, processors=procs)
+            return greedy_session(model, model.encode(hb), constraint, session_len=SESSION, seen=seen)
 
     def continuous(b: int):
         hb, seen = inputs(b)
@@ -114,7 +113,7 @@ def _measure(dev: str, name: str, cfg: dict, batches, reps: int, rng) -> dict:
             cb.admit(model.encode(hb), [SESSION] * b, list(range(b)), seen)
         out = []
         while len(cb):
-            out += cb.step(trie, index)
+            out += cb.step(constraint)
         return out
 
     m: dict = {}
@@ -131,16 +130,16 @@ def _measure(dev: str, name: str, cfg: dict, batches, reps: int, rng) -> dict:
         overheads.append(cont / static_ms[b])
     m[f"{key}_continuous_overhead"] = statistics.median(overheads)
     m[f"{key}_rows_at_1_25x"] = max(b for b in batches if static_ms[b] <= 1.25 * static_ms[batches[0]])
-    m[f"{key}_identical"] = _identical(model, trie, index, inputs, min(16, max(batches)))
+    m[f"{key}_identical"] = _identical(model, constraint, inputs, min(16, max(batches)))
     return m
 
 
-def _identical(model, trie, index, inputs, b: int) -> float:
+def _identical(model, constraint, inputs, b: int) -> float:
     """Fraction of b requests whose session from a staggered continuous batch equals their solo session."""
     import torch
 
-    from models.continuous_batching import ContinuousGreedy
-    from models.decoding import default_processors, greedy_session
+    from models.decoding.continuous import ContinuousGreedy
+    from models.decoding.search import greedy_session
 
     hb, seen = inputs(b)
     solo = []
@@ -149,8 +148,7 @@ def _identical(model, trie, index, inputs, b: int) -> float:
         one[i] = True
         with torch.no_grad():
             h1 = type(hb)(*(t[one] for t in hb))
-            procs = default_processors(trie, seen=seen[one], no_repeat=True, index=index, n_items=index.n_items)
-            out = greedy_session(model, model.encode(h1), trie, session_len=SESSION, processors=procs)
+            out = greedy_session(model, model.encode(h1), constraint, session_len=SESSION, seen=seen[one])
         solo.append((out.items[0].tolist(), out.sids[0].tolist()))
     cb = ContinuousGreedy(model)
     got: dict = {}
@@ -163,7 +161,7 @@ def _identical(model, trie, index, inputs, b: int) -> float:
             with torch.no_grad():
                 cb.admit(model.encode(type(hb)(*(t[sel] for t in hb))), [SESSION] * len(take), take, seen[sel])
             nxt = take[-1] + 1
-        for f in cb.step(trie, index):
+        for f in cb.step(constraint):
             got[f.tag] = (f.items, f.sids)
         step += 1
     return sum(got[i] == solo[i] for i in range(b)) / b
@@ -207,7 +205,7 @@ def main(argv: list[str]) -> int:
     import argparse
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from infra.benchmarks import format_table, machine
+    from infra.benchmarks import emit, result_of
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer batch sizes and repetitions")
@@ -215,12 +213,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     t0 = time.time()
     out = run(quick=a.quick)
-    result = {"suite": SUITE, "machine": machine(), "config": {**out["config"], "quick": a.quick},
-              "metrics": out["metrics"], "elapsed_s": round(time.time() - t0, 1),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tables": out["tables"]}
-    print(format_table(result))
-    if a.json:
-        Path(a.json).write_text(json.dumps(result))
+    emit(result_of(SUITE, out, t0, a.quick), a.json)
     return 0
 
 

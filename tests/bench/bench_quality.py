@@ -7,7 +7,7 @@ on the same validation item, and ranks the whole catalog for every test user
 with seen items excluded (:mod:`actors.eval_job`).
 
 Equal compute: both models get the same training budget in **CPU seconds of
-this process** (:mod:`models.budget`), not wall seconds — the development
+this process** (:mod:`models.evaluation.budget`), not wall seconds — the development
 machines are small and shared, and a wall budget would hand whichever model
 trained while a neighbour was busy fewer steps. Each model stops earlier when
 its validation NDCG stops improving. ``train_s`` (wall) and ``train_cpu_s``
@@ -17,7 +17,7 @@ The generator runs at the sizes that fit that budget on two CPU cores: one
 decoder layer and two-item training sessions (the decoder's cost per example
 grows with layers × session length × SID length, and it dominates a training
 step), with its code embeddings started from the item embeddings the SIDs
-were fitted on (:mod:`models.code_init`). The SID table shows what each of
+were fitted on (:mod:`models.generator.code_init`). The SID table shows what each of
 those choices is worth.
 
 Full run: 3 seeds (mean and sample std), plus a table of how the generator's
@@ -123,7 +123,12 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "train_cpu_s_generator": g["train_cpu_s"]["mean"], "train_cpu_s_sasrec": r["train_cpu_s"]["mean"],
         "sid_s_generator": g["sid_s"]["mean"] if "sid_s" in g else 0.0,
         "test_users": float(main["data"]["test_users"]), "seeds": float(len(cfg.seeds)),
+        "diversity_users_top10": g["diversity@10"]["mean"], "diversity_users_top10_sasrec": r["diversity@10"]["mean"],
+        "train_targets_per_s_generator": g["train_targets"]["mean"] / max(g["train_cpu_s"]["mean"], 1e-9),
+        "train_targets_per_s_sasrec": r["train_targets"]["mean"] / max(r["train_cpu_s"]["mean"], 1e-9),
     }
+    pers = personalisation_run(cfg, dataset)
+    metrics.update(pers["metrics"])
     tables = [f"**{dataset}: generator vs SASRec vs popularity** (leave-one-out, full ranking over "
               f"{main['data']['items']} items, {main['data']['test_users']} test users, mean ± std over "
               f"{len(cfg.seeds)} seed(s); train_s in seconds)\n\n" + main["table"]]
@@ -145,4 +150,75 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
               "generator": cfg.generator, "train": cfg.train, "tokenizer": cfg.tokenizer, "levels": cfg.levels,
               "init_codes": cfg.init_codes, "embeddings": cfg.embeddings, "load_avg_at_start": round(load0, 1),
               "workers": WORKERS, "wall_s": round(time.time() - t0, 1)}
+    tables.append(pers["table"])
+    config["personalisation"] = pers["config"]
     return {"config": config, "metrics": metrics, "tables": tables}
+
+
+#: Users served in the closed loop, and the length of each served session.
+CLOSED_LOOP_USERS, SESSION_LEN = 500, 5
+
+
+def personalisation_run(cfg, dataset: str) -> dict:
+    """One more generator run (first seed, same settings and budget) in this process, for what the
+    pooled runs cannot return: the share of test users it beats popularity for, and on the synthetic
+    world the closed-loop reward of its served sessions vs popularity's and the oracle's
+    (:mod:`models.evaluation.closed_loop`; same users, same request ids, same time)."""
+    import numpy as np
+
+    from actors.eval_job import load_log, run_generator, split_log
+    from models.baselines.popularity import PopularityRanker
+    from models.decoding.settings import DecodeSettings
+    from models.evaluation.personalisation import inter_user_diversity, personalisation_report
+
+    t0 = time.time()
+    log_ = load_log(cfg.dataset, cfg.engaged_only, **cfg.dataset_kw)
+    split = split_log(log_, cfg.max_users)
+    test = split.test()
+    ranker, _ = run_generator(split, cfg.seeds[0], cfg, _say, titles=log_.titles)
+    pop = PopularityRanker(split.n_items).fit(split.train_valid())
+    gen_top, pop_top = ranker.rank(test.histories, 10), pop.rank(test.histories, 10)
+    rep = personalisation_report(gen_top, test.targets, split.n_items, baseline_ranked=pop_top)
+    metrics = {"beats_popularity_generator": rep.beats_baseline, "loses_to_popularity_generator": rep.loses_to_baseline}
+    rows = ["| policy | served to | diversity@10 (lists) | beats popularity | loses to popularity | "
+            "session diversity@5 | closed-loop reward |", "|---|---|---|---|---|---|---|"]
+    n = min(CLOSED_LOOP_USERS, len(test))
+    sub = test.subset(np.arange(n))
+    gen_s = ranker.sessions(sub.histories, SESSION_LEN).numpy()
+    sampled = ranker.sessions(sub.histories, SESSION_LEN, settings=DecodeSettings(mode="sample", seed=0)).numpy()
+    pop_s = pop_top[:n, :SESSION_LEN].numpy()
+    metrics["diversity_users_sessions_generator"] = inter_user_diversity(gen_s, SESSION_LEN, split.n_items)
+    rewards = {}
+    if dataset == "synthetic":
+        from ingest.synthetic import SyntheticWorld, WorldConfig
+        from models.evaluation.closed_loop import closed_loop_rewards
+        from serving.experiments.rewards import session_reward
+
+        world = SyntheticWorld(WorldConfig(**cfg.dataset_kw))
+        ts = world.cfg.start_ts_ms + world.cfg.duration_ms
+        ids = split.item_ids
+        users = [str(split.user_ids[u]) for u in sub.users]
+        name = lambda row: [str(ids[i]) for i in row if i >= 0]  # noqa: E731
+        sessions = {"generator": [name(r) for r in gen_s], "generator_sampled": [name(r) for r in sampled],
+                    "popularity": [name(r) for r in pop_s],
+                    "oracle": [world.best_items(u, SESSION_LEN, ts) for u in users]}
+        res = closed_loop_rewards(users, sessions, world.respond, session_reward, ts, request_prefix="quality")
+        rewards = res.mean
+        metrics.update(res.as_dict())
+    fmt = lambda x: f"{x:.3f}" if x == x else "—"  # noqa: E731
+    rows.append(f"| generator | {n} | {fmt(rep.diversity)} | {fmt(rep.beats_baseline)} | {fmt(rep.loses_to_baseline)} | "
+                f"{fmt(metrics['diversity_users_sessions_generator'])} | {fmt(rewards.get('generator', float('nan')))} |")
+    rows.append(f"| generator, sampled sessions (T=1) | {n} | — | — | — | "
+                f"{fmt(inter_user_diversity(sampled, SESSION_LEN, split.n_items))} | "
+                f"{fmt(rewards.get('generator_sampled', float('nan')))} |")
+    rows.append(f"| popularity | {n} | {fmt(inter_user_diversity(pop_top, 10, split.n_items))} | — | — | "
+                f"{fmt(inter_user_diversity(pop_s, SESSION_LEN, split.n_items))} | "
+                f"{fmt(rewards.get('popularity', float('nan')))} |")
+    if rewards:
+        rows.append(f"| oracle (true best items) | {n} | — | — | — | — | {fmt(rewards['oracle'])} |")
+    table = (f"**{dataset}: personalisation** (one generator run, seed {cfg.seeds[0]}, {cfg.budget_s:.0f} CPU-s; "
+             f"lists over all {len(test)} test users; sessions of {SESSION_LEN} items by beam search (width 4, seen "
+             f"excluded) for the first {n}; closed-loop reward = mean session reward when the synthetic world's "
+             "users answer the served sessions)\n\n" + "\n".join(rows))
+    return {"metrics": metrics, "table": table, "config": {"users_served": n, "session_len": SESSION_LEN,
+                                                           "wall_s": round(time.time() - t0, 1)}}

@@ -7,16 +7,15 @@ share a GIL with anything they measure; its CPU use is reported
 (``loadgen_cpu_*``: CPU seconds per wall second, 1.0 = one core).
 
 * The app runs in its default ``colocated`` topology (every ingress replica holds
-  its own recommender and decode worker: :mod:`serving.local_handle`,
-  :mod:`serving.decode_worker`). At the end the same app is redeployed ``split``
-  (FastAPI ingress → batching recommender deployment over Serve's gRPC handle)
+  its own recommender process: :mod:`serving.decode_process`). At the end the same app is redeployed
+  ``split`` (FastAPI ingress → recommender deployment over Serve's gRPC handle)
   and c1 is measured again, like for like: ``overhead_p50_ms_split``, a second stage table.
 * c1, like for like: request *i* goes over HTTP, then the *same work* runs in
   this process — the very :class:`serving.recommend_path.RecommendPath` the
   ingress runs (arm resolution, history read + generation in one backend
   call, the ``served`` record written and acked, metrics, JSON encoding), with
-  a direct backend call instead of the decode worker / Serve handle. So the difference is
-  HTTP + Serve ingress routing/validation + the hand-off to the decode thread (colocated) or the
+  a direct backend call instead of the recommender process / Serve handle. So the difference is
+  HTTP + Serve ingress routing/validation + the pipe to the recommender process (colocated) or the
   handle hop (split) + batch wait.
   ``overhead_p50_ms`` = median of the paired differences;
   ``overhead_p50_diff_ms`` = difference of the p50s. A stage table splits both.
@@ -28,26 +27,21 @@ share a GIL with anything they measure; its CPU use is reported
   ``healthz_proxy_p50_ms`` (the same through the proxy) and a trivial FastAPI
   app on plain uvicorn in its own process (``floor_uvicorn_get_p50_ms``,
   ``floor_uvicorn_post_p50_ms``: GET, and POST with a validated JSON body).
-* c16 / c64: p50/p99 and requests/s; ``batching_gain_c64`` = rps with dynamic
-  batching / rps with batch size 1 (``configure_batching(1)`` on the same replica), at the app's
-  defaults (where 503s and the clients' back-off also bound the rate); ``batching_gain_c64_b16`` the same
-  with all 64 admitted (no 503s) and batches of up to 16: what batching itself gives.
+* c16 / c64: p50/p99 and requests/s at the app's defaults (503s and the clients' back-off also bound the rate).
 * Overload: 500 concurrent clients for 30 s (12 s quick), all starting at once, each
   waiting ``Retry-After`` after a 503 (the server's Retry-After is adaptive and
   jittered, and each 503 is answered after a random sub-second delay: :mod:`serving.admission`),
   at the app's defaults for this device (batch size and admission limit:
-  :data:`serving.recommender.DEFAULT_MAX_BATCH` rows decoding continuously, as many admitted per replica).
+  :data:`serving.recommender_config.DEFAULT_MAX_BATCH` rows decoding continuously, as many admitted per replica).
   ``overload_admitted_p99_ms_after_5s``
   leaves out requests sent in the first 5 s (the initial burst of 500). ``overload_non_503_errors`` counts answers that
   are neither 200 nor 503, 503s without Retry-After and connection errors;
   ``overload_p99_ratio`` = client-side p99 of admitted requests / unloaded
   client-side p99 (c1, same run); ``overload_server_p99_ratio`` the same for
   the ingress-measured time.
-  ``overload_b{B}_i{L}_{static|continuous}_*``: the same 500 clients with batch size B (rows, for
-  continuous batching) and L admitted per replica (:data:`OVERLOAD_SETTINGS`, set live on the same app).
-  With static batches an admitted request waits for the batch that is running and then decodes in
-  the next; with continuous batching (:mod:`serving.session_streams`) it joins the running rows at
-  the next item boundary.
+  ``overload_b{B}_i{L}_*``: the same 500 clients against the app deployed with B rows decoding
+  together and L admitted per replica (:data:`OVERLOAD_SETTINGS`, ``recommender.max_batch_size`` and
+  ``serving.max_inflight``): the latency / throughput trade-off an operator sets.
 * Freshness through the API: ``event_to_rec_p99_ms`` — from posting click
   events on a user's recommended items until a recommend no longer returns
   them (exclude-seen: the events are in the history); ``item_to_rec_p99_ms`` —
@@ -71,10 +65,9 @@ from pathlib import Path
 import numpy as np
 
 SUITE = "serving"
-#: (max_batch_size, max_inflight, continuous batching) the overload phase is also run at, besides the app's
-#: defaults: static batches (an admitted request waits for the running batch) against continuous batching
-#: (it joins the running rows at the next item), and the latency / throughput trade-off of the sizes
-OVERLOAD_SETTINGS = ((4, 8, False), (8, 16, False), (8, 8, True), (16, 16, True))
+#: (max_batch_size, max_inflight) the app is also deployed with for the overload phase, besides its defaults:
+#: more rows buy answers per second with admitted latency
+OVERLOAD_SETTINGS = ((8, 8), (16, 16))
 ADMIN = "bench-admin-token-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("total_ms", "resolve_ms", "recommender_ms", "batch_wait_ms", "history_ms", "decode_ms", "log_ms",
@@ -86,10 +79,6 @@ if __name__ != "__main__":  # the Ray this suite starts serves HTTP on the ingre
     from serving.direct_ingress import enable as _enable_direct_ingress
 
     _enable_direct_ingress()
-
-
-def _mode(continuous: bool) -> str:
-    return "continuous batching, rows" if continuous else "static batches of"
 
 
 def _pct(xs, q) -> float:
@@ -297,15 +286,15 @@ def _c1_paired(url: str, args: dict, experiments: str, n: int, n_users: int, pro
     import httpx
 
     from ingest.kafka_client import KafkaConfig
-    from serving.experiments import ExperimentRegistry
+    from serving.experiments.config import ExperimentRegistry
     from serving.metrics import ServingMetrics
     from serving.recommend_path import RecommendPath, ServedLog
+    from serving.application import AppArgs, load_configs, resolve_defaults
     from serving.recommender import build_backend
-    from serving.serve_args import configs_from_args
 
-    _, rec_cfg = configs_from_args(args)
+    _, rec_cfg = resolve_defaults(*load_configs(AppArgs.model_validate(args)))
     backend = build_backend(rec_cfg)
-    log = ServedLog(KafkaConfig(bootstrap=args["bootstrap"], namespace=args["namespace"]))
+    log = ServedLog(KafkaConfig(**args["kafka"]))
     path = RecommendPath(ExperimentRegistry(source=experiments), log, ServingMetrics())
 
     async def direct(req):
@@ -365,7 +354,7 @@ def _stage_table(c1: dict) -> str:
             ("HTTP + Serve ingress routing/validation (client − ingress total)", h["client_ms"] - h["total_ms"], 0.0),
             ("arm resolution", h["resolve_ms"], p["resolve_ms"]),
             ("ingress → recommender handle hop (recommender − wait − history − decode)", hop(h), hop(p)),
-            ("@serve.batch wait", hb, 0.0),
+            ("batch wait (recommender process)", hb, 0.0),
             ("history read", h["history_ms"], p["history_ms"]),
             ("generation (encode + constrained decode)", h["decode_ms"], p["decode_ms"]),
             ("served-log write, acked", h["log_ms"], p["log_ms"])]
@@ -394,9 +383,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     from ingest.kafka_client import KafkaConfig
     from ingest.producer import EventProducer
     from ingest.topics import ensure_topics
-    from serving.app import QUIET_LOGS
+    from serving.application import QUIET_LOGS, AppArgs, app_builder, load_configs, resolve_defaults
     from serving.direct_ingress import enabled as direct_ingress_enabled, wait_for_ingress_urls
-    from serving.serve_args import app_from_args
 
     load_at_start = os.getloadavg()
     n_items, n_users = (300, 100) if quick else (2000, 500)
@@ -405,8 +393,6 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     n_fresh = 10 if quick else 40
     level_sizes = [32, 32, 8]  # 8192 SIDs: hashed codes of ~2k items leave every dedup level room
     decode = {"mode": "greedy"}
-    from serving.serve_args import configs_from_args
-
     experiments = f"default: {{model_version: v1, decode: {{mode: {decode['mode']}}}}}\nlayers: []\n"
     model_cfg = {"d_model": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "max_history": 30}
     rng = np.random.default_rng(0)
@@ -420,62 +406,51 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
             for u in range(n_users):
                 for j, it in enumerate(rng.integers(0, n_items, 10)):
                     p.send(UserEvent(f"e{u}-{j}", f"u{u}", f"i{it}", "click", 10_000 + j))
-        args = {"bootstrap": broker.bootstrap, "namespace": ns, "experiments": experiments,
-                "level_sizes": level_sizes, "models": [{"version": "v1", "seed": 1, "config": model_cfg}],
-                "batch_wait_timeout_s": 0.0, "max_queued_requests": 256, "admin_token": ADMIN,
-                "topology": "colocated"}   # batch size and admission limit: the app's defaults for this device
-        settings, rec_cfg = configs_from_args(args)
-        max_batch, max_inflight, continuous = rec_cfg.max_batch_size, settings.max_inflight, rec_cfg.continuous_batching
+        # batch size and admission limit: the app's defaults for this device
+        args = {"kafka": {"bootstrap": broker.bootstrap, "namespace": ns},
+                "serving": {"experiments": experiments, "admin_token": ADMIN, "topology": "colocated"},
+                "recommender": {"level_sizes": level_sizes, "models": [{"version": "v1", "seed": 1, "config": model_cfg}],
+                                "batch_wait_timeout_s": 0.0, "max_queued_requests": 256}}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        settings, rec_cfg = resolve_defaults(*load_configs(AppArgs.model_validate(args)))
+        max_batch, max_inflight = rec_cfg.max_batch_size, settings.max_inflight
         try:
             port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET_LOGS)
-            serve.run(app_from_args(args), name="genrec", route_prefix="/", blocking=False)
             proxy_url = f"http://127.0.0.1:{port}"
-            _wait_ready(proxy_url, "app")
-            direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
-            url = direct[0] if direct else proxy_url   # clients talk to the ingress replica's own port
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET_LOGS)
+
+            def deploy(app_args: dict, what: str) -> str:
+                """Deploy the app with ``app_args`` (replacing the running one); the URL clients use."""
+                if "genrec" in serve.status().applications:
+                    serve.delete("genrec")
+                serve.run(app_builder(AppArgs.model_validate(app_args)), name="genrec", route_prefix="/",
+                          blocking=False)
+                _wait_ready(proxy_url, what)
+                direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
+                return direct[0] if direct else proxy_url   # clients talk to the ingress replica's own port
+
+            url = deploy(args, "app")
             floors = _floors(url, proxy_url, 50 if quick else 150)
-            c1 = _c1_paired(url, args, experiments, n_c1, n_users, proxy_url if direct else None)
+            c1 = _c1_paired(url, args, experiments, n_c1, n_users, proxy_url if url != proxy_url else None)
             c16 = _load(url, 16, n_conc, "u", n_users)
             c64 = _load(url, 64, n_conc, "u", n_users)
-            handle = serve.get_deployment_handle("Ingress", app_name="genrec")
-            handle.configure_batching.remote(1).result()
-            c64_unbatched = _load(url, 64, n_conc, "u", n_users)
-            # the same comparison with all 64 admitted (no 503s, no client back-off) and batches of up to 16:
-            # what batching itself gives on this device
-            auth = {"Authorization": f"Bearer {ADMIN}"}
-            admit = lambda n: httpx.post(url + "/v1/admin/admission", json={"max_inflight": n}, headers=auth,  # noqa: E731
-                                         timeout=30).raise_for_status()
-            admit(64)
-            c64_b1_i64 = _load(url, 64, n_conc, "u", n_users)
-            handle.configure_batching.remote(16).result()
-            c64_b16_i64 = _load(url, 64, n_conc, "u", n_users)
-            handle.configure_batching.remote(max_batch).result()
-            admit(max_inflight)
-            # overload at the app's defaults, then the same 500 clients at other batch sizes, admission
-            # limits and static vs continuous batching (live, same app): the latency / throughput trade-off
+            ev_ms, item_ms, items_rejected = _freshness(url, n_fresh)
+            # overload at the app's defaults, then the same 500 clients against the app deployed with other rows /
+            # admission limits: the latency / throughput trade-off
             over_s = 12 if quick else 30
             over = _load(url, 500, 0, "u", n_users, duration_s=over_s)
-            sweep = {(max_batch, max_inflight, continuous): over}
-            for batch, lim, cont in OVERLOAD_SETTINGS:
-                if (batch, lim, cont) in sweep:
+            sweep = {(max_batch, max_inflight): over}
+            for batch, lim in OVERLOAD_SETTINGS:
+                if (batch, lim) in sweep:
                     continue
-                handle.configure_batching.remote(batch, None, cont).result()
-                admit(lim)
-                time.sleep(2)   # the previous phase's Retry-After state decays
-                sweep[(batch, lim, cont)] = _load(url, 500, 0, "u", n_users, duration_s=over_s)
-            handle.configure_batching.remote(max_batch, None, continuous).result()
-            admit(max_inflight)
-            ev_ms, item_ms, items_rejected = _freshness(url, n_fresh)
-            # the split topology (ingress and batching recommender as two deployments, gRPC handle), c1 only
-            serve.delete("genrec")
-            split_args = {**args, "topology": "split"}
-            serve.run(app_from_args(split_args), name="genrec", route_prefix="/", blocking=False)
-            _wait_ready(proxy_url, "split app")
-            split_direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
-            c1_split = _c1_paired(split_direct[0] if split_direct else proxy_url, split_args, experiments,
-                                  max(n_c1 // 2, 20), n_users)
+                sized = {**args, "serving": {**args["serving"], "max_inflight": lim},
+                         "recommender": {**args["recommender"], "max_batch_size": batch}}
+                sized_url = deploy(sized, f"app with {batch} rows, {lim} admitted")
+                sweep[(batch, lim)] = _load(sized_url, 500, 0, "u", n_users, duration_s=over_s)
+            # the split topology (ingress and recommender as two deployments, gRPC handle), c1 only
+            split_args = {**args, "serving": {**args["serving"], "topology": "split"}}
+            split_url = deploy(split_args, "split app")
+            c1_split = _c1_paired(split_url, split_args, experiments, max(n_c1 // 2, 20), n_users)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -494,11 +469,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "http_p50_ms_c16": _pct(c16["lat"], 50), "http_p99_ms_c16": _pct(c16["lat"], 99), "rps_c16": c16["rps"],
         "http_p50_ms_c64": _pct(c64["lat"], 50), "http_p99_ms_c64": _pct(c64["lat"], 99),
         "rps_c1": c1["rps"],
-        "rps_c64_batched": c64["rps"], "rps_c64_unbatched": c64_unbatched["rps"],
-        "batching_gain_c64": c64["rps"] / max(c64_unbatched["rps"], 1e-9),
-        "rps_c64_b16_i64": c64_b16_i64["rps"], "rps_c64_b1_i64": c64_b1_i64["rps"],
-        "batching_gain_c64_b16": c64_b16_i64["rps"] / max(c64_b1_i64["rps"], 1e-9),
-        "c64_503": c64["codes"].get(503, 0), "c64_unbatched_503": c64_unbatched["codes"].get(503, 0),
+        "rps_c64": c64["rps"], "c64_503": c64["codes"].get(503, 0),
         "overload_200": over["codes"].get(200, 0), "overload_503": over["codes"].get(503, 0),
         "overload_non_503_errors": over["errors"] + sum(v for k, v in over["codes"].items() if k not in (200, 503)),
         "overload_admitted_p99_ms": _pct(over["lat"], 99),
@@ -519,17 +490,16 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "item_to_rec_p50_ms": _pct(item_ms, 50), "item_to_rec_p99_ms": _pct(item_ms, 99),
         "item_to_rec_rejected": len(items_rejected),
     }
-    for (batch, lim, cont), r in sorted(sweep.items(), reverse=True):
-        key = f"overload_b{batch}_i{lim}_{'continuous' if cont else 'static'}"
+    for (batch, lim), r in sorted(sweep.items(), reverse=True):
+        key = f"overload_b{batch}_i{lim}"
         m[f"{key}_rps"] = r["rps"]
         m[f"{key}_admitted_p99_ms"] = _pct(r["lat"], 99)
         m[f"{key}_p99_ratio"] = _pct(r["lat"], 99) / _pct(c1["lat"], 99)
         m[f"{key}_non_503_errors"] = r["errors"] + sum(v for k, v in r["codes"].items() if k not in (200, 503))
-    rows = [("1 (paired with in-process)", c1), ("16", c16), ("64 (batched)", c64), ("64 (batch size 1)", c64_unbatched),
-            ("64 (batch 16, all 64 admitted)", c64_b16_i64), ("64 (batch size 1, all 64 admitted)", c64_b1_i64),
-            (f"500 (overload; defaults: {_mode(continuous)} {max_batch}, {max_inflight} admitted)", over)] + [
-            (f"500 (overload; {_mode(c)} {b}, {lim} admitted)", r)
-            for (b, lim, c), r in sorted(sweep.items(), reverse=True) if (b, lim, c) != (max_batch, max_inflight, continuous)]
+    rows = [("1 (paired with in-process)", c1), ("16", c16), ("64", c64),
+            (f"500 (overload; defaults: {max_batch} rows, {max_inflight} admitted)", over)] + [
+            (f"500 (overload; {b} rows, {lim} admitted)", r)
+            for (b, lim), r in sorted(sweep.items(), reverse=True) if (b, lim) != (max_batch, max_inflight)]
     table = ["| clients | requests/s | p50 ms | p99 ms | 200 | 503 | other errors | load-gen CPU | median batch "
              "| ingress ms | recommender ms | hop + queued behind batch ms | batch wait ms | decode ms | served-log ms "
              "| ingress loop lag ms |",
@@ -544,7 +514,6 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                      f"{pp['decode_ms']:.1f} | {pp['log_ms']:.1f} | {pp['loop_lag_ms']:.1f} |")
     return {"config": {"items": n_items, "users": n_users, "level_sizes": level_sizes, "model": model_cfg,
                        "decode": decode, "max_batch_size": max_batch, "max_inflight": max_inflight,
-                       "continuous_batching": continuous,
                        "overload_settings": [list(k) for k in sorted(sweep)], "overload_seconds": over_s,
                        "batch_wait_timeout_s": 0.0, "ray_cpus": 2, "requests_c1": n_c1,
                        "requests_concurrent": n_conc, "freshness_probes": n_fresh,

@@ -35,7 +35,8 @@
   by a probe that follows the catalog deltas every 20 ms like a serving
   replica) and report produce → seen by the probe as ``*_visible_*``;
 * ``trie_lookups_per_s``: next-token masks for batches of 256 prefixes
-  (walk + mask, vectorised), against ``trie_naive_lookups_per_s``, a nested
+  (prefix keys + the decoding constraint's mask over the trie's sorted keys,
+  :class:`models.decoding.constraint.SidConstraint`, vectorised), against ``trie_naive_lookups_per_s``, a nested
   dict walk per prefix in Python, in the same run (``trie_speedup`` = ratio);
   ``trie_lookups_per_s_1m`` repeats it on 1M random 256×256×256×16 SIDs.
 """
@@ -86,8 +87,12 @@ def _naive_trie(sids: np.ndarray) -> dict:
 
 
 def _trie_bench(sids: np.ndarray, level_sizes, rng, min_s: float) -> tuple[float, float]:
+    from dataclasses import replace
+
     import torch
-    from models.sid_trie import SidTrie
+
+    from models.decoding.constraint import SidConstraint
+    from models.sid.trie import SidTrie
 
     trie = SidTrie(level_sizes)
     trie.add(sids, np.arange(len(sids)))
@@ -102,12 +107,14 @@ def _trie_bench(sids: np.ndarray, level_sizes, rng, min_s: float) -> tuple[float
     pad_t = torch.as_tensor(pad)
     depth_t = torch.as_tensor(depth)
     kmax = trie.k_max
+    con = SidConstraint.of(trie)
+    base = con.init(256)
+    mult = con.tables.mult[:d - 1]
+    used = torch.arange(d - 1)[None, :] < depth_t[:, None]                   # [256, D-1]
 
     def vectorised():
-        nodes = trie.root(256)
-        for lvl in range(d - 1):
-            nodes = torch.where(depth_t > lvl, trie.step(nodes, pad_t[:, lvl]), nodes)
-        return trie.next_mask(nodes)
+        prefix = (pad_t * mult * used).sum(1)                                # [256] prefix keys
+        return con.mask(replace(base, prefix=prefix, level=depth_t, shared_level=None))
 
     def python_walk():
         mask = np.zeros((256, kmax), dtype=bool)
@@ -136,10 +143,10 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
     load_avg = os.getloadavg()[0]
     from actors.item_indexer import ItemIndexerConfig
     from actors.text_encoder import TextEncoder, TextEncoderConfig
-    from models.catalog import Catalog, CatalogConfig
-    from models.rq_kmeans import RQKMeans, RQKMeansConfig
-    from models.rq_vae import RQVAE, RQVAEConfig
-    from models.tokenizer import report
+    from models.sid.catalog import Catalog, CatalogConfig
+    from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
+    from models.sid.rq_vae import RQVAE, RQVAEConfig
+    from models.sid.tokenizer import report
 
     dataset = dataset or "synthetic"
     rng = np.random.default_rng(0)
@@ -260,7 +267,7 @@ def _encoder_bench(texts: list[str], emb: np.ndarray, quick: bool, threads: int)
       ``inference_mode``, batches in arrival order instead of length-sorted,
       bf16 autocast (on 48 texts: it is slow without AVX512-BF16), calls of
       24 and of 4 texts (latency-run micro-batches), and the same with the
-      packed forward of models/packed_bert.py (the encoder's default backend);
+      packed forward of models/text/packed_bert.py (the encoder's default backend);
     * ``encode_tokenize_us_per_item``: the one batched tokenizer call.
     """
     import torch
@@ -313,7 +320,7 @@ def _ablations(enc, sample: list[str]) -> dict[str, float]:
 
     from actors.text_encoder import bundled_model_dir
 
-    from models.packed_bert import PackedBert
+    from models.text.packed_bert import PackedBert
 
     tok = enc._tok
     model = AutoModel.from_pretrained(bundled_model_dir()).eval()             # SDPA attention (the default)
@@ -413,7 +420,7 @@ def _latency_run(items, emb, tok, n_new: int, with_embedding: bool, prefix: str,
     from ingest.kafka_client import KafkaConfig
     from ingest.producer import EventProducer, ProducerConfig
     from ingest.topics import TopicsConfig, ensure_topics
-    from models.catalog import Catalog
+    from models.sid.catalog import Catalog
 
     old, new = items[:-n_new], items[-n_new:]
     e_new = emb[len(old):]

@@ -28,24 +28,16 @@ def test_environment_overrides_keep_types(tmp_path):
     assert cfgs["kafka"].bootstrap == "h:1"
 
 
-def test_unknown_field_names_it_and_lists_the_allowed_ones(tmp_path):
+@pytest.mark.parametrize("text,needle", [
+    ("consumer: {max_btach: 10}\n", r"max_btach.*ConsumerConfig takes"),            # a typo names the allowed fields
+    ("kafak: {bootstrap: x:1}\n", "unknown config section 'kafak'"),
+    ("consumer: {max_batch: 0}\n", "max_batch=0"),                                  # the dataclass validates
+    ("serving: {decode: {mode: beam}}\n", r"'serving': \['decode'\] come from their own section.*set them there"),
+], ids=["unknown-field", "unknown-section", "invalid-value", "linked-field"])
+def test_config_errors_name_the_problem(tmp_path, text, needle):
     f = tmp_path / "g.yaml"
-    f.write_text("consumer: {max_btach: 10}\n")
-    with pytest.raises(ValueError, match=r"max_btach.*ConsumerConfig takes"):
-        config.load(f, environ={})
-
-
-def test_unknown_section_is_an_error(tmp_path):
-    f = tmp_path / "g.yaml"
-    f.write_text("kafak: {bootstrap: x:1}\n")
-    with pytest.raises(ValueError, match="unknown config section 'kafak'"):
-        config.load(f, environ={})
-
-
-def test_invalid_value_is_rejected_by_the_dataclass(tmp_path):
-    f = tmp_path / "g.yaml"
-    f.write_text("consumer: {max_batch: 0}\n")
-    with pytest.raises(ValueError, match="max_batch=0"):
+    f.write_text(text)
+    with pytest.raises(ValueError, match=needle):
         config.load(f, environ={})
 
 
@@ -60,3 +52,21 @@ def test_every_section_names_a_frozen_dataclass():
     for section in config.SECTIONS:
         cls = config._config_class(section)
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, section
+
+
+def test_serving_sections_get_the_kafka_and_decode_sections(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("kafka: {bootstrap: h:1}\nrecommender: {models: [{version: v1, seed: 1, config: {d_model: 8}}]}\n"
+                 "decode: {mode: beam}\n")
+    cfgs = config.load(f, environ={"GENREC_SERVING__MAX_K": "7"}, required=("serving",))
+    assert cfgs["serving"].kafka is cfgs["kafka"] is cfgs["recommender"].kafka
+    assert cfgs["serving"].decode.mode == "beam" and cfgs["serving"].max_k == 7
+    assert cfgs["recommender"].models[0].config["level_sizes"] == (16, 16, 8)   # the section's level_sizes
+
+
+def test_only_builds_the_named_sections_and_explicit_overrides_win(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("consumer: {max_batch: 10}\ndecode: {mode: beam}\n")
+    cfgs = config.load(f, environ={"GENREC_DECODE__MODE": "greedy"}, only=("decode",),
+                       overrides={"decode": {"beam_width": 2}})
+    assert set(cfgs) == {"decode"} and (cfgs["decode"].mode, cfgs["decode"].beam_width) == ("greedy", 2)

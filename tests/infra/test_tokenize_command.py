@@ -8,8 +8,8 @@ import numpy as np
 
 from actors.checkpoint import CheckpointStore
 from infra.cli import main
-from models.catalog import Catalog
-from models.tokenizer import tokenizer_from_bytes
+from models.sid.catalog import Catalog
+from models.sid.tokenizer import tokenizer_from_bytes
 
 
 def test_tokenize_writes_tokenizer_catalog_and_report(tmp_path, capsys):

@@ -32,7 +32,8 @@ def served(draw):
                   experiment=draw(text), arm=draw(text), items=draw(st.lists(ids, min_size=n, max_size=n)),
                   sids=draw(st.lists(st.lists(st.integers(0, 2**40), max_size=4), min_size=n, max_size=n)),
                   scores=draw(st.lists(finite, min_size=n, max_size=n)),
-                  decode=draw(st.dictionaries(st.text(max_size=10), ctx_value, max_size=4)))
+                  decode=draw(st.dictionaries(st.text(max_size=10), ctx_value, max_size=4)),
+                  latency_ms=draw(st.none() | st.floats(0, 1e7, allow_nan=False, allow_infinity=False)))
 
 
 rewards = st.builds(

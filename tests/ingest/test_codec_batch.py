@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.codec import ContractError, decode, encode
-from ingest.codec_batch import UserEventColumns, UserEventColumnsDecoder, _WireUserEvent
+from ingest.codec_batch import UserEventColumns, UserEventColumnsDecoder, WireUserEvent
 from ingest.contract import USER_EVENTS, UserEvent
 
 DEC = UserEventColumnsDecoder()
@@ -38,8 +38,8 @@ def _same(cols: UserEventColumns, records: list[UserEvent]) -> bool:
 
 
 def test_wire_struct_has_the_contract_fields_and_defaults():
-    assert _WireUserEvent.__struct_fields__ == UserEvent.__struct_fields__
-    assert _WireUserEvent.__struct_defaults__ == UserEvent.__struct_defaults__
+    assert WireUserEvent.__struct_fields__ == UserEvent.__struct_fields__
+    assert WireUserEvent.__struct_defaults__ == UserEvent.__struct_defaults__
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

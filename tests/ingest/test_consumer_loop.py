@@ -21,7 +21,7 @@ def kafka(broker, topic_name):
     return cfg
 
 
-def _event(i: int) -> UserEvent:
+def make_event(i: int) -> UserEvent:
     return UserEvent(event_id=f"e{i}", user_id=f"u{i % 7}", item_id=f"i{i % 11}", type="click", ts=1_000 + i)
 
 
@@ -38,7 +38,7 @@ BAD = [
 def test_bad_messages_go_to_dead_letters_and_counts_reconcile(kafka):
     with EventProducer(kafka) as prod:
         for i in range(300):
-            prod.send(_event(i))
+            prod.send(make_event(i))
             if i % 50 == 25:
                 raw, _ = BAD[(i // 50) % len(BAD)]
                 prod.send_raw(USER_EVENTS, b"u1", raw)
@@ -65,7 +65,7 @@ def test_bad_messages_go_to_dead_letters_and_counts_reconcile(kafka):
 def test_per_user_order_is_kept_within_a_partition(kafka):
     with EventProducer(kafka) as prod:
         for i in range(500):
-            prod.send(_event(i))
+            prod.send(make_event(i))
     with ContractConsumer(kafka, USER_EVENTS) as c:
         seen: dict[str, list[int]] = {}
         for b in c.drain():

@@ -10,7 +10,7 @@ from ingest.contract import DEAD_LETTERS, USER_EVENTS
 from ingest.kafka_client import KafkaConfig
 from ingest.producer import EventProducer
 from ingest.topics import TopicsConfig, ensure_topics
-from test_consumer_loop import BAD, _event
+from test_consumer_loop import BAD, make_event
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def kafka(broker, topic_name):
 def test_poll_records_equals_poll_with_bad_messages_mid_partition(kafka):
     with EventProducer(kafka) as prod:
         for i in range(600):
-            prod.send(_event(i))
+            prod.send(make_event(i))
             if i % 90 == 45:
                 prod.send_raw(USER_EVENTS, b"u1", BAD[(i // 90) % len(BAD)][0])
     cfg = ConsumerConfig(max_batch=97, poll_timeout_ms=50, fetch_max_wait_ms=20)
@@ -72,7 +72,7 @@ def test_poll_records_with_the_columns_decoder_dead_letters_the_same_messages(ka
 
     with EventProducer(kafka) as prod:
         for i in range(400):
-            prod.send(_event(i))
+            prod.send(make_event(i))
             if i % 100 == 50:
                 prod.send_raw(USER_EVENTS, b"u1", BAD[0][0])
         prod.send_raw(USER_EVENTS, b"u1", b'{"event_id":"e x","user_id":"u1","item_id":"i1","type":"click","ts":1}')

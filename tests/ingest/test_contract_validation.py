@@ -46,6 +46,8 @@ BAD = [  # (topic, raw message, text the reason must contain)
     (ITEM_EVENTS, {"item_id": "i", "ts": 1, "embedding": []}, "$.embedding"),
     (SERVED, {**SV, "scores": [0.5, 0.1]}, "equal lengths"),
     (SERVED, {**SV, "sids": [[-1]]}, "$.sids"),
+    (SERVED, {**SV, "latency_ms": -3.0}, "$.latency_ms"),
+    (SERVED, {**SV, "latency_ms": "fast"}, "$.latency_ms"),
     (REWARDS, json.dumps({**RW, "reward": 0})[:-1].replace('"reward": 0', '"reward": -1e999').encode() + b"}",
      "$.reward"),
     (REWARDS, {**RW, "components": {"clicks": "many"}}, "$.components"),
@@ -73,6 +75,35 @@ def test_unknown_fields_are_tolerated_for_forward_compatibility():
     assert decode(USER_EVENTS, _raw({**UE, "new_field": 3})).event_id == "e1"
 
 
+def test_served_latency_is_optional_both_ways():
+    """Records already in the topic (no latency) still decode; a record with one round-trips, and a reader
+    built before the field existed (the old struct) still reads it."""
+    import msgspec
+
+    from ingest.contract import Served
+
+    old = decode(SERVED, _raw(SV))
+    assert old.latency_ms is None and b"latency_ms" not in encode(old)
+    new = decode(SERVED, _raw({**SV, "latency_ms": 12.5}))
+    assert new.latency_ms == 12.5 and decode(SERVED, encode(new)) == new
+
+    class OldServed(msgspec.Struct, frozen=True):  # Served as it was before latency_ms
+        request_id: str
+        user_id: str
+        ts: int
+        model_version: str
+        experiment: str
+        arm: str
+        items: list[str]
+        sids: list[list[int]]
+        scores: list[float]
+        decode: dict = {}
+
+    assert msgspec.json.decode(encode(new), type=OldServed).request_id == "r"
+    with pytest.raises(ValueError, match="finite"):
+        Served(**{**SV, "latency_ms": float("inf")})
+
+
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(user_events, min_size=50, max_size=120), st.randoms(use_true_random=False))
 def test_random_mix_on_the_broker_reconciles(broker, good, rnd):
@@ -97,3 +128,20 @@ def test_random_mix_on_the_broker_reconciles(broker, good, rnd):
         letters = [r for b in dl.drain(until_empty_polls=2) for r in b.records()]
     assert sorted(raw_of(l) for l in letters) == sorted(sent_bad)
     assert all(l.error and l.source_topic == USER_EVENTS for l in letters)
+
+
+def test_served_files_archived_before_latency_existed_still_read(tmp_path):
+    """Parquet files of ``served`` written without the ``latency_ms`` column read back with ``None``."""
+    import pyarrow.parquet as pq
+
+    from ingest.archive import file_name, read_records, topic_dir
+    from ingest.arrow_schemas import to_table
+    from ingest.contract import Served
+
+    recs = [Served(**SV), Served(**{**SV, "request_id": "r2", "latency_ms": 7.0})]
+    d = topic_dir(tmp_path, SERVED) / "date=2026-01-01"
+    d.mkdir(parents=True)
+    pq.write_table(to_table(recs[:1], SERVED, partitions=[0], offsets=[0]).drop_columns(["latency_ms"]),
+                   d / file_name(0, 0, 1, 1, 1))
+    pq.write_table(to_table(recs[1:], SERVED, partitions=[0], offsets=[1]), d / file_name(0, 1, 2, 1, 1))
+    assert [r.latency_ms for r in read_records(tmp_path, SERVED)] == [None, 7.0]

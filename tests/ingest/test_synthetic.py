@@ -109,6 +109,15 @@ def test_respond_is_reproducible_and_prefers_what_the_user_likes(world):
     assert [e.position for e in imps] == [0, 1]  # unknown items are not shown; repeats get no engagement
 
 
+def test_the_log_is_unchanged_by_the_response_model():
+    """The log every model trains on keeps its own reaction model (issue 16 replaced only ``respond``): the
+    small world's counts per event type at seed 0, as they were before the user response model."""
+    w = SyntheticWorld(WorldConfig.small(0))
+    assert dict(collections.Counter(e.type for e in w.user_events)) == {
+        "click": 2701, "comment": 124, "follow": 67, "impression": 14651, "like": 836, "purchase": 33,
+        "share": 226, "skip": 9187, "watch": 2701}
+
+
 def test_default_world_is_fast_and_about_the_promised_size():
     t0 = time.perf_counter()
     w = SyntheticWorld()

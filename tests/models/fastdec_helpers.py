@@ -1,7 +1,7 @@
 """Shared builders for the fast-decoding tests: random generators, catalogs and a bigram target.
 
 The bigram target is a real implementation of the decoder protocol
-(``start_cache`` / ``decode`` with a real :class:`~models.kv_cache.KVCache`)
+(``start_cache`` / ``decode`` with a real :class:`~models.generator.kv_cache.KVCache`)
 whose next-code logits depend only on (level, previous code). Its exact
 twin as MTP "heads" drafts perfectly, and a noisy twin drafts imperfectly, so
 the tests can drive every accept / reject path of the verifiers on purpose.
@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.generator import GenerativeRecommender, GeneratorConfig, HistoryBatch, Memory, DecoderOutput
-from models.kv_cache import KVCache
-from models.sid_trie import SidTrie
-from models.spec_constraint import CatalogConstraint
+from models.generator.model import GenerativeRecommender, GeneratorConfig, HistoryBatch, Memory, DecoderOutput
+from models.generator.kv_cache import KVCache
+from models.sid.trie import SidTrie
+from models.decoding.constraint import SidConstraint
 
 
 @pytest.fixture(autouse=False, scope="module")
@@ -36,7 +36,7 @@ def one_thread():
 class World:
     model: object
     trie: SidTrie
-    constraint: CatalogConstraint
+    constraint: SidConstraint
     sids: np.ndarray          # [N, D]
     items: np.ndarray         # [N] item indices
     memory: Memory
@@ -56,7 +56,7 @@ def catalog(rng: np.random.Generator, level_sizes, n_items: int):
 def _finish(model, level_sizes, sids, items, memory, hist, b, rng, n_seen) -> World:
     trie = SidTrie(level_sizes)
     trie.add(sids, items)
-    con = CatalogConstraint(sids, items, max(level_sizes))
+    con = SidConstraint.of(trie)
     seen = [list(rng.choice(items, min(n_seen, len(items)), replace=False)) for _ in range(b)]
     mask = torch.zeros(b, int(items.max()) + 1, dtype=torch.bool)
     for i, s in enumerate(seen):
@@ -126,6 +126,18 @@ class BigramTarget(nn.Module):
         pos = torch.arange(start, start + t)
         prev = torch.where(pos[None, :] == 0, torch.full_like(tokens, K), tokens)    # [B, T]
         logits = self.table[(pos % D)[None, :].expand(b, t), prev]                   # [B, T, K]
+        return DecoderOutput(logits, torch.zeros(b, t, 1, dtype=self.table.dtype), cache)
+
+    def decode_tree(self, tokens, depth, start, cache, self_mask) -> DecoderOutput:
+        """Tree verification: a bigram's logits at a node depend on its own token and position only."""
+        b, t = tokens.shape
+        assert self_mask.shape == (b, t, cache.length + t)
+        z = torch.zeros(b, 1, t, 1, dtype=self.table.dtype)
+        cache.append(0, z, z)
+        D, K = self.cfg.sid_len, self.cfg.k_max
+        pos = start + depth                                                            # [Q]
+        prev = torch.where(pos[None, :] == 0, torch.full_like(tokens, K), tokens)
+        logits = self.table[(pos % D)[None, :].expand(b, t), prev]
         return DecoderOutput(logits, torch.zeros(b, t, 1, dtype=self.table.dtype), cache)
 
     def encode(self, hist) -> Memory:

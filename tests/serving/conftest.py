@@ -19,6 +19,8 @@ from serving.direct_ingress import enable as enable_direct_ingress
 enable_direct_ingress()
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+MAX_BODY_BYTES = 64 * 1024   # the app's request limits (serving.max_body_bytes, max_batch_records)
+MAX_BATCH = 50
 LEVEL_SIZES = (8, 8, 8)
 N_ITEMS = 120
 
@@ -56,15 +58,36 @@ def start_ray():
 
 
 class ServeApp:
-    def __init__(self, url: str, kafka, item_ids: list[str], proxy_url: str):
+    def __init__(self, url: str, kafka, item_ids: list[str], proxy_url: str, registry: str = "",
+                 direct_urls: tuple[str, ...] = ()):
         self.url, self.kafka, self.item_ids, self.proxy_url = url, kafka, item_ids, proxy_url
+        self.registry = registry            # the model registry's URI
+        self.direct_urls = direct_urls      # every ingress replica's own URL
+
+
+def publish_registry(root: str) -> str:
+    """A model registry holding ``v3``, an untrained generator of the app's SID shape (the admin load test)."""
+    import torch
+
+    from actors.model_registry import ModelRegistry
+    from models.generator.checkpoint import GeneratorBundle
+    from models.generator.model import GenerativeRecommender, GeneratorConfig
+
+    reg = ModelRegistry(root)
+    torch.manual_seed(3)
+    reg.publish("v3", GeneratorBundle(GenerativeRecommender(GeneratorConfig(level_sizes=LEVEL_SIZES, d_model=32,
+                                                                            max_history=20))))
+    return reg.uri
 
 
 @pytest.fixture(scope="module")
-def serve_app(broker, request):
+def serve_app(broker, request, tmp_path_factory):
     """Broker topics with a seeded catalog, then the genrec Serve app on a free loopback port.
 
-    The app's topology is the test module's ``TOPOLOGY`` (default ``colocated``, the app's default).
+    The app's topology is the test module's ``TOPOLOGY`` (default ``colocated``, the app's default); its
+    catalog the module's ``CATALOG`` item ids (default ``item0..``, :data:`N_ITEMS` of them). A module may also
+    define ``APP_OVERRIDES`` (``{section: {field: value}}`` merged over the app's sections) and
+    ``prepare_registry(uri)`` (called on the model registry before the app starts).
     """
     import httpx
     from ray import serve
@@ -73,25 +96,33 @@ def serve_app(broker, request):
     from ingest.kafka_client import KafkaConfig
     from ingest.producer import EventProducer
     from ingest.topics import ensure_topics
-    from serving.serve_args import app_from_args
+    from serving.application import AppArgs, app_builder
 
     ns = f"srv-{uuid.uuid4().hex[:8]}."
     kafka = KafkaConfig(bootstrap=broker, namespace=ns)
     ensure_topics(kafka)
-    items = [f"item{i}" for i in range(N_ITEMS)]
+    items = list(getattr(request.module, "CATALOG", None) or [f"item{i}" for i in range(N_ITEMS)])
     with EventProducer(kafka) as p:
         for i, it in enumerate(items):
             p.send(ItemEvent(it, 1000 + i, title=f"title {i}"))
+    registry = publish_registry(str(tmp_path_factory.mktemp("registry")))
+    if getattr(request.module, "prepare_registry", None) is not None:
+        request.module.prepare_registry(registry)
+    sections = {
+        "kafka": {"bootstrap": broker, "namespace": ns},
+        "serving": {"experiments": EXPERIMENTS, "admin_token": ADMIN_TOKEN, "max_inflight": 16,
+                    "max_body_bytes": MAX_BODY_BYTES, "max_batch_records": MAX_BATCH,
+                    "topology": getattr(request.module, "TOPOLOGY", "colocated")},
+        "recommender": {"level_sizes": list(LEVEL_SIZES), "max_batch_size": 8, "registry": registry,
+                        "models": [{"version": "v1", "seed": 1, "config": {"d_model": 32, "max_history": 20}},
+                                   {"version": "v2", "seed": 2, "config": {"d_model": 32, "max_history": 20}}]},
+    }
+    for section, fields in getattr(request.module, "APP_OVERRIDES", {}).items():
+        sections[section] = {**sections.get(section, {}), **fields}
     started = start_ray()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = app_from_args({
-        "bootstrap": broker, "namespace": ns, "experiments": EXPERIMENTS, "admin_token": ADMIN_TOKEN,
-        "level_sizes": list(LEVEL_SIZES), "max_inflight": 16, "max_batch_size": 8,
-        "topology": getattr(request.module, "TOPOLOGY", "colocated"),
-        "models": [{"version": "v1", "seed": 1, "config": {"d_model": 32, "max_history": 20}},
-                   {"version": "v2", "seed": 2, "config": {"d_model": 32, "max_history": 20}}],
-    })
+    app = app_builder(AppArgs.model_validate(sections))
     serve.run(app, name="genrec", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -109,7 +140,7 @@ def serve_app(broker, request):
     direct = wait_for_ingress_urls("genrec", "127.0.0.1", 60)
     if not direct:
         raise RuntimeError("direct ingress is off: Ray was started before tests/serving/conftest.py set its flags")
-    yield ServeApp(direct[0], kafka, items, proxy_url=url)
+    yield ServeApp(direct[0], kafka, items, proxy_url=url, registry=registry, direct_urls=tuple(direct))
     serve.shutdown()
     if started:
         import ray
@@ -212,3 +243,42 @@ def kill_replica_under_load(app: ServeApp, deployment: str, url: str,
         logged = [s.user_id for b in c.drain(until_empty_polls=2, timeout_s=30) for s in b.records()
                   if s.user_id.startswith(prefix)]
     return results, logged
+
+
+def ensure_chromium() -> str:
+    """The path of a headless-capable Chromium, installing Debian's ``chromium`` with apt once when absent.
+
+    Browser tests need a real browser; the install is cached by the system package itself, so only the first
+    session pays for it. Raises RuntimeError with the reason when it cannot be installed.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if not shutil.which("apt-get"):
+        raise RuntimeError("chromium is not installed and there is no apt-get to install it")
+    if os.geteuid() != 0:
+        raise RuntimeError("chromium is not installed and installing it needs root (apt-get install chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed (rc {done.returncode}): {done.stderr.strip()[-500:]}")
+    path = shutil.which("chromium")
+    if not path:
+        raise RuntimeError("apt-get installed chromium but no chromium binary is on PATH")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's ``chromium`` (installed once per machine on first use); skips, with the reason, only when it
+    cannot be installed."""
+    try:
+        return ensure_chromium()
+    except (RuntimeError, OSError, __import__("subprocess").TimeoutExpired) as e:
+        pytest.skip(f"headless browser test needs chromium: {e}")

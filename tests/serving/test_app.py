@@ -12,8 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from ingest.contract import ITEM_EVENTS, SERVED, USER_EVENTS
-from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, N_ITEMS, kill_replica_under_load, \
-    recommender_child_pids
+from tests.serving.conftest import ADMIN_TOKEN, EXPERIMENTS, MAX_BATCH, MAX_BODY_BYTES, N_ITEMS, \
+    kill_replica_under_load, recommender_child_pids
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -108,6 +108,35 @@ def test_bad_recommend_requests_get_clear_4xx(client):
     assert r.status_code == 422 and "limit" in r.text
 
 
+def test_request_limits_answer_413_422_and_429_with_clear_messages(serve_app, client):
+    big = {"records": [_ev("lim", "item1") | {"pad": "x" * 1000} for _ in range(MAX_BODY_BYTES // 1000 + 5)]}
+    for base in (serve_app.url, serve_app.proxy_url):   # direct ingress and the Serve proxy
+        r = httpx.post(base + "/v1/events", json=big, timeout=60)
+        assert r.status_code == 413 and f"limit of {MAX_BODY_BYTES} bytes" in r.json()["detail"], r.text
+
+    def chunks():   # no Content-Length: counted while read
+        for _ in range(MAX_BODY_BYTES // 4096 + 2):
+            yield b" " * 4096
+    r = client.post("/v1/items", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.text, r.text
+    r = client.post("/v1/events", json={"records": [_ev("lim", "item1") for _ in range(MAX_BATCH + 1)]})
+    assert r.status_code == 422 and f"limit of {MAX_BATCH} per request" in r.text, r.text
+    full = {"records": [_ev("lim", "item1") for _ in range(MAX_BATCH)]}
+    assert client.post("/v1/events", json=full).status_code == 202
+
+    # the per-client rate limit on /v1/recommend: off by default, switched on and off live
+    assert client.post("/v1/admin/rate-limit", json={"per_s": 0.05, "burst": 2}).status_code == 401
+    try:
+        assert client.post("/v1/admin/rate-limit", json={"per_s": 0.05, "burst": 2}, headers=AUTH).status_code == 200
+        codes = [client.post("/v1/recommend", json={"user_id": "rl-u", "k": 2}) for _ in range(3)]
+        assert [r.status_code for r in codes] == [200, 200, 429], [r.text for r in codes]
+        assert int(codes[2].headers["retry-after"]) >= 1 and "rate limit" in codes[2].json()["detail"]
+        assert client.post("/v1/events", json={"records": [_ev("rl-u", "item1")]}).status_code == 202
+    finally:
+        assert client.post("/v1/admin/rate-limit", json={"per_s": 0}, headers=AUTH).status_code == 200
+    assert client.post("/v1/recommend", json={"user_id": "rl-u", "k": 2}).status_code == 200
+
+
 def test_fresh_event_changes_next_recommendation(client):
     first = [x["item_id"] for x in client.post("/v1/recommend", json={"user_id": "fresh1", "k": 5}).json()["items"]]
     t0 = time.monotonic()
@@ -152,11 +181,81 @@ def test_experiments_and_report(client):
     assert sum(a["exposures"] for a in rep["arms"].values()) >= 8
     assert sum(a["sessions_with_feedback"] for a in rep["arms"].values()) >= 1
     assert "srm" in rep and rep["srm"]["p_value"] is not None
+    assert rep["source"] == "served+user-events"  # no reward joiner output yet: the fallback join
     md = client.get("/v1/experiments/decode-ab/report", params={"format": "markdown"})
     assert md.status_code == 200 and "| greedy |" in md.text
     png = client.get("/v1/experiments/model-ab/report.png")
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     assert client.get("/v1/experiments/nope/report").status_code == 404
+
+
+def test_report_reads_the_rewards_topic_once_it_has_the_experiments_records(serve_app, client):
+    from ingest.contract import REWARDS
+    from ingest.producer import EventProducer
+    from serving.experiments.rewards import rewards_from_served_and_events_fallback
+
+    for i in range(4):
+        assert client.post("/v1/recommend", json={"user_id": f"rw{i}", "k": 3}).status_code == 200
+    served = [s for s in _read(serve_app.kafka, SERVED) if "decode-ab" in s.experiment]
+    rewards = rewards_from_served_and_events_fallback(served, [])  # what the joiners would write
+    with EventProducer(serve_app.kafka) as prod:
+        prod.send_many(rewards)
+    time.sleep(5.1)  # past the report cache
+    rep = client.get("/v1/experiments/decode-ab/report").json()
+    assert rep["source"] == "rewards" and rep["sessions"] == len(rewards)
+    # the inputs the route derives: each arm's p99 from the served records' latency, the catalog from item-events
+    assert all(r["p99_latency_ms"] > 0 for r in rep["arms"].values())
+    assert {g["arm"]: g["status"] for g in rep["guardrails"] if g["metric"] == "p99_latency_ms"}["beam"] in \
+        ("ok", "breached")
+    assert rep["inputs"]["new_items"]["catalog_size"] >= N_ITEMS and rep["inputs"]["latency"]["records"] >= 4
+    assert "records: rewards" in client.get("/v1/experiments/decode-ab/report",
+                                            params={"format": "markdown"}).text
+
+
+def test_report_pages_load_in_a_headless_browser(serve_app, client, chromium, tmp_path):
+    """The HTML pages in a real browser (Debian's chromium, headless): the list links every report, a report page
+    names every arm and embeds its plot, and an unknown experiment is a message, not a traceback."""
+    import subprocess
+    from urllib.parse import urljoin
+
+    def browse(path, *args):
+        r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", *args, serve_app.url + path],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    assert client.post("/v1/recommend", json={"user_id": "page1", "k": 3}).status_code == 200
+    listing = browse("/v1/experiments.html", "--dump-dom")
+    assert "<title>Experiments</title>" in listing
+    for name in ("decode-ab", "model-ab"):
+        assert f'href="experiments/{name}/report.html"' in listing
+    page_path = "/v1/experiments/decode-ab/report.html"
+    page = browse(page_path, "--dump-dom")
+    assert "<title>Experiment decode-ab</title>" in page and "Traceback" not in page
+    for arm in ("greedy", "beam"):
+        assert f"<td>{arm}" in page, arm
+    assert '<img class="plot" src="report.png"' in page
+    png = client.get(urljoin(serve_app.url + page_path, "report.png"))  # where the browser fetches the plot
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    shot = tmp_path / "report.png"
+    browse(page_path, "--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}")
+    assert shot.read_bytes()[:4] == b"\x89PNG"
+    missing = browse("/v1/experiments/nope/report.html", "--dump-dom")
+    assert "<title>Experiment nope</title>" in missing and "no experiment 'nope'" in missing
+    assert "Traceback" not in missing
+
+
+def test_admin_loads_registry_versions_by_name_never_a_path(client):
+    body = {"model_version": "v3"}
+    assert client.post("/v1/admin/models/load", json=body).status_code == 401
+    r = client.post("/v1/admin/models/load", json=body, headers=AUTH)
+    assert r.status_code == 200 and "v3" in r.json()["models"], r.text
+    r = client.post("/v1/admin/models/load", json={"model_version": "v9"}, headers=AUTH)
+    assert r.status_code == 400 and "'v9' is not in the registry" in r.text
+    r = client.post("/v1/admin/models/load", json={"model_version": "v3", "path": "/tmp/evil.pt"}, headers=AUTH)
+    assert r.status_code == 422 and "path" in r.text
+    r = client.post("/v1/admin/models/load", json={"model_version": "../v3"}, headers=AUTH)
+    assert r.status_code == 400 and "never a path" in r.text
 
 
 def test_admin_routes_need_the_token(serve_app, client):
@@ -194,8 +293,9 @@ def test_probes_and_metrics(client):
         assert name in m, name
     assert 'route="recommend"' in m and 'arm="' in m
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/recommend", "/v1/events", "/v1/items", "/v1/experiments",
-                 "/v1/experiments/{name}/report", "/healthz", "/readyz", "/metrics"):
+    for path in ("/v1/recommend", "/v1/events", "/v1/items", "/v1/experiments", "/v1/experiments.html",
+                 "/v1/experiments/{name}/report", "/v1/experiments/{name}/report.html", "/healthz", "/readyz",
+                 "/metrics"):
         assert path in spec["paths"], path
     assert "examples" in spec["components"]["schemas"]["RecommendRequest"]
 
@@ -203,14 +303,25 @@ def test_probes_and_metrics(client):
 def test_overload_gives_503_with_retry_after(serve_app):
     async def go():
         async with httpx.AsyncClient(base_url=serve_app.url, timeout=120,
-                                     limits=httpx.Limits(max_connections=200)) as c:
-            return await asyncio.gather(*(c.post("/v1/recommend", json={"user_id": f"ov{i}", "k": 3})
-                                          for i in range(120)))
+                                     limits=httpx.Limits(max_connections=300)) as c:
+            def post(name):
+                return asyncio.create_task(c.post("/v1/recommend", json={"user_id": name, "k": 3}))
 
-    rs = asyncio.run(go())
+            burst = [post(f"ov{i}") for i in range(120)]
+            # Requests that arrive while the burst holds every admitted slot meet the gate; those of the
+            # burst itself may all pass it before the first route handler counts itself in flight.
+            waves, wave = [], 0
+            while not all(t.done() for t in burst) and wave < 200:
+                waves += [post(f"ow{wave}-{j}") for j in range(4)]
+                wave += 1
+                await asyncio.sleep(0.05)
+            return await asyncio.gather(*burst), await asyncio.gather(*waves)
+
+    burst, waves = asyncio.run(go())
+    rs = burst + waves
     codes = [r.status_code for r in rs]
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(503) >= 1 and codes.count(200) >= 1
+    assert [r.status_code for r in burst].count(503) >= 1 and codes.count(200) >= 1
     assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in rs if r.status_code == 503)
     # the cheap path is live in the replica: some 503s came from RecommendGate, before FastAPI
     # (it was dead code when the Ingress set its gate reference through a by-value copy of the globals)

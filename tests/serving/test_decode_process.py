@@ -1,10 +1,11 @@
-"""RecommenderProcess: the colocated recommender in a child process, on the session's real broker.
+"""RecommenderProcess: the recommender in a child process, on the session's real broker.
 
 The child builds the real backend (model, live catalog, Kafka history feed); the
 parent calls it over a pipe. Checked: the answers equal the same backend's in
-this process, concurrent requests are batched in the child, every method is
-forwarded, a child killed with SIGKILL fails the waiting calls (never hangs
-them) and marks the process dead, and a child that cannot start says why.
+this process, concurrent requests are batched in the child (greedy ones continuously,
+beam ones in static batches), every method is forwarded, a child killed with SIGKILL
+fails the waiting calls (never hangs them) and marks the process dead, and a child
+that cannot start says why.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import uuid
 import numpy as np
 import pytest
 
-from serving.backend import ModelSpec, RecRequest
+from models.decoding.settings import DecodeSettings
+from serving.requests import ModelSpec, RecRequest
 from serving.decode_process import RecommenderProcess, RecommenderProcessDied
-from serving.recommender import RecommenderConfig, build_backend
+from serving.recommender import build_backend
+from serving.recommender_config import RecommenderConfig
 
 LEVELS = (8, 8, 8)
 
 
-def _cfg(broker, **kw) -> RecommenderConfig:
+def recommender_cfg(broker, **kw) -> RecommenderConfig:
     from ingest.contract import UserEvent
     from ingest.kafka_client import KafkaConfig
     from ingest.producer import EventProducer
@@ -49,7 +52,7 @@ def _cfg(broker, **kw) -> RecommenderConfig:
 
 @pytest.fixture(scope="module")
 def cfg(broker):
-    return _cfg(broker)
+    return recommender_cfg(broker)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def proc(cfg):
 
 
 def _req(u: int) -> RecRequest:
-    return RecRequest(f"u{u}", 3, "v1", {"mode": "greedy"}, True)
+    return RecRequest(f"u{u}", 3, "v1", DecodeSettings("greedy"), True)
 
 
 def test_answers_equal_the_in_process_backend_and_are_batched_in_the_child(cfg, proc):
@@ -91,27 +94,20 @@ def test_every_method_is_forwarded_to_the_child(proc):
     async def main():
         return (await proc.model_versions(), await proc.is_recommendable("it1"),
                 await proc.is_recommendable("nope"), await proc.item_state("it1"), await proc.status(),
-                await proc.configure_batching(2), await proc.pid(), await proc.recommend_unbatched(_req(1)))
+                await proc.pid())
 
-    versions, yes, no, state, st, conf, pid, one = asyncio.run(main())
+    versions, yes, no, state, st, pid = asyncio.run(main())
     assert versions == ["v1"] and yes is True and no is False
     assert state[0] == "live"
     assert st["pid"] == pid == proc.child_pid and st["decode_process"] and st["catalog_items"] == 60
-    assert conf == {"max_batch_size": 2, "continuous": True}
-    assert st["continuous_batching"] is True and st["continuous_steps"] > 0
-
-    async def batched():
-        return await asyncio.gather(*(proc.recommend(_req(u)) for u in range(6)))
-
-    assert max(r.stats["batch_size"] for r in asyncio.run(batched())) <= 2   # the child took the new size
-    assert one.items and one.error is None
-    asyncio.run(proc.configure_batching(8))
+    assert st["max_batch_size"] == 8 and st["continuous_steps"] > 0
+    assert [name for name, _ in proc.startup_stages][-1] == "recommender: catalog and history feeds caught up"
 
 
 def test_continuous_and_static_batching_give_the_in_process_answers(cfg, proc):
-    """Greedy requests stream (join the running rows); beam requests beside them decode in static batches;
-    with continuous batching off every request is static. Every answer equals the in-process backend's."""
-    reqs = [RecRequest(f"u{u}", 2 + u % 4, "v1", {"mode": "greedy" if u % 3 else "beam", "beam_width": 2},
+    """Greedy requests stream (join the running rows); beam requests beside them decode in static batches.
+    Every answer equals the in-process backend's."""
+    reqs = [RecRequest(f"u{u}", 2 + u % 4, "v1", DecodeSettings("greedy" if u % 3 else "beam", beam_width=2),
                        bool(u % 2)) for u in range(12)]
     local = build_backend(cfg)
     try:
@@ -120,26 +116,22 @@ def test_continuous_and_static_batching_give_the_in_process_answers(cfg, proc):
         for f in local.feeds:
             f.stop()
 
-    async def run_all(continuous: bool):
-        await proc.configure_batching(8, None, continuous)
+    async def run_all():
         return await asyncio.gather(*(proc.recommend(r) for r in reqs))
 
-    for continuous in (True, False):
-        got = asyncio.run(run_all(continuous))
-        assert [(r.items, r.sids) for r in got] == want, f"continuous={continuous}"
-        for r, q in zip(got, reqs):
-            assert len(r.items) == q.k and r.error is None
-            streamed = bool(r.stats.get("continuous"))
-            assert streamed == (continuous and q.decode["mode"] == "greedy")
-            assert r.stats["batch_wait_ms"] >= 0 and 1 <= r.stats["batch_size"] <= 8
-    asyncio.run(proc.configure_batching(8, None, True))
+    got = asyncio.run(run_all())
+    assert [(r.items, r.sids) for r in got] == want
+    for r, q in zip(got, reqs):
+        assert len(r.items) == q.k and r.error is None
+        assert bool(r.stats.get("continuous")) == (q.decode.mode == "greedy")
+        assert r.stats["batch_wait_ms"] >= 0 and 1 <= r.stats["batch_size"] <= 8
 
 
 def test_errors_in_the_child_are_raised_where_the_caller_awaits(proc):
     async def main():
-        with pytest.raises(ValueError, match="max_batch_size"):
-            await proc.configure_batching(0)
-        res = await proc.recommend(RecRequest("u1", 3, "v9", {"mode": "greedy"}, True))
+        with pytest.raises(ValueError, match="no model registry"):
+            await proc.load_model("v9")
+        res = await proc.recommend(RecRequest("u1", 3, "v9", DecodeSettings("greedy"), True))
         assert res.error and "unknown model version" in res.error
         return await proc.model_versions()      # the child is still serving
 
@@ -174,12 +166,12 @@ def test_a_bad_niceness_is_refused_with_its_range(cfg):
         replace(cfg, process_niceness=30)
 
 
-def test_a_child_that_cannot_start_says_why(cfg):
+def test_a_child_that_cannot_start_says_why(cfg, tmp_path):
     from dataclasses import replace
 
-    bad = replace(cfg, models=(ModelSpec("v1", path="/nonexistent/model.pt"),))
+    bad = replace(cfg, models=(ModelSpec("nonexistent", registry=str(tmp_path / "registry")),))
     t = time.monotonic()
-    with pytest.raises(RuntimeError, match="could not start.*nonexistent"):
+    with pytest.raises(RuntimeError, match="could not start.*'nonexistent' is not in the registry"):
         RecommenderProcess(bad)
     assert time.monotonic() - t < 120
 
@@ -203,7 +195,7 @@ def test_the_child_reads_histories_from_the_sequence_shard_actors(broker, tmp_pa
     from actors.supervisor import SequenceSupervisor, SupervisorConfig
     from tests.serving.conftest import start_ray
 
-    base = _cfg(broker)          # its user-events: 12 users x 4 clicks
+    base = recommender_cfg(broker)          # its user-events: 12 users x 4 clicks
     started = start_ray()
     try:
         sup_cfg = SupervisorConfig(kafka=base.kafka, checkpoint=CheckpointConfig(uri=str(tmp_path)), num_shards=1,

@@ -4,6 +4,8 @@ Real parts only: the session's broker, a local Ray running the item indexer acto
 written the way ``POST /v1/items`` writes them (validated with the contract, produced to
 ``item-events``), a :class:`serving.live_state.DeltaFeed` pulling the actor's deltas into a
 :class:`serving.live_state.LiveCatalog`, and the real generator decoding under that catalog's trie.
+In-process (no broker): after any stream of indexer deltas, with a snapshot when the replica starts late,
+the replica's catalog is the indexer's (ids, indices, SIDs, live set).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from ingest.contract import DEAD_LETTERS, ITEM_EVENTS, UserEvent
 from ingest.kafka_client import KafkaConfig
 from ingest.producer import EventProducer
 from ingest.topics import TopicsConfig, ensure_topics
-from models.catalog import Catalog
-from serving.backend import GeneratorBackend, ModelSpec, RecRequest, load_model
+from models.sid.catalog import Catalog
+from serving.backend import GeneratorBackend, load_model
+from models.decoding.settings import DecodeSettings
+from serving.requests import ModelSpec, RecRequest
 from serving.live_state import DeltaFeed, KafkaHistory, LiveCatalog
 from tests.serving.conftest import start_ray
 
@@ -32,8 +36,8 @@ def indexer(broker):
     import ray
 
     from actors.item_indexer import ItemIndexerConfig, item_indexer_actor
-    from models.rq_kmeans import RQKMeans, RQKMeansConfig
-    from models.tokenizer import tokenizer_to_bytes
+    from models.sid.rq_kmeans import RQKMeans, RQKMeansConfig
+    from models.sid.tokenizer import tokenizer_to_bytes
 
     kafka = KafkaConfig(bootstrap=broker, namespace=f"delta-{uuid.uuid4().hex[:8]}.")
     ensure_topics(kafka, TopicsConfig(partitions={ITEM_EVENTS: 1, DEAD_LETTERS: 1}))
@@ -79,7 +83,7 @@ def test_new_item_is_served_under_the_indexers_sid(indexer):
         assert feed.wait_caught_up(60), feed.last_error
         _wait(lambda: len(cat) == 40)
         for i in (0, 7, 39):   # the replica holds exactly the indexer's SIDs
-            assert cat.item_sids()[cat.index[f"d{i}"]].tolist() == _indexer_sid(actor, f"d{i}")
+            assert cat.sid_of(f"d{i}").tolist() == _indexer_sid(actor, f"d{i}")
 
         new = "brand-new-item"
         t0 = time.monotonic()
@@ -87,37 +91,102 @@ def test_new_item_is_served_under_the_indexers_sid(indexer):
         _wait(lambda: cat.is_live(new))
         print(f"item -> live in serving catalog: {(time.monotonic() - t0) * 1e3:.0f} ms")
         want = _indexer_sid(actor, new)
-        got = cat.item_sids()[cat.index[new]].tolist()
+        got = cat.sid_of(new).tolist()
         assert got == want
         import ray
 
-        assert feed.version == int(Catalog.from_bytes(ray.get(actor.snapshot.remote())).version)
+        ref = Catalog.from_bytes(ray.get(actor.snapshot.remote()))
+        assert feed.version == ref.version == cat.version and cat.fingerprint() == ref.fingerprint()
 
         # the generator decodes under this catalog: a user who has seen everything else gets the new item
         hist = KafkaHistory("127.0.0.1:1")  # never started: fed with apply()
         hist.apply([UserEvent(f"e{i}", "u1", f"d{i}", "click", 100 + i) for i in range(40)])
         cfg = {"level_sizes": tuple(tok.sid_level_sizes), "d_model": 16, "heads": 2, "enc_layers": 1,
                "dec_layers": 1, "max_history": 50}
-        backend = GeneratorBackend(cat, hist, {"v1": load_model(ModelSpec("v1", cfg, seed=1), "cpu")})
-        out = backend.recommend([RecRequest("u1", 1, "v1", {"mode": "greedy"})])[0]
+        backend = GeneratorBackend(cat, hist, {"v1": load_model(ModelSpec("v1", cfg, seed=1), "cpu")[0]})
+        out = backend.recommend([RecRequest("u1", 1, "v1", DecodeSettings("greedy"))])[0]
         assert out.error is None and out.items == [new] and out.sids == [want]
 
         # retire through the same path: gone from serving
         _post_items(kafka, [{"item_id": new, "ts": 6000, "op": "retire"}])
         _wait(lambda: not cat.is_live(new))
-        assert backend.recommend([RecRequest("u1", 1, "v1", {"mode": "greedy"})])[0].items == []
+        assert backend.recommend([RecRequest("u1", 1, "v1", DecodeSettings("greedy"))])[0].items == []
+        _wait(lambda: feed.version == Catalog.from_bytes(ray.get(actor.snapshot.remote())).version)
+        _assert_same_catalog(cat, Catalog.from_bytes(ray.get(actor.snapshot.remote())))
     finally:
         feed.stop()
 
 
+def _assert_same_catalog(replica, writer) -> None:
+    """Ids, item indices, SIDs, the live set and the decoding trie are the writer's."""
+    n = writer.num_indexed
+    assert replica.num_indexed == n and replica.version == writer.version
+    assert replica.item_ids(range(n)) == writer.item_ids(range(n))
+    assert np.array_equal(replica.sids(), writer.sids())
+    assert replica.live_indices().tolist() == writer.live_indices().tolist()
+    assert replica.trie.entries()[1].tolist() == writer.trie.entries()[1].tolist()
+    assert replica.fingerprint() == writer.fingerprint()
+
+
+class _InProcessIndexer:
+    """The two calls a DeltaFeed makes of :class:`actors.item_indexer.ItemIndexer`, over a writer catalog."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog, self.snapshots = catalog, 0
+
+    def delta_since(self, version: int):
+        return self.catalog.delta_since(version)
+
+    def snapshot(self) -> bytes:
+        self.snapshots += 1
+        return self.catalog.to_bytes()
+
+
+def test_replica_equals_the_indexer_catalog_after_a_stream_of_deltas():
+    """Random upserts (some into full prefixes), retires and returns at the indexer; one replica follows
+    from the start, one starts late (the ops it missed left the log: snapshot, then deltas)."""
+    from models.sid.catalog import CatalogConfig
+
+    rng = np.random.default_rng(1)
+    writer = Catalog(CatalogConfig(level_sizes=(3, 3, 2), dim=4, max_log=12))   # a step adds <= 7 ops
+    src = _InProcessIndexer(writer)
+    early = LiveCatalog(writer.level_sizes)
+    feeds = [DeltaFeed(src, early)]
+    for step in range(30):
+        ids = [f"i{j}" for j in rng.integers(0, 40, 5)]
+        writer.upsert(ids, rng.integers(0, 3, (5, 2, 2)), rng.normal(size=(5, 4)),
+                      content_keys=[str(k) for k in rng.integers(0, 2, 5)])
+        writer.retire([f"i{j}" for j in rng.integers(0, 40, 2)])
+        if step == 15:
+            late = LiveCatalog(writer.level_sizes)
+            feeds.append(DeltaFeed(src, late))
+            with pytest.raises(ValueError, match="snapshot"):
+                writer.delta_since(0)                  # the late replica must start from a snapshot
+        for f in feeds:
+            f.step()
+            f.step()                                   # nothing new: no change
+    assert writer.rejected > 0 and len(writer) > 5 and src.snapshots == 1     # the early replica: deltas only
+    for f in feeds:
+        f.step()
+        assert f.version == writer.version
+        _assert_same_catalog(f.catalog, writer)
+    late.upsert(["seeded"], np.zeros((1, 2), np.int64))
+    seeded = DeltaFeed(src, late)                        # items of its own: not the indexer's, so a snapshot
+    seeded.step()
+    assert late.index_of("seeded") is None and src.snapshots == 2
+    _assert_same_catalog(late, writer)
+
+
 def test_apply_delta_keeps_op_order_and_rejects_a_level_mismatch():
-    from models.catalog import OP_ADD, OP_RETIRE, CatalogDelta
+    from models.sid.catalog import OP_ADD, OP_RETIRE, CatalogDelta
 
     cat = LiveCatalog((4, 4, 3))
     d = CatalogDelta(0, 3, np.array([OP_ADD, OP_RETIRE, OP_ADD], np.int8), ["x", "x", "x"], np.array([0, 0, 0]),
                      np.array([[1, 2, 0], [-1, -1, -1], [1, 2, 0]]), np.zeros((3, 2), np.float32))
-    cat.apply_delta(d)   # retired and back within one delta: live, same SID
-    assert cat.is_live("x") and cat.item_sids()[0].tolist() == [1, 2, 0]
+    cat.apply(d)   # retired and back within one delta: live, same SID
+    assert cat.is_live("x") and cat.sid_of("x").tolist() == [1, 2, 0] and cat.version == 3
+    cat.apply(d)   # again: nothing changes
+    assert cat.is_live("x") and cat.version == 3 and cat.num_indexed == 1
 
     class Src:
         def delta_since(self, v):

@@ -12,8 +12,8 @@ import pytest
 from ingest.contract import SERVED
 from ingest.kafka_client import KafkaConfig
 from ingest.topics import ensure_topics
-from serving.backend import RecResult
-from serving.experiments import ExperimentRegistry
+from serving.requests import RecResult
+from serving.experiments.config import ExperimentRegistry
 from serving.metrics import ServingMetrics
 from serving.recommend_path import RecommendPath, ServedLog, Unavailable
 from tests.serving.conftest import EXPERIMENTS
@@ -36,6 +36,7 @@ def test_answer_follows_its_acked_served_record_and_failures_leave_none(broker, 
 
     async def ok(req):
         seen.append(req)
+        await asyncio.sleep(0.02)  # generation takes 20 ms: the served record's latency includes it
         return RecResult(items=["a", "b"], sids=[[1, 2, 0], [3, 1, 0]], scores=[-0.5, -1.0], stats={"batch_size": 1})
 
     async def broken(req):
@@ -59,6 +60,8 @@ def test_answer_follows_its_acked_served_record_and_failures_leave_none(broker, 
     records = _served(kafka)
     assert [(r.request_id, r.user_id, r.items, r.arm) for r in records] == \
         [(ans["request_id"], "user-1", ["a", "b"], ans["arm"])]
+    # the ingress's latency up to writing the record: generation included, the produce ack not
+    assert 20 <= records[0].latency_ms <= timings["total_ms"] - timings["log_ms"] + 1e-3
     assert b"genrec_served_total" in metrics.render()
 
 
@@ -68,3 +71,26 @@ def test_request_ids_are_32_hex_digits_and_unique():
     ids = [new_request_id() for _ in range(20_000)]
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_the_decode_section_is_what_a_request_starts_from_and_arms_override_it(broker, topic_name):
+    from models.decoding.settings import DecodeSettings
+
+    kafka = KafkaConfig(bootstrap=broker, namespace=topic_name + ".")
+    ensure_topics(kafka)
+    log = ServedLog(kafka)
+    only_beam = "default: {model_version: v1, decode: {mode: beam}}\nlayers: []\n"
+    path = RecommendPath(ExperimentRegistry(source=only_beam), log,
+                         decode_defaults=DecodeSettings(beam_width=3, temperature=0.5))
+    seen = []
+
+    async def ok(req):
+        seen.append(req)
+        return RecResult(items=["a"], sids=[[1, 2, 0]], scores=[-0.5])
+
+    try:
+        asyncio.run(path.run("user-1", 1, True, ok))
+    finally:
+        log.close()
+    # the section's non-default fields, then the experiment's (mode), nothing else
+    assert seen[0].decode == DecodeSettings("beam", beam_width=3, temperature=0.5)

@@ -11,22 +11,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.backend import RecRequest
+from models.decoding.settings import DecodeSettings
+from serving.requests import RecRequest
 from serving.recommender import build_backend
 from serving.session_streams import SessionStreams
-from tests.serving.test_decode_process import _cfg
+from tests.serving.test_decode_process import recommender_cfg
 
 
 @pytest.fixture(scope="module")
 def backend(broker):
-    be = build_backend(_cfg(broker))
+    be = build_backend(recommender_cfg(broker))
     yield be
     for f in be.feeds:
         f.stop()
 
 
 def _req(u: int, k: int = 3, mode: str = "greedy", exclude_seen: bool = True) -> RecRequest:
-    return RecRequest(f"u{u}", k, "v1", {"mode": mode, "beam_width": 2}, exclude_seen)
+    return RecRequest(f"u{u}", k, "v1", DecodeSettings(mode, beam_width=2), exclude_seen)
 
 
 def _run(streams, joins: dict) -> dict:
@@ -48,7 +49,7 @@ def test_staggered_requests_get_the_static_answers(backend):
     streams = SessionStreams(backend)
     assert all(streams.accepts(r) for r in reqs.values())
     assert not streams.accepts(_req(0, mode="beam"))
-    assert not streams.accepts(RecRequest("u1", 3, "v9", {"mode": "greedy"}))
+    assert not streams.accepts(RecRequest("u1", 3, "v9", DecodeSettings("greedy")))
     got = _run(streams, {0: [(u, reqs[u]) for u in (0, 1, 2)], 1: [(3, reqs[3])],
                          3: [(u, reqs[u]) for u in (4, 5, 6, 7)], 4: [(8, reqs[8]), (9, reqs[9])]})
     assert {u: (r.items, r.sids) for u, r in got.items()} == want
@@ -57,24 +58,33 @@ def test_staggered_requests_get_the_static_answers(backend):
     assert st["continuous_rows"] == 0 and st["continuous_steps"] > 0 and st["continuous_mean_rows"] > 1
 
 
+def test_unknown_decode_keys_are_an_error_not_dropped():
+    """Decode settings are typed from the serving boundary on: a typo is answered, not ignored."""
+    with pytest.raises(ValueError, match="beamwidth.*beam_width"):
+        DecodeSettings.from_dict({"mode": "beam", "beamwidth": 2})
+    with pytest.raises(TypeError):
+        DecodeSettings("beam", beamwidth=2)
+
+
 def test_catalog_changes_between_items_reach_running_rows(broker):
     """Between two items of a running session, retire every item but the one it already has and add four
     new ones: its remaining four items must be exactly the new ones (the trie and the item count changed)."""
-    be = build_backend(_cfg(broker))
+    be = build_backend(recommender_cfg(broker))
     try:
         streams = SessionStreams(be)
         cat = be.catalog
         streams.admit([_req(1, k=5)], ["row"])
         assert streams.step() == []
         first = streams.streams["v1"].rows.items[0][0]
-        cat.retire([i for i in list(cat.item_ids) if i != cat.item_ids[first]])
-        added, rejected = cat.upsert([f"fresh{i}" for i in range(4)], np.array([[7, 7]] * 4))
-        assert len(added) == 4 and not rejected
+        with cat.lock:   # what the feeds do: write under the catalog lock
+            cat.retire([i for i in cat.item_ids(range(cat.num_indexed)) if i != cat.item_id(first)])
+            res = cat.upsert([f"fresh{i}" for i in range(4)], np.array([[7, 7]] * 4))
+        assert len(res.added) == 4 and not res.rejected
         got = {}
         while not got:
             got = dict(streams.step())
-        assert got["row"].items[0] == cat.item_ids[first]
-        assert sorted(got["row"].items[1:]) == sorted(added)
+        assert got["row"].items[0] == cat.item_id(first)
+        assert sorted(got["row"].items[1:]) == sorted(res.added)
     finally:
         for f in be.feeds:
             f.stop()
@@ -107,7 +117,7 @@ def test_a_reloaded_version_finishes_the_old_rows_first(backend):
 def test_an_empty_catalog_is_an_error_not_a_row(broker):
     from dataclasses import replace
 
-    be = build_backend(replace(_cfg(broker), seed_catalog=None))
+    be = build_backend(replace(recommender_cfg(broker), seed_catalog=None))
     try:
         out = SessionStreams(be).admit([_req(1)], ["x"])
         assert out[0][0] == "x" and "catalog is empty" in out[0][1].error

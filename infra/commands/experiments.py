@@ -1,0 +1,116 @@
+"""``genrec experiments report NAME``: the A/B report of one experiment from its reward records.
+
+Reads the reward joiners' output (topic ``rewards``, one record per served
+session), the exposure log (``served``: latency per arm, coverage) and the
+items' arrival times (``item-events``: new-item share, catalog size) from Kafka
+or from the Parquet archive (``genrec archive``), derives CUPED's pre-period
+from the rewards served before the experiment's first exposure
+(:mod:`serving.experiments.inputs`, the same code as the HTTP report), and
+prints the report as a table or JSON. It never derives rewards itself: with no
+reward records it says how to produce them (``genrec rewards``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from infra.commands.topics import add_kafka_args, kafka_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiments", help="A/B experiments: the report of one experiment from the rewards topic",
+                       description="Offline views of the online A/B experiments (serving/experiments).")
+    esub = p.add_subparsers(dest="experiments_command", metavar="SUBCOMMAND", required=True)
+    r = esub.add_parser("report", help="per-arm metrics, lifts with intervals, corrected p-values, guardrails, SRM",
+                        description="The A/B report of experiment NAME from the reward records (topic rewards, "
+                                    "written by `genrec rewards`; those served before its first exposure are "
+                                    "CUPED's pre-period), the served records (latency, coverage) and item-events "
+                                    "(new-item share). "
+                                    "Users are the unit of analysis (delta method); see "
+                                    "serving/experiments/report.py. Source: Kafka (default, read from the "
+                                    "beginning) or the Parquet archive written by `genrec archive`.")
+    r.add_argument("name", metavar="NAME", help="experiment name (as in the experiments YAML)")
+    r.add_argument("--source", choices=("kafka", "archive"), default="kafka",
+                   help="where the rewards, served and item-events records come from (default kafka)")
+    r.add_argument("--archive", default=None, metavar="PATH",
+                   help="archive root (ROOT/topic=rewards/date=...; default: archive.root of genrec.yaml) "
+                        "for --source archive")
+    r.add_argument("--experiments", default=None, metavar="YAML",
+                   help="experiments file (default: serving.experiments of genrec.yaml)")
+    r.add_argument("--json", action="store_true", help="print the report as JSON (no NaN: missing values are null)")
+    r.add_argument("--plot", default=None, metavar="FILE", help="also write the forest / cumulative-lift plot (PNG)")
+    r.add_argument("--timeout", type=float, default=30.0, help="seconds to read each Kafka topic (default 30)")
+    add_kafka_args(r)
+    r.set_defaults(func=run_report)
+
+
+def load_experiment(name: str, source: str | None):
+    """The :class:`~serving.experiments.config.Experiment` ``name`` from ``source`` or genrec.yaml's file."""
+    from infra.config import load_raw, resolve_repo_path
+    from serving.experiments.config import ExperimentsConfig
+
+    src = source or load_raw().get("serving", {}).get("experiments") or "infra/experiments.yaml"
+    src = resolve_repo_path(src)
+    if "\n" not in src and not Path(src).is_file():
+        raise FileNotFoundError(f"experiments file {src!r} not found; pass --experiments YAML")
+    cfg = ExperimentsConfig.from_yaml(Path(src) if "\n" not in src else src)
+    try:
+        return cfg.experiment(name)
+    except KeyError:
+        known = [e.name for e in cfg.experiments()]
+        raise ValueError(f"no experiment {name!r} in {src if chr(10) not in src else 'the experiments YAML'}; "
+                         f"known: {known}") from None
+
+
+def read_records(args, experiment: str) -> tuple[dict, str]:
+    """The records the report reads (``serving.experiments.report.report_from_records``) and where from.
+
+    Every reward record (the experiment's, and the others' for CUPED's pre-period), every served record
+    (latency per arm, coverage, new items) and the items' arrival times (``item-events``), from Kafka or
+    the archive, as ``--source`` says.
+    """
+    from ingest.contract import REWARDS
+
+    if args.source == "archive":
+        from infra.config import load_raw
+        from serving.experiments.report import read_archive_report_records
+
+        root = args.archive or load_raw().get("archive", {}).get("root")
+        if not root:
+            raise ValueError("--source archive needs the archive root: pass --archive PATH")
+        if not Path(str(root).removeprefix("file://")).is_dir():
+            raise FileNotFoundError(f"archive {root!r} does not exist; pass --archive PATH (the root "
+                                    "`genrec archive --root` wrote)")
+        return read_archive_report_records(root), f"archive {root}"
+    from serving.experiments.report import read_report_records
+
+    kafka = kafka_from_args(args)
+    return (read_report_records(kafka, experiment, args.timeout, fallback=False),
+            f"Kafka {kafka.bootstrap} ({kafka.topic(REWARDS)})")
+
+
+def run_report(args) -> int:
+    from serving.experiments.report import markdown, report_from_records, rewards_of
+
+    exp = load_experiment(args.name, args.experiments)
+    records, where = read_records(args, exp.name)
+    rewards = records["rewards"]
+    mine = rewards_of(exp.name, rewards)
+    if not mine:
+        raise ValueError(f"no reward records of experiment {exp.name!r} in {where} ({len(rewards)} reward records "
+                         "in all); run the reward joiners (`genrec rewards`) over its served sessions, or check "
+                         "--namespace / --archive")
+    rep = report_from_records(exp, records, plot_path=args.plot)
+    if args.json:
+        json.dump(rep, sys.stdout, allow_nan=False)
+        print()
+        return 0
+    print(f"{len(mine):,} reward records of {exp.name} ({rep['sessions']:,} sessions, {rep['users']:,} users), "
+          f"{len(records['served']):,} served records and {len(records['items'].first_ts):,} items' arrival "
+          f"times from {where}\n")
+    print(markdown(rep))
+    if args.plot:
+        print(f"\nplot: {rep['plot']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Baselines every generator is measured against: SASRec (full-softmax CE) and popularity."""

@@ -1,0 +1,1 @@
+"""Session decoding: the catalog constraint engine, search loops, speculative roles, continuous batching, ``generate()``."""

@@ -1,0 +1,275 @@
+"""THE catalog constraint of every decoding mode: which codes may come next, where a code leads.
+
+Rule (TIGER, Rajput et al. 2023; constrained beam search as in De Cao et al.
+2021): a row may only emit catalog SIDs, never an item it already emitted in
+this session (``no_repeat``) nor one it was told to exclude (``seen``), and it
+never enters a prefix whose every item is excluded (look-ahead: no dead
+ends, even for greedy). Greedy, beam, sampling, top-N, MTP, speculative
+greedy / sampling / beam and continuous batching all ask the same three
+questions through :class:`Constraint` — ``mask``, ``advance`` and the state's
+``select`` — so their lossless variants give exactly plain decoding's output.
+
+Engine (:class:`SidConstraint`): the catalog as sorted mixed-radix keys
+(:class:`models.sid.catalog_keys.CatalogKeys`, a flattened trie in which each
+SID prefix is a contiguous key range). A row's state is its prefix key and
+level (per row, so rows need not be in lock-step) plus its excluded items and
+their live keys, distinct, ``[B, E]`` padded with :data:`SENTINEL`. Then
+
+    allowed[b, c] = live(prefix_b + c·mult_l) − banned_b(prefix_b + c·mult_l) > 0
+
+``live`` is one ``searchsorted`` of the row's K+1 child-range bounds in the
+catalog's keys, ``banned`` a scatter of the row's banned keys into the child
+they fall under: O(B·(K·log N + E)) per step, independent of the catalog
+size, no host sync, no Python loop over rows.
+Completing an item is one exact-key lookup; with ``no_repeat`` the item joins
+the row's exclusions. The catalog may change between steps: a state records
+which tables its banned keys were derived for and is re-derived from its
+excluded *items* against new tables (:meth:`SidConstraint.rebase`), so a
+retired item no longer blocks a prefix and a returning one is excluded again.
+:mod:`models.decoding.constraint_reference` is the slow, obviously correct
+twin the property tests compare it with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.sid.catalog_keys import CatalogKeys
+
+#: padding of the banned keys: above every real key, so never under any prefix
+SENTINEL = torch.iinfo(torch.long).max
+#: prefix key of a row that took a code outside its level's codebook: every range under it is empty
+DEAD = -(1 << 62)
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """``no_repeat``: an emitted item is excluded for the rest of its row's session."""
+
+    no_repeat: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.no_repeat, bool):
+            raise ValueError(f"ConstraintConfig.no_repeat={self.no_repeat!r} must be True (no item twice in a "
+                             "session) or False")
+
+
+class Constraint(Protocol):
+    """What every decoding loop asks of the catalog (``S`` is the engine's state type, with ``select``)."""
+
+    depth: int
+    k_max: int
+    device: torch.device
+
+    def check_levels(self, level_sizes) -> None: ...               # raise unless the model's are the catalog's
+    def init(self, batch: int, seen=None): ...                    # -> S at an item boundary
+    def mask(self, state) -> Tensor: ...                           # -> [B, K_max] bool allowed codes
+    def advance(self, state, codes: Tensor): ...                   # [B] -> (S, item [B], -1 = none completed)
+    def logprobs(self, logits: Tensor, state) -> Tensor: ...       # [B, K] -> constrained float32 log-probs
+    def logprobs_along(self, logits: Tensor, states: list) -> Tensor: ...  # [B, P, K], P states
+    def masked_logits(self, logits: Tensor, state) -> Tensor: ...  # [B, K], disallowed codes at -inf
+    def lookup(self, codes: Tensor) -> Tensor: ...                 # [..., D] -> item [...], -1 not live
+
+
+# ---- per-row state ----------------------------------------------------------------------------
+
+@dataclass
+class ConstraintState:
+    """Per-row decoding state of :class:`SidConstraint` (B rows)."""
+
+    prefix: Tensor              # [B] long key of the current item's codes so far (DEAD < 0: off the catalog)
+    level: Tensor               # [B] long SID level of each row's next code
+    banned_items: Tensor        # [B, E] long items the row may not emit (seen + emitted), -1 padding
+    banned_keys: Tensor         # [B, E] long distinct keys of the live ones in `tables`, SENTINEL padding
+    tables: CatalogKeys | None  # the catalog tables banned_keys were derived for (None: not yet)
+    shared_level: int | None    # the level of every row when all are known to be equal, else None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.prefix.shape[0])
+
+    def select(self, idx: Tensor) -> "ConstraintState":
+        """Rows ``idx`` [B'] (beam reorder / expansion / leaving rows)."""
+        idx = idx.to(self.prefix.device)
+        return ConstraintState(self.prefix.index_select(0, idx), self.level.index_select(0, idx),
+                               self.banned_items.index_select(0, idx), self.banned_keys.index_select(0, idx),
+                               self.tables, self.shared_level)
+
+    @staticmethod
+    def cat(states: Sequence["ConstraintState"]) -> "ConstraintState":
+        """Rows of several states stacked (continuous batching admits rows)."""
+        e = max(s.banned_items.shape[1] for s in states)
+        tables = states[0].tables if all(s.tables is states[0].tables for s in states) else None
+        levels = {s.shared_level for s in states}
+        return ConstraintState(torch.cat([s.prefix for s in states]), torch.cat([s.level for s in states]),
+                               torch.cat([pad_columns(s.banned_items, e, -1) for s in states]),
+                               torch.cat([pad_columns(s.banned_keys, e, SENTINEL) for s in states]),
+                               tables, levels.pop() if len(levels) == 1 else None)
+
+
+def pad_columns(x: Tensor, width: int, value: int) -> Tensor:
+    """``x`` [B, E] right-padded with ``value`` up to ``width`` columns."""
+    if x.shape[1] >= width:
+        return x
+    return torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), value)], 1)   # exact for int64 values
+
+
+def excluded_items(seen, batch: int, device) -> Tensor:
+    """``seen`` as a padded item matrix [B, E] (-1 padding, E >= 1).
+
+    ``seen``: None, a bool mask [B, n_items] indexed by item, or B sequences of item indices."""
+    if seen is None:
+        return torch.full((batch, 1), -1, dtype=torch.long, device=device)
+    if isinstance(seen, Tensor) and seen.dtype == torch.bool:
+        if seen.dim() != 2 or seen.shape[0] != batch:
+            raise ValueError(f"seen mask has shape {tuple(seen.shape)} for a batch of {batch}; pass [B, n_items]")
+        rows, cols = seen.to(device).nonzero(as_tuple=True)                    # [M] each, row-major
+        counts = torch.bincount(rows, minlength=batch)                          # [B]
+        out = torch.full((batch, max(int(counts.max()) if rows.numel() else 0, 1)), -1, dtype=torch.long,
+                         device=device)
+        start = torch.cumsum(counts, 0) - counts
+        out[rows, torch.arange(rows.numel(), device=device) - start[rows]] = cols
+        return out
+    if len(seen) != batch:
+        raise ValueError(f"seen has {len(seen)} lists for a batch of {batch}")
+    rows = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seen]
+    e = max([r.size for r in rows] + [1])
+    out = np.full((batch, e), -1, dtype=np.int64)
+    for b, r in enumerate(rows):
+        out[b, :r.size] = r
+    return torch.from_numpy(out).to(device)
+
+
+def initial_state(batch: int, seen=None, device="cpu") -> ConstraintState:
+    """Every row at an item boundary, excluding ``seen`` (see :func:`excluded_items`); catalog-free."""
+    dev = torch.device(device)
+    items = excluded_items(seen, batch, dev)
+    zero = torch.zeros(batch, dtype=torch.long, device=dev)
+    return ConstraintState(zero, zero.clone(), items, torch.full_like(items, SENTINEL), None, 0)
+
+
+def masked_log_softmax(masked: Tensor) -> Tensor:
+    """log_softmax over the last dim; rows that are all -inf stay all -inf (no NaN)."""
+    none = ~torch.isfinite(masked).any(dim=-1, keepdim=True)
+    logp = torch.log_softmax(torch.where(none, torch.zeros_like(masked), masked), dim=-1)
+    return logp.masked_fill(none, NEG_INF)
+
+
+# ---- the engine ---------------------------------------------------------------------------------
+
+class SidConstraint:
+    """The catalog constraint over sorted SID keys (see module docstring).
+
+    ``tables``: the catalog's :class:`CatalogKeys` (``trie.keys(device)``; :meth:`of` does that). An empty
+    catalog allows nothing: every row completes item -1.
+    """
+
+    def __init__(self, tables: CatalogKeys, config: ConstraintConfig = ConstraintConfig()) -> None:
+        self.tables = tables
+        self.config = config
+        self.level_sizes = tables.level_sizes
+        self.depth, self.k_max = len(self.level_sizes), max(self.level_sizes)
+        self.device = tables.keys.device
+        self.codes = torch.arange(self.k_max, device=self.device)              # [K]
+        self.edges = torch.arange(self.k_max + 1, device=self.device)          # [K+1] child-range bounds
+
+    @classmethod
+    def of(cls, trie, device=None, config: ConstraintConfig = ConstraintConfig()) -> "SidConstraint":
+        """The constraint of a :class:`models.sid.trie.SidTrie` as it is now (its tables are cached per version)."""
+        return cls(trie.keys(device), config)
+
+    def check_levels(self, level_sizes) -> None:
+        """Raise unless the model's ``level_sizes`` are the catalog's."""
+        if tuple(level_sizes) != tuple(self.level_sizes):
+            raise ValueError(f"catalog level_sizes {tuple(self.level_sizes)} != model's {tuple(level_sizes)}; "
+                             "use the tokenizer the model was trained with")
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def init(self, batch: int, seen=None) -> ConstraintState:
+        """Fresh state at an item boundary; ``seen`` as in :func:`excluded_items`."""
+        return self.rebase(initial_state(batch, seen, self.device))
+
+    def rebase(self, state: ConstraintState) -> ConstraintState:
+        """``state`` with its banned keys derived for this constraint's catalog (a no-op when they are)."""
+        if state.tables is self.tables:
+            return state
+        keys = self.tables.keys_of(state.banned_items.to(self.device))         # [B, E], -1 = not live
+        keys = torch.where(keys >= 0, keys, torch.full_like(keys, SENTINEL)).sort(1).values
+        dup = torch.zeros_like(keys, dtype=torch.bool)
+        dup[:, 1:] = keys[:, 1:] == keys[:, :-1]                               # an item listed twice counts once
+        keys = keys.masked_fill(dup, SENTINEL).sort(1).values
+        return replace(state, prefix=state.prefix.to(self.device), level=state.level.to(self.device),
+                       banned_items=state.banned_items.to(self.device), banned_keys=keys, tables=self.tables)
+
+    # ---- the three questions ----------------------------------------------------------------
+
+    def mask(self, state: ConstraintState) -> Tensor:
+        """Allowed next codes [B, K_max] bool (all False for a row with nothing left)."""
+        state = self.rebase(state)
+        t, K = self.tables, self.k_max
+        m = t.mult[state.level][:, None]                                       # [B, 1]
+        base = state.prefix[:, None]                                           # [B, 1]
+        bounds = base + self.edges[None, :] * m                                # [B, K+1]: child c is [c, c+1)
+        live = torch.diff(torch.searchsorted(t.keys, bounds), dim=1)           # [B, K] live items per child
+        bk = state.banned_keys                                                 # [B, E]
+        inside = (bk >= base) & (bk < bounds[:, -1:])
+        child = torch.where(inside, (bk - base) // m, torch.full_like(bk, K))  # [B, E], K = not under the row
+        banned = torch.zeros(bk.shape[0], K + 1, dtype=torch.long, device=self.device).scatter_add_(
+            1, child, torch.ones_like(bk))[:, :K]                              # [B, K] banned live items per child
+        in_book = self.codes[None, :] < t.sizes[state.level][:, None]
+        return in_book & (base >= 0) & (live > banned)
+
+    def advance(self, state: ConstraintState, codes: Tensor) -> tuple[ConstraintState, Tensor]:
+        """Apply ``codes`` [B] at each row's level. Returns the new state and the item each row completed
+        [B] (-1 where the row did not finish an item, or finished on no live un-excluded item)."""
+        state = self.rebase(state)
+        t, D = self.tables, self.depth
+        codes = codes.to(self.device).long()
+        lvl = state.level
+        ok = (codes >= 0) & (codes < t.sizes[lvl]) & (state.prefix >= 0)
+        prefix = torch.where(ok, state.prefix + codes * t.mult[lvl], torch.full_like(codes, DEAD))
+        done = lvl + 1 == D                                                    # [B]
+        bk = state.banned_keys
+        excluded = (bk == prefix[:, None]).any(1)
+        item = torch.where(done & ~excluded, t.item_at(prefix), torch.full_like(prefix, -1))   # [B]
+        items, keys = state.banned_items, bk
+        if self.config.no_repeat and (state.shared_level is None or state.shared_level == D - 1):
+            items = torch.cat([items, item[:, None]], 1)
+            new = torch.where(item >= 0, prefix, torch.full_like(prefix, SENTINEL))
+            keys = torch.cat([bk, new[:, None]], 1)
+        zero = torch.zeros_like(prefix)
+        shared = None if state.shared_level is None else (state.shared_level + 1) % D
+        return ConstraintState(torch.where(done, zero, prefix), torch.where(done, zero, lvl + 1), items, keys,
+                               self.tables, shared), item
+
+    # ---- shared per-step bookkeeping --------------------------------------------------------
+
+    def masked_logits(self, logits: Tensor, state: ConstraintState) -> Tensor:
+        """``logits`` [B, K] with disallowed codes at -inf."""
+        return logits.masked_fill(~self.mask(state), NEG_INF)
+
+    def logprobs(self, logits: Tensor, state: ConstraintState) -> Tensor:
+        """Constrained log-softmax in float32 (rows with nothing allowed are all -inf). [B, K] -> [B, K]."""
+        return masked_log_softmax(self.masked_logits(logits.float(), state))
+
+    def logprobs_along(self, logits: Tensor, states: list[ConstraintState]) -> Tensor:
+        """Constrained float32 log-probs at P positions in one pass. ``logits`` [B, P, K], ``states[j]`` the
+        state at position j -> [B, P, K] (the verifier's hot path)."""
+        b, p, k = logits.shape
+        both = ConstraintState.cat([self.rebase(s) for s in states])                  # [P*B] rows
+        flat = logits.float().transpose(0, 1).reshape(p * b, k)
+        return self.logprobs(flat, both).view(p, b, k).transpose(0, 1)
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Item of each full SID ``codes`` [..., D] -> [...]; -1 where no live item has it."""
+        codes = codes.to(self.device).long()
+        ok = ((codes >= 0) & (codes < self.tables.sizes)).all(-1)
+        item = self.tables.item_at(self.tables.key(codes.clamp_min(0)))
+        return torch.where(ok, item, torch.full_like(item, -1))

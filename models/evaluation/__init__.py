@@ -1,0 +1,1 @@
+"""Offline evaluation: leave-one-out splits, ranking metrics, the ``Ranker`` protocol, training budgets."""

@@ -1,0 +1,102 @@
+"""The generator as a :class:`~models.evaluation.ranker.Ranker`: top-N items by constrained beam search.
+
+Offline evaluation ranks all items for each user; a generative model ranks by
+decoding: :func:`models.decoding.search.beam_topn` with a beam of at least ``n``
+returns the ``n`` most likely distinct items (TIGER's evaluation, Rajput et
+al. 2023). Seen items are excluded by the same rule as every other ranker
+(:mod:`models.evaluation.ranker`), applied here as a decoding constraint, so the beam is
+never wasted on items that would be filtered out afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.decoding.constraint import SidConstraint
+from models.decoding.search import beam_topn
+from models.generator.model import GenerativeRecommender
+from models.generator.features import history_batch
+from models.evaluation.ranker import Histories, as_histories, seen_mask
+
+
+def build_trie(item_sids: np.ndarray, level_sizes: tuple[int, ...], live: np.ndarray | None = None):
+    """A :class:`models.sid.trie.SidTrie` of every (live) item index -> its SID row."""
+    from models.sid.trie import SidTrie
+
+    item_sids = np.asarray(item_sids, dtype=np.int64)
+    idx = np.arange(len(item_sids)) if live is None else np.flatnonzero(np.asarray(live, dtype=bool))
+    trie = SidTrie(level_sizes)
+    trie.add(item_sids[idx], idx)
+    return trie
+
+
+class GeneratorRanker:
+    """``rank(histories, n) -> LongTensor [B, n]`` item indices via ``beam_topn``.
+
+    ``item_sids`` [n_items, D]: the SID of every item index (the tokenizer's
+    output for the catalog). ``beam_width`` defaults to ``max(n, 20)``: a
+    wider beam than ``n`` finds better top-n lists at small extra cost.
+    """
+
+    name = "generator"
+
+    def __init__(self, model: GenerativeRecommender, item_sids: np.ndarray, *, beam_width: int = 20,
+                 exclude_seen: bool = True, batch_size: int = 128, trie=None) -> None:
+        self.model = model
+        self.item_sids = np.asarray(item_sids, dtype=np.int64)
+        if self.item_sids.ndim != 2 or self.item_sids.shape[1] != model.cfg.sid_len:
+            raise ValueError(f"item_sids must be [n_items, D={model.cfg.sid_len}], got {self.item_sids.shape}")
+        self.n_items = len(self.item_sids)
+        self.trie = trie if trie is not None else build_trie(self.item_sids, model.cfg.level_sizes)
+        self.beam_width = beam_width
+        self.exclude_seen = exclude_seen
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def rank(self, histories: Histories, n: int) -> torch.Tensor:
+        histories = as_histories(histories)
+        cfg = self.model.cfg
+        out = []
+        dev = self.device
+        constraint = SidConstraint.of(self.trie, dev)
+        for s in range(0, len(histories), self.batch_size):
+            h = histories.subset(slice(s, s + self.batch_size))
+            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
+                               types=h.types, ts=h.ts).to(dev)
+            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
+            res = beam_topn(self.model, hb, constraint, n, beam_width=max(n, self.beam_width), seen=seen)
+            out.append(res.items.cpu())
+        if not out:
+            return torch.zeros((0, n), dtype=torch.long)
+        return torch.cat(out, 0)
+
+    def sessions(self, histories: Histories, k: int, beam_width: int = 4, settings=None) -> torch.Tensor:
+        """The serving interface: one generated session of ``k`` items per user, item after item,
+        seen items excluded. By default session beam search (:func:`models.decoding.search.beam_session`,
+        width ``beam_width``); ``settings`` (a :class:`models.decoding.settings.DecodeSettings`) picks
+        another decoding mode, e.g. ``mode="sample"``. -> LongTensor [B, k]."""
+        from dataclasses import replace
+
+        from models.decoding.generate import generate
+        from models.decoding.settings import DecodeSettings
+
+        histories = as_histories(histories)
+        cfg = self.model.cfg
+        dev = self.device
+        s = settings if settings is not None else DecodeSettings(mode="beam", beam_width=beam_width)
+        s = replace(s, session_len=k, exclude_seen=self.exclude_seen)
+        constraint = SidConstraint.of(self.trie, dev)
+        out = []
+        for i in range(0, len(histories), self.batch_size):
+            h = histories.subset(slice(i, i + self.batch_size))
+            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
+                               types=h.types, ts=h.ts).to(dev)
+            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
+            out.append(generate(self.model, hb, constraint, s, seen=seen).items.cpu())
+        if not out:
+            return torch.zeros((0, k), dtype=torch.long)
+        return torch.cat(out, 0)

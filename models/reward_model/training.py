@@ -1,0 +1,259 @@
+"""Training of the session reward model: per-head losses, early stopping on a later validation window.
+
+Losses (OneRec trains its reward towers with BCE on session labels): click, like
+and skip rates with binary cross-entropy against the observed per-impression
+rates (soft labels in [0, 1], a proper scoring rule for a rate), watch fraction
+with squared error on the sessions where it is known. ``loss_weights`` weigh
+the heads. AdamW, gradient-norm clipping.
+
+Optional ranking term (``rank_weight`` > 0): the aligner asks the model to order
+*one user's* candidate sessions, which the pointwise heads learn only through
+differences between users. A pairwise logistic (RankNet, Burges et al. 2005)
+loss over pairs of the same user's sessions in a batch — the one with the higher
+observed value (:func:`observed_value`, the heads' targets combined with the value
+weights) should get the higher predicted value — is added to the head losses;
+batches are then built from whole users (shuffled users, their examples together)
+so that a batch holds such pairs.
+
+Validation is **by time**: the newest ``valid_frac`` of the training examples
+(by served time) are held out, and training stops when their loss has not
+improved for ``patience`` epochs; the best epoch's weights are restored. Pure:
+arrays in, a model out.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.reward_model.data import HEADS, RewardExamples
+from models.reward_model.features import history_batch
+from models.reward_model.model import RewardModel, RewardModelConfig, RewardOutput
+
+
+@dataclass(frozen=True)
+class RewardTrainConfig:
+    """Optimisation settings; ``epochs`` is an upper bound (early stopping)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 3            # epochs without a better validation loss before stopping (0 = never stop)
+    valid_frac: float = 0.15     # newest share of the training examples used for early stopping
+    loss_weights: dict = field(default_factory=lambda: {h: 1.0 for h in HEADS}, hash=False)
+    device: str = "cpu"
+    seed: int = 0
+    max_seconds: float = 0.0     # wall-clock budget (0 = none)
+    eval_batch_size: int = 1024
+    rank_weight: float = 1.0     # weight of the within-user pairwise ranking loss (0 = head losses only)
+    rank_margin: float = 0.0     # pairs whose observed values differ by no more than this are skipped
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"RewardTrainConfig.{name}={v!r} must be a positive int")
+        if not self.lr > 0:
+            raise ValueError(f"RewardTrainConfig.lr={self.lr} must be > 0, e.g. 3e-3")
+        if self.weight_decay < 0 or not self.grad_clip > 0:
+            raise ValueError(f"RewardTrainConfig.weight_decay={self.weight_decay} must be >= 0 and "
+                             f"grad_clip={self.grad_clip} > 0")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"RewardTrainConfig.patience={self.patience!r} must be an int >= 0 (0 = never stop)")
+        if not 0.0 <= self.valid_frac < 1.0:
+            raise ValueError(f"RewardTrainConfig.valid_frac={self.valid_frac} must be in [0, 1) "
+                             "(0 = no validation window, every epoch runs)")
+        if not (self.rank_weight >= 0 and self.rank_margin >= 0):
+            raise ValueError(f"RewardTrainConfig.rank_weight={self.rank_weight} and rank_margin={self.rank_margin} "
+                             "must be >= 0 (rank_weight 0 = no ranking loss; e.g. 1.0 and 0.0)")
+        if self.max_seconds < 0:
+            raise ValueError(f"RewardTrainConfig.max_seconds={self.max_seconds} must be >= 0 (0 = no budget)")
+        if not isinstance(self.loss_weights, dict) or set(self.loss_weights) - set(HEADS):
+            raise ValueError(f"RewardTrainConfig.loss_weights={self.loss_weights!r} must map some of "
+                             f"{list(HEADS)} to weights")
+        for k, v in self.loss_weights.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"RewardTrainConfig.loss_weights[{k!r}]={v!r} must be a number >= 0")
+
+
+@dataclass
+class RewardTrainResult:
+    model: RewardModel
+    history: list[dict]          # one dict per epoch: epoch, loss, valid_loss (when validated), elapsed_s
+    best_epoch: int
+    best_valid_loss: float
+    train_s: float
+    n_train: int
+    n_valid: int
+
+
+def head_losses(out: RewardOutput, targets: torch.Tensor, loss_weights: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """``(total, per-head)`` losses of predictions against targets ``[B, 4]`` (NaN = unknown, skipped)."""
+    eps = 1e-6
+    known = ~torch.isnan(targets)                                                     # [B, 4]
+    y = torch.nan_to_num(targets, nan=0.0)
+    p = out.rates.clamp(eps, 1 - eps)
+    bce = -(y * torch.log(p) + (1 - y) * torch.log1p(-p))                            # [B, 4]
+    sq = (out.rates - y) ** 2
+    per = torch.where(torch.arange(len(HEADS), device=p.device)[None] == HEADS.index("watch"), sq, bce)
+    total = per.new_zeros(())
+    parts = {}
+    for j, h in enumerate(HEADS):
+        k = known[:, j]
+        if bool(k.any()):
+            lj = per[k, j].mean()
+            parts[h] = float(lj.detach())
+            w = 1.0 if loss_weights is None else float(loss_weights.get(h, 0.0))
+            total = total + w * lj
+    return total, parts
+
+
+def observed_value(targets: torch.Tensor, value_w: torch.Tensor) -> torch.Tensor:
+    """The observed session value ``[B]`` of targets ``[B, 4]`` with the model's value weights ``[4]`` — the
+    same combination the model's ``value`` makes of its rates (watch counts as click rate × watch
+    fraction); unknown targets count 0."""
+    y = torch.nan_to_num(targets, nan=0.0)
+    terms = torch.stack([y[:, 0], y[:, 1], y[:, 0] * y[:, 2], y[:, 3]], dim=1)                # [B, 4]
+    return (terms * value_w).sum(1)
+
+
+def ranking_loss(value: torch.Tensor, observed: torch.Tensor, groups: torch.Tensor,
+                 margin: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Pairwise logistic loss within groups: mean of ``softplus(-(v_i - v_j))`` over the pairs of one group
+    (``groups`` [B] int ids, e.g. users) with ``observed_i > observed_j + margin``; ``value`` / ``observed``
+    [B]. Returns ``(loss, n_pairs)``; 0 (with a graph) when the batch has no such pair."""
+    same = groups[:, None] == groups[None, :]                                         # [B, B]
+    better = observed[:, None] > observed[None, :] + margin                           # [B, B]: i better than j
+    pair = same & better
+    n = int(pair.sum())
+    if n == 0:
+        return value.sum() * 0.0, 0
+    diff = value[:, None] - value[None, :]                                            # [B, B]
+    return torch.nn.functional.softplus(-diff[pair]).mean(), n
+
+
+def _user_batches(groups: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of example indices that keep each group's examples together: groups in a random order,
+    each group's examples shuffled, cut into chunks of about ``batch_size``."""
+    _, inv = np.unique(groups, return_inverse=True)
+    order = np.concatenate([rng.permutation(np.flatnonzero(inv == g)) for g in rng.permutation(inv.max() + 1)]) \
+        if len(groups) else np.zeros(0, np.int64)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _tensors(model: RewardModel, ex: RewardExamples, device):
+    hist = history_batch(ex.histories, model.cfg.max_history, model.cfg.n_time_buckets)
+    return (hist.to(device), torch.as_tensor(ex.sessions, device=device),
+            torch.as_tensor(ex.targets, device=device))
+
+
+@torch.no_grad()
+def predict(model: RewardModel, ex: RewardExamples, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(rates [M, 4], value [M])`` of the model on examples (eval mode, no grad)."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    rates, values = [], []
+    for i in range(0, len(ex), batch_size):
+        sub = ex.subset(np.arange(i, min(len(ex), i + batch_size)))
+        hist, sess, _ = _tensors(model, sub, device)
+        out = model(hist, sess)
+        rates.append(out.rates.float().cpu().numpy())
+        values.append(out.value.float().cpu().numpy())
+    model.train(was)
+    if not rates:
+        return np.zeros((0, len(HEADS)), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(rates), np.concatenate(values)
+
+
+@torch.no_grad()
+def _eval_loss(model: RewardModel, tensors, batch_size: int, loss_weights: dict) -> float:
+    model.eval()
+    hist, sess, tgt = tensors
+    total, n = 0.0, 0
+    for i in range(0, sess.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        out = model(type(hist)(*(t[sl] for t in hist)), sess[sl])
+        loss, _ = head_losses(out, tgt[sl], loss_weights)
+        total += float(loss) * (min(sess.shape[0], i + batch_size) - i)
+        n += min(sess.shape[0], i + batch_size) - i
+    return total / max(n, 1)
+
+
+def train_reward_model(examples: RewardExamples, model_cfg: RewardModelConfig, cfg: RewardTrainConfig = RewardTrainConfig(),
+                       item_sids: np.ndarray | None = None, on_epoch=None) -> RewardTrainResult:
+    """Train a fresh :class:`RewardModel` on ``examples`` (early stopping on their newest ``valid_frac``)."""
+    if len(examples) < 2:
+        raise ValueError(f"train_reward_model needs at least 2 examples, got {len(examples)}; "
+                         "collect more served sessions with rewards")
+    if examples.sessions.shape[1] > model_cfg.max_session:
+        raise ValueError(f"examples have sessions of {examples.sessions.shape[1]} slots but "
+                         f"RewardModelConfig.max_session={model_cfg.max_session}; raise max_session")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device(cfg.device)
+    model = RewardModel(model_cfg, item_sids).to(device)
+    if cfg.valid_frac > 0 and len(examples) >= 10:
+        train, valid = examples.split_by_time(cfg.valid_frac)
+    else:
+        train, valid = examples, None
+    tr = _tensors(model, train, device)
+    va = _tensors(model, valid, device) if valid is not None and len(valid) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_state, best_epoch, bad = float("inf"), None, 0, 0
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    m = tr[1].shape[0]
+    groups = np.unique(np.asarray(train.user_ids, dtype=object).astype(str), return_inverse=True)[1].reshape(-1)
+    g_t = torch.as_tensor(groups, device=device)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        if cfg.rank_weight > 0:
+            batches = [torch.as_tensor(b, device=device) for b in _user_batches(groups, cfg.batch_size, rng)]
+        else:
+            order = torch.as_tensor(rng.permutation(m), device=device)
+            batches = [order[i:i + cfg.batch_size] for i in range(0, m, cfg.batch_size)]
+        total, count = 0.0, 0
+        for idx in batches:
+            out = model(tr[0].index_select(idx), tr[1].index_select(0, idx))
+            tgt = tr[2].index_select(0, idx)
+            loss, _ = head_losses(out, tgt, cfg.loss_weights)
+            if cfg.rank_weight > 0:
+                rl, _ = ranking_loss(out.value, observed_value(tgt, model.value_w), g_t.index_select(0, idx),
+                                     cfg.rank_margin)
+                loss = loss + cfg.rank_weight * rl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        rec = {"epoch": epoch, "loss": total / max(count, 1)}
+        if va is not None:
+            vl = _eval_loss(model, va, cfg.eval_batch_size, cfg.loss_weights)
+            rec["valid_loss"] = vl
+            if vl < best - 1e-6:
+                best, best_epoch, bad = vl, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        rec["elapsed_s"] = time.perf_counter() - t0
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        if (va is not None and cfg.patience and bad >= cfg.patience) or \
+                (cfg.max_seconds and rec["elapsed_s"] > cfg.max_seconds):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    return RewardTrainResult(model, history, best_epoch, best, time.perf_counter() - t0, len(train),
+                             0 if valid is None else len(valid))

@@ -1,0 +1,1 @@
+"""Online A/B experiments: layered bucketing (config) and the per-arm report."""

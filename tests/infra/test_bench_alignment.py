@@ -1,0 +1,61 @@
+"""The ``alignment`` benchmark suite's pipeline runs end to end at a tiny size (tests/bench is not in make test).
+
+Base generator through the training job -> registry -> served sessions answered by the world -> reward model
+-> one alignment round (in process here; the Ray Train path has its own test in tests/actors/test_aligner.py)
+-> gate job -> closed loop of base, aligned, popularity and oracle on held-out users. Checks the figures the
+suite reports exist and are sane, and that the user groups never overlap (the reported users are held out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from infra.benchmarks import load_suite, section_markdown
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite("alignment")
+
+
+def test_user_groups_are_disjoint_and_seeded(suite):
+    base_split = type("S", (), {})()
+    base_split.items = [np.arange(5)] * 50 + [np.arange(2)] * 10      # 10 users without a held-out item
+    base_split.min_events = 3
+    g = suite.user_groups(base_split, (0.5, 0.2, 0.3), seed=0)
+    a, v, t = (set(g[k].tolist()) for k in ("align", "valid", "test"))
+    assert not (a & v or a & t or v & t)
+    assert len(a | v | t) == 50 and max(a | v | t) < 50
+    assert (len(a), len(v), len(t)) == (25, 10, 15)
+    assert all(np.array_equal(g[k], suite.user_groups(base_split, (0.5, 0.2, 0.3), seed=0)[k]) for k in g)
+
+
+def test_pipeline_runs_end_to_end_at_tiny_size(suite, tmp_path):
+    out = suite.run_pipeline(suite.TINY, use_ray=False, say=lambda _: None)
+    m = out["metrics"]
+    for k in ("reward_base", "reward_aligned", "reward_popularity", "reward_oracle", "aligned_gain_p",
+              "oracle_gap_closed", "ndcg10_aligned_over_base", "hr50_aligned", "hr50_base", "rm_gain_over_true_gain",
+              "rm_auc_click", "rm_auc_like", "rm_auc_watch", "rm_auc_skip", "rm_true_spearman", "round_s",
+              "gate_passed", "validity"):
+        assert k in m, k
+    assert m["validity"] == 1.0
+    assert m["round_published"] == 1.0 and m["round_pairs"] > 0
+    assert 0.0 <= m["aligned_gain_p"] <= 1.0
+    # the feedback arm (OneRec-V2: served sessions' real rewards, no reward model) beside it
+    assert "reward_aligned_feedback" in m and 0.0 <= m["aligned_feedback_gain_p"] <= 1.0
+    assert m["round_feedback_sessions"] > 0 and math.isfinite(m["ndcg10_aligned_feedback_over_base"])
+    assert m["gate_passed"] in (0.0, 1.0)
+    # the world's ordering holds on the held-out users: the oracle far above popularity
+    assert m["reward_oracle"] > m["reward_popularity"] + 1.0, m
+    assert math.isfinite(m["ndcg10_aligned_over_base"]) and m["ndcg10_base"] > 0
+    assert math.isfinite(m["rm_auc_click"]) and 0.0 <= m["rm_auc_click"] <= 1.0
+    assert out["config"]["user_groups"]["test"] == m["test_users"] > 0
+    png = suite.plot(out["figure"], tmp_path / "p.png")
+    assert png is None or (tmp_path / "p.png").stat().st_size > 1000
+    md = section_markdown({"suite": "alignment", "machine": {}, "config": out["config"], "metrics": m,
+                           "date": "d", "elapsed_s": 0, "tables": out["tables"], "plots": [png] if png else []},
+                          "genrec bench alignment")
+    assert "| `reward_aligned` |" in md and "Closed loop on" in md

@@ -1,0 +1,123 @@
+"""The constraint engine against its brute-force reference: masks, advances and completed items equal,
+over random catalogs, exclusions, code choices and catalog retire / add between steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from models.decoding.constraint import SENTINEL, ConstraintConfig, ConstraintState, SidConstraint
+from models.decoding.constraint_reference import ReferenceConstraint
+from models.sid.trie import SidTrie
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _random_catalog(rng, level_sizes, n):
+    grid = np.array(np.meshgrid(*[np.arange(k) for k in level_sizes], indexing="ij")).reshape(len(level_sizes), -1).T
+    n = min(n, len(grid))
+    sids = grid[rng.choice(len(grid), n, replace=False)]
+    items = rng.choice(3 * n, n, replace=False)
+    return sids.astype(np.int64), items.astype(np.int64)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 100_000), levels=st.sampled_from([(3, 2), (4, 3, 3), (2, 5, 3), (3, 3, 2, 2)]),
+       n=st.integers(1, 30), b=st.integers(1, 4), steps=st.integers(1, 24), no_repeat=st.booleans(),
+       churn=st.floats(0.0, 0.5), offbook=st.floats(0.0, 0.2))
+def test_engine_equals_reference(seed, levels, n, b, steps, no_repeat, churn, offbook):
+    rng = np.random.default_rng(seed)
+    sids, items = _random_catalog(rng, levels, n)
+    live = rng.random(len(items)) < 0.8
+    live[0] = True
+    trie = SidTrie(levels)
+    trie.add(sids[live], items[live])
+    cfg = ConstraintConfig(no_repeat=no_repeat)
+    seen = [list(rng.choice(items, rng.integers(0, len(items) + 1), replace=True)) + [999] for _ in range(b)]
+    fast, ref = SidConstraint.of(trie, config=cfg), ReferenceConstraint.of(trie, cfg)
+    fs, rs = fast.init(b, seen), ref.init(b, seen)
+    K = max(levels)
+    for _ in range(steps):
+        m = fast.mask(fs)
+        assert torch.equal(m, ref.mask(rs))
+        # mostly an allowed code, sometimes a disallowed or off-codebook one (dead paths must agree too)
+        noise = torch.as_tensor(rng.random((b, K)))
+        codes = torch.where(m, noise + 1, noise).argmax(1)
+        wild = torch.as_tensor(rng.random(b) < offbook)
+        codes = torch.where(wild, torch.as_tensor(rng.integers(0, K, b)), codes)
+        fs, fi = fast.advance(fs, codes)
+        rs, ri = ref.advance(rs, codes)
+        assert torch.equal(fi, ri)
+        if rng.random() < churn:                     # the catalog changes between two steps
+            gone = rng.choice(items, rng.integers(1, 3))
+            trie.remove(gone)
+            back = ~np.isin(items, trie.items()) & (rng.random(len(items)) < 0.5)
+            trie.add(sids[back], items[back])
+            if len(trie) == 0:
+                trie.add(sids[:1], items[:1])
+            fast, ref = SidConstraint.of(trie, config=cfg), ReferenceConstraint.of(trie, cfg)
+        if rng.random() < 0.2:                       # beams reorder rows
+            idx = torch.as_tensor(rng.integers(0, b, b))
+            fs, rs = fs.select(idx), rs.select(idx)
+
+
+def test_state_rows_at_different_levels_and_cat():
+    trie = SidTrie((3, 3))
+    trie.add(np.array([[0, 0], [0, 1], [1, 2], [2, 0]]), np.array([5, 6, 7, 8]))
+    con = SidConstraint.of(trie)
+    a = con.init(1, [[6]])
+    a, _ = con.advance(a, torch.tensor([0]))                 # row a at level 1 under prefix (0,)
+    both = ConstraintState.cat([a, con.init(1)])
+    assert both.shared_level is None
+    assert con.mask(both).tolist() == [[True, False, False], [True, True, True]]
+    s, item = con.advance(both, torch.tensor([0, 1]))
+    assert item.tolist() == [5, -1]
+    assert s.level.tolist() == [0, 1]
+    # rows with different numbers of exclusions (a bool mask and lists) stack with exact padding
+    wide = con.init(2, torch.tensor([[False] * 5 + [True, True, True, False], [False] * 9]))
+    mixed = ConstraintState.cat([con.init(1, [[7]]), wide])
+    ref = ReferenceConstraint.of(trie)
+    rs = ref.init(3, [[7], [5, 6, 7], []])
+    assert torch.equal(con.mask(mixed), ref.mask(rs))
+    assert mixed.banned_keys[0, 1:].tolist() == [SENTINEL, SENTINEL] and (mixed.banned_keys[2] == SENTINEL).all()
+
+
+def test_retired_banned_item_no_longer_blocks_and_returning_one_is_banned_again():
+    trie = SidTrie((2, 2))
+    trie.add(np.array([[0, 0], [0, 1], [1, 0]]), np.array([0, 1, 2]))
+    con = SidConstraint.of(trie)
+    s = con.init(1, [[0]])
+    assert con.mask(s).tolist() == [[True, True]]
+    trie.remove(1)                                           # prefix (0,) holds only the banned item 0 now
+    assert SidConstraint.of(trie).mask(s).tolist() == [[False, True]]
+    trie.remove(0)
+    trie.add(np.array([[0, 1]]), np.array([1]))              # banned item gone, another under (0,)
+    assert SidConstraint.of(trie).mask(s).tolist() == [[True, True]]
+    trie.add(np.array([[0, 0]]), np.array([0]))              # the banned item returns: still banned
+    assert SidConstraint.of(trie).advance(SidConstraint.of(trie).advance(s, torch.tensor([0]))[0],
+                                          torch.tensor([0]))[1].tolist() == [-1]
+
+
+def test_tables_cached_once_per_trie_version():
+    trie = SidTrie((4, 4, 2))
+    trie.add(np.array([[0, 1, 0], [2, 3, 0]]), np.array([0, 1]))
+    first = trie.keys()
+    assert trie.keys() is first
+    trie.remove(1)
+    trie.add(np.array([[2, 3, 0]]), np.array([2]))           # same SID, another item: a new catalog
+    again = trie.keys()
+    assert again is not first and again.item_at(again.key(torch.tensor([2, 3, 0]))).item() == 2
+
+
+def test_empty_catalog_allows_nothing_and_level_mismatch_is_a_clear_error():
+    trie = SidTrie((2, 2))
+    con = SidConstraint.of(trie)
+    s = con.init(2, [[1], []])
+    assert not con.mask(s).any()
+    s, _ = con.advance(s, torch.tensor([0, 1]))
+    assert con.advance(s, torch.tensor([0, 0]))[1].tolist() == [-1, -1]
+    trie.add(np.array([[0, 0]]), np.array([0]))
+    with pytest.raises(ValueError, match="level_sizes"):
+        SidConstraint.of(trie).check_levels((2, 3))

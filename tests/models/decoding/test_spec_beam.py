@@ -1,0 +1,237 @@
+"""Speculative beam search: strict mode equals plain constrained beam search exactly; relaxed stays valid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastdec_helpers import bigram_world, random_world, one_thread  # noqa: E402
+from models.decoding.search import beam_session  # noqa: E402
+from models.generator.mtp import MTPConfig, MTPHeads  # noqa: E402
+from models.decoding.spec_beam import speculative_beam  # noqa: E402
+from models.decoding.spec_types import SpecConfig  # noqa: E402
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CHEAP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _plain_beam(w, n_items, width):
+    return beam_session(w.model, w.memory, w.constraint, session_len=n_items, beam_width=width, seen=w.seen_mask)
+
+
+def _assert_valid(w, codes, n_items):
+    items = w.constraint.lookup(codes.view(codes.shape[0], n_items, -1))
+    assert (items >= 0).all(), "invalid SID generated"
+    for b in range(items.shape[0]):
+        row = items[b].tolist()
+        assert len(set(row)) == len(row), f"repeat within a session: {row}"
+        assert not set(row) & {int(x) for x in w.seen[b]}, "seen item recommended"
+    return items
+
+
+def _item_scores(cum, b, n_items, D):
+    ends = cum.view(b, n_items, D)[:, :, -1]
+    return ends - torch.cat([ends.new_zeros(b, 1), ends[:, :-1]], 1)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), b=st.integers(1, 3), width=st.integers(1, 5), gamma=st.integers(1, 5),
+       n_items=st.integers(1, 4))
+def test_strict_spec_beam_equals_plain_beam_random_model(seed, b, width, gamma, n_items):
+    w = random_world(seed, b=b, session_len=n_items)
+    ref = _plain_beam(w, n_items, width)
+    heads = MTPHeads(MTPConfig(w.model.cfg.level_sizes, w.model.cfg.d_model)).double().eval()
+    out = speculative_beam(w.model, w.memory, w.constraint, n_items, width, heads=heads,
+                           spec=SpecConfig(gamma=gamma, gamma_max=6), seen=w.seen)
+    assert torch.equal(out.codes, ref.sids.reshape(b, -1))
+    assert torch.equal(_assert_valid(w, out.codes, n_items), ref.items)
+    np.testing.assert_allclose(_item_scores(out.cum, b, n_items, 3).numpy(), ref.scores.numpy(), atol=1e-5)
+    plain = speculative_beam(w.model, w.memory, w.constraint, n_items, width, seen=w.seen)
+    assert torch.equal(plain.codes, out.codes) and plain.stats.target_forwards == n_items * 3
+
+
+@CHEAP
+@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 0.05, 0.5, 3.0]), b=st.integers(1, 3),
+       width=st.integers(1, 4), gamma=st.integers(1, 6))
+def test_strict_spec_beam_bigram_accepts_and_rejects(seed, noise, b, width, gamma):
+    """Perfect drafts are all accepted; noisy ones partly; the output is always plain beam search's."""
+    w, heads = bigram_world(seed, b=b, noise=noise)
+    ref = _plain_beam(w, 4, width)
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, width, heads=heads,
+                           spec=SpecConfig(gamma=gamma, gamma_max=8), seen=w.seen)
+    assert torch.equal(out.codes, ref.sids.reshape(b, -1))
+    _assert_valid(w, out.codes, 4)
+    np.testing.assert_allclose(_item_scores(out.cum, b, 4, 3).numpy(), ref.scores.numpy(), atol=1e-5)
+    if noise == 0.0:
+        assert out.stats.acceptance_rate == 1.0
+        assert out.stats.target_forwards < 12
+
+
+def test_perfect_drafts_save_forwards_and_noisy_drafts_still_accept_some():
+    w, heads = bigram_world(21, b=2, noise=0.0)
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, 3, heads=heads, spec=SpecConfig(gamma=4),
+                           seen=w.seen)
+    assert out.stats.target_forwards <= 4          # 12 codes in 1 + ceil(11 / 5..8) forwards
+    w, heads = bigram_world(21, b=2, noise=0.3)
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, 3, heads=heads, spec=SpecConfig(gamma=4),
+                           seen=w.seen)
+    assert torch.equal(out.codes, _plain_beam(w, 4, 3).sids.reshape(2, -1))
+    assert 0 < out.stats.accepted < out.stats.drafted
+
+
+@CHEAP
+@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 0.5, 3.0]), width=st.integers(1, 4),
+       factor=st.sampled_from([1.0, 2.0, 4.0]))
+def test_relaxed_is_valid_and_labelled_lossy(seed, noise, width, factor):
+    w, heads = bigram_world(seed, b=2, noise=noise)
+    strict = speculative_beam(w.model, w.memory, w.constraint, 4, width, heads=heads, seen=w.seen)
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, width, heads=heads, seen=w.seen,
+                           relaxed=True, relax_factor=factor)
+    _assert_valid(w, out.codes, 4)
+    assert not out.stats.lossless and strict.stats.lossless
+    if noise == 0.0:                                   # perfect drafts: relaxed = strict
+        assert torch.equal(out.codes, strict.codes)
+
+
+@CHEAP
+@given(seed=st.integers(0, 10_000), noise=st.sampled_from([0.0, 0.5, 3.0]), b=st.integers(1, 3),
+       width=st.integers(1, 4), extra=st.integers(1, 4), gamma=st.integers(1, 6))
+def test_wider_draft_tree_equals_plain_beam(seed, noise, b, width, extra, gamma):
+    """A draft tree wider than the beam (draft_width > W) is still verified to plain beam search's output."""
+    w, heads = bigram_world(seed, b=b, noise=noise)
+    ref = _plain_beam(w, 4, width)
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, width, heads=heads, draft_width=width + extra,
+                           spec=SpecConfig(gamma=gamma, gamma_max=8), seen=w.seen)
+    assert torch.equal(out.codes, ref.sids.reshape(b, -1))
+    _assert_valid(w, out.codes, 4)
+    np.testing.assert_allclose(_item_scores(out.cum, b, 4, 3).numpy(), ref.scores.numpy(), atol=1e-5)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), width=st.integers(1, 4), extra=st.integers(1, 6), n_items=st.integers(1, 4))
+def test_wider_draft_tree_random_model(seed, width, extra, n_items):
+    w = random_world(seed, b=2, session_len=n_items)
+    ref = _plain_beam(w, n_items, width)
+    heads = MTPHeads(MTPConfig(w.model.cfg.level_sizes, w.model.cfg.d_model)).double().eval()
+    out = speculative_beam(w.model, w.memory, w.constraint, n_items, width, heads=heads, draft_width=width + extra,
+                           spec=SpecConfig(gamma=3), seen=w.seen)
+    assert torch.equal(out.codes, ref.sids.reshape(2, -1))
+
+
+def test_wider_draft_tree_accepts_more_and_validates():
+    w, heads = bigram_world(21, b=2, noise=0.5)
+    narrow = speculative_beam(w.model, w.memory, w.constraint, 4, 2, heads=heads, spec=SpecConfig(gamma=3),
+                              seen=w.seen)
+    wide = speculative_beam(w.model, w.memory, w.constraint, 4, 2, heads=heads, spec=SpecConfig(gamma=3),
+                            seen=w.seen, draft_width=6)
+    assert torch.equal(narrow.codes, wide.codes)
+    assert wide.stats.target_forwards <= narrow.stats.target_forwards
+    with pytest.raises(ValueError, match="draft_width=1 must be >= beam_width=2"):
+        speculative_beam(w.model, w.memory, w.constraint, 4, 2, heads=heads, draft_width=1)
+
+
+# ---- tree verification (one forward per request over the whole draft tree) ----------------------
+
+def _random_draft(rng, b, wd, g):
+    """A random draft tree: parents among the previous step's nodes, random codes (states unused here)."""
+    from models.decoding.spec_beam import BeamDraft
+    par = [torch.as_tensor(rng.integers(0, wd, (b, wd))) for _ in range(g)]
+    tok = [torch.as_tensor(rng.integers(0, 3, (b, wd))) for _ in range(g)]
+    return BeamDraft(par, tok, [torch.ones(b, wd, dtype=torch.bool)] * g, [])
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), b=st.integers(1, 3), width=st.integers(1, 4), extra=st.integers(0, 3),
+       g=st.integers(1, 4), length=st.integers(1, 5))
+def test_tree_forward_equals_one_decode_per_path(seed, b, width, extra, g, length):
+    """Every node of ONE tree forward (tree mask, tree positions) has the logits and hidden state the target
+    gives the path from its root beam decoded on that beam's own cache; the committed cache (source beam's
+    columns + the tree K/V of the path, no recomputation) equals that decode's cache."""
+    from models.decoding.search import reorder_beams
+    from models.decoding.spec_beam import commit_cache, tree_cache, tree_layout
+    w = random_world(seed, b=b, session_len=4)
+    rng = np.random.default_rng(seed)
+    model, wd = w.model, width + extra
+    rows = torch.arange(b).repeat_interleave(width)
+    cache = model.start_cache(w.memory).index_select(rows)
+    prefix = torch.as_tensor(rng.integers(0, 3, (b * width, length)))
+    model.decode(prefix, None, cache, 0)                                     # beams with distinct prefixes
+    draft = _random_draft(rng, b, wd, g)
+    root_beam = torch.arange(wd).clamp(max=width - 1)
+    root_tok = torch.as_tensor(rng.integers(0, 3, (b, width)))[:, root_beam]  # extra roots copy the last beam
+    tree = tree_layout(draft, root_tok, root_beam, b, wd, g, width, length)
+    out = model.decode_tree(tree.tokens, tree.depth, length, tree_cache(cache, b, width), tree.mask)
+    q = (g + 1) * wd
+    for i in range(g + 1):                                                   # check every node by its path
+        cols = tree.anc[i]                                                   # [B, WD, i+1]
+        path = tree.tokens.gather(1, cols.reshape(b, -1)).view(b * wd, i + 1)
+        src = (torch.arange(b)[:, None] * width + tree.root.gather(1, cols[..., 0])).reshape(-1)
+        ref = model.decode(path, None, reorder_beams(cache, src, wd), length)
+        node = (torch.arange(b)[:, None] * q + i * wd + torch.arange(wd)).reshape(-1)
+        torch.testing.assert_close(out.logits.reshape(b * q, -1)[node], ref.logits[:, -1])
+        torch.testing.assert_close(out.hidden.reshape(b * q, -1)[node], ref.hidden[:, -1])
+        keep = torch.as_tensor(rng.integers(0, wd, (b, width)))              # W new beams from step-i nodes
+        kept = commit_cache(cache, out.cache, src.view(b, wd).gather(1, keep).reshape(-1),
+                            cols.gather(1, keep[..., None].expand(-1, -1, i + 1)), b, width)
+        pick = (torch.arange(b)[:, None] * wd + keep).reshape(-1)
+        for mine, theirs in zip(kept.self_k + kept.self_v, ref.cache.self_k + ref.cache.self_v):
+            torch.testing.assert_close(mine, theirs[pick])
+
+
+def test_decode_tree_rejects_mismatched_shapes():
+    w = random_world(1, b=1)
+    cache = w.model.start_cache(w.memory)
+    with pytest.raises(ValueError, match="do not fit tokens"):
+        w.model.decode_tree(torch.zeros(1, 3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 0, cache,
+                            torch.ones(1, 3, 4, dtype=torch.bool))
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), b=st.integers(4, 6), width=st.integers(2, 4), extra=st.integers(0, 6),
+       gamma=st.integers(1, 6), backoff=st.sampled_from([0, 1, 8]))
+def test_spec_beam_equals_plain_beam_larger_batches_and_backoff(seed, b, width, extra, gamma, backoff):
+    """Larger batches (rows accept different lengths; the round commits the fewest), wide and deep trees,
+    with and without backing off to plain rounds: always plain beam search's output."""
+    w = random_world(seed, b=b, session_len=4, n_items=30)
+    ref = _plain_beam(w, 4, width)
+    heads = MTPHeads(MTPConfig(w.model.cfg.level_sizes, w.model.cfg.d_model)).double().eval()
+    out = speculative_beam(w.model, w.memory, w.constraint, 4, width, heads=heads, draft_width=width + extra,
+                           spec=SpecConfig(gamma=gamma, gamma_max=6, backoff_max=backoff), seen=w.seen)
+    assert torch.equal(out.codes, ref.sids.reshape(b, -1))
+    np.testing.assert_allclose(_item_scores(out.cum, b, 4, 3).numpy(), ref.scores.numpy(), atol=1e-5)
+
+
+def test_backoff_skips_drafting_that_does_not_pay():
+    """Untrained heads on a real generator: with back-off most rounds are plain, so far fewer draft steps run
+    for about the same target forwards; drafts that partly pay (a noisy bigram twin) are not backed off from."""
+    w = random_world(5, b=3, session_len=8, n_items=40, level_sizes=(6, 5, 4))
+    heads = MTPHeads(MTPConfig(w.model.cfg.level_sizes, w.model.cfg.d_model)).double().eval()
+    run = {bo: speculative_beam(w.model, w.memory, w.constraint, 8, 3, heads=heads, seen=w.seen,
+                                spec=SpecConfig(gamma=1, gamma_min=1, backoff_max=bo)) for bo in (0, 8)}
+    assert torch.equal(run[0].codes, run[8].codes)
+    assert torch.equal(run[8].codes, _plain_beam(w, 8, 3).sids.reshape(3, -1))
+    assert run[8].stats.draft_steps < run[0].stats.draft_steps / 2
+    assert run[8].stats.target_forwards <= run[0].stats.target_forwards + 2
+    w, heads = bigram_world(5, b=3, noise=3.0, session_len=8, n_items=18)
+    run = {bo: speculative_beam(w.model, w.memory, w.constraint, 8, 3, heads=heads, seen=w.seen,
+                                spec=SpecConfig(gamma=1, gamma_min=1, backoff_max=bo)) for bo in (0, 8)}
+    assert run[8].stats.target_forwards <= run[0].stats.target_forwards + 1
+
+
+def test_backoff_schedule():
+    spec = SpecConfig(gamma=2, gamma_min=1, gamma_max=4, backoff_max=8)
+    assert [spec.plain_rounds(k) for k in range(7)] == [0, 0, 1, 2, 4, 8, 8]
+    assert spec.next_wasted(3, 2, 3) == 0                 # a draft accepted
+    assert spec.next_wasted(3, 0, 1) == 4                 # wasted at gamma_min
+    assert spec.next_wasted(3, 0, 2) == 3                 # above gamma_min: gamma shrinks first
+    assert SpecConfig(backoff_max=0).plain_rounds(5) == 0
+    assert SpecConfig(adaptive=False).plain_rounds(5) == 0
+    with pytest.raises(ValueError, match="backoff_max=-1 must be >= 0"):
+        SpecConfig(backoff_max=-1)
