@@ -24,7 +24,7 @@ def init_ray(address: str | None, num_cpus: int, namespace: str = "genrec") -> N
         ray.init(address=address, namespace=namespace)
     else:
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=namespace,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace=namespace,
                  log_to_driver=False, configure_logging=False)
 
 

@@ -190,7 +190,7 @@ def run(args) -> int:
                     from serving.direct_ingress import enable
 
                     enable()  # read by Serve's processes at start: before ray.init
-                ray.init(num_cpus=args.num_cpus, dashboard_host="127.0.0.1", include_dashboard=False,
+                ray.init(address="local", num_cpus=args.num_cpus, dashboard_host="127.0.0.1", include_dashboard=False,
                          log_to_driver=False)
         # after ray.init, which installs its own SIGTERM handler
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

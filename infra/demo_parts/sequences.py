@@ -29,7 +29,7 @@ def _ensure_ray() -> None:
 
         prepare_ray_auth(None)   # a local Ray: token auth unless RAY_AUTH_MODE=disabled is set
         os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
-        ray.init(num_cpus=2, include_dashboard=False, namespace="genrec-demo",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="genrec-demo",
                  log_to_driver=False, configure_logging=False)
 
 

@@ -227,7 +227,7 @@ def run(ctx) -> None:
 
         prepare_ray_auth(None)   # a local Ray: token auth unless RAY_AUTH_MODE=disabled is set
         enable()  # Serve reads it at start: the ingress replica then also answers on its own port
-        ray.init(num_cpus=2, include_dashboard=False, namespace="genrec-demo", log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="genrec-demo", log_to_driver=False,
                  configure_logging=False)
     args, notes = _app_args(ctx)
     seed = args.pop("_seed_catalog", None)

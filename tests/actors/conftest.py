@@ -26,7 +26,7 @@ def local_ray():
         os.environ.setdefault("RAY_worker_niceness", "0")  # Ray would start workers at nice 15
         for attempt in range(3):  # Ray gives its raylet 30 s to register; a busy host can miss that
             try:
-                ray.init(num_cpus=2, include_dashboard=False, namespace=f"test-{uuid.uuid4().hex[:6]}",
+                ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=f"test-{uuid.uuid4().hex[:6]}",
                          log_to_driver=False, configure_logging=False)
                 break
             except Exception:

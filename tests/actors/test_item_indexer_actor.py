@@ -27,7 +27,7 @@ def local_ray():
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=2, include_dashboard=False, namespace=f"idx-{uuid.uuid4().hex[:6]}",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=f"idx-{uuid.uuid4().hex[:6]}",
                  log_to_driver=False, configure_logging=False)
     yield ray
     if started:

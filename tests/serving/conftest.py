@@ -52,7 +52,7 @@ def start_ray():
 
     if ray.is_initialized():
         return False
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="genrec-tests",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="genrec-tests",
              configure_logging=False)
     return True
 
