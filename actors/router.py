@@ -112,8 +112,14 @@ class SequenceRouter:
                 self._cache[user_id] = s
         return s
 
-    def histories(self, user_ids: Sequence[str], max_len: int | None = None, timeout_s: float = 30.0) -> dict:
-        """One Ray call per shard that holds any of ``user_ids``; answers merged in order."""
+    def histories(self, user_ids: Sequence[str], max_len: int | None = None, timeout_s: float = 30.0,
+                  partial: bool = False) -> dict:
+        """One Ray call per shard that holds any of ``user_ids``; answers merged in order.
+
+        ``partial``: a shard that has not answered within ``timeout_s`` (killed and restarting, its node
+        lost) leaves its users' rows empty instead of raising; ``missing`` [m] lists those rows. Without it a
+        late shard raises ``GetTimeoutError``.
+        """
         import ray
 
         user_ids = list(user_ids)
@@ -122,6 +128,24 @@ class SequenceRouter:
             groups.setdefault(self.shard_of(u), []).append(i)
         refs = {s: self.shards[s].histories.remote([user_ids[i] for i in idx], max_len)
                 for s, idx in groups.items()}
-        answers = ray.get(list(refs.values()), timeout=timeout_s)
-        parts = [(np.asarray(groups[s], np.int64), a) for s, a in zip(refs, answers)]
-        return merge_histories(parts, len(user_ids), max_len)
+        if not partial:
+            answers = ray.get(list(refs.values()), timeout=timeout_s)
+            parts = [(np.asarray(groups[s], np.int64), a) for s, a in zip(refs, answers)]
+            return merge_histories(parts, len(user_ids), max_len)
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        ready_ids = {r.hex() for r in ready}
+        parts, missing = [], []
+        for s, ref in refs.items():
+            answer = None
+            if ref.hex() in ready_ids:
+                try:
+                    answer = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    answer = None        # the shard died under the call: its users count as missing
+            if answer is None:
+                missing.extend(groups[s])
+            else:
+                parts.append((np.asarray(groups[s], np.int64), answer))
+        out = merge_histories(parts, len(user_ids), max_len)
+        out["missing"] = np.asarray(sorted(missing), np.int64)
+        return out

@@ -256,13 +256,23 @@ class HistorySource(Protocol):
 
 
 class ShardHistory:
-    """Histories from the sequence shard actors, found by name; batched per shard."""
+    """Histories from the sequence shard actors, found by name; batched per shard.
+
+    Invariant: a read never waits longer than ``timeout_s``. A shard that has not answered by then (killed
+    and restarting, its node lost) leaves its users with an empty history, so their request is answered
+    with a cold-start session instead of timing out; ``status()`` counts such reads (``degraded_reads``,
+    ``degraded_users``) and a warning is logged at most every ``WARN_EVERY_S``.
+    """
+
+    WARN_EVERY_S = 10.0
 
     def __init__(self, shard_names: Sequence[str], num_partitions: int, namespace: str | None = None,
-                 max_len: int = 50):
+                 max_len: int = 50, timeout_s: float = 1.0):
         self.shard_names, self.num_partitions = list(shard_names), num_partitions
-        self.namespace, self.max_len = namespace, max_len
+        self.namespace, self.max_len, self.timeout_s = namespace, max_len, timeout_s
         self._router = None
+        self.degraded_reads = self.degraded_users = 0
+        self._warned_at = -1e18
 
     def _get_router(self):
         if self._router is None:
@@ -273,7 +283,16 @@ class ShardHistory:
         return self._router
 
     def histories(self, user_ids: Sequence[str]) -> list[UserHistory]:
-        h = self._get_router().histories(list(user_ids), self.max_len)
+        h = self._get_router().histories(list(user_ids), self.max_len, timeout_s=self.timeout_s, partial=True)
+        if len(h["missing"]):
+            self.degraded_reads += 1
+            self.degraded_users += len(h["missing"])
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("%d of %d users served without history: a sequence shard did not answer in %.1f s "
+                            "(%d degraded reads so far)", len(h["missing"]), len(user_ids), self.timeout_s,
+                            self.degraded_reads)
         vocab = h["item_ids"]
         out = []
         for b in range(len(user_ids)):
@@ -285,12 +304,13 @@ class ShardHistory:
     def status(self) -> dict:
         import ray
 
+        counts = {"degraded_reads": self.degraded_reads, "degraded_users": self.degraded_users}
         try:
             rows = ray.get([s.status.remote() for s in self._get_router().shards], timeout=5)
             return {"source": "shards", "lag": int(sum(r.get("lag", 0) for r in rows)),
-                    "users": int(sum(r.get("users", 0) for r in rows))}
+                    "users": int(sum(r.get("users", 0) for r in rows)), **counts}
         except Exception as e:  # noqa: BLE001 - status must never fail a scrape
-            return {"source": "shards", "error": f"{type(e).__name__}: {e}"}
+            return {"source": "shards", "error": f"{type(e).__name__}: {e}", **counts}
 
 
 class KafkaHistory(_FeedThread):

@@ -49,7 +49,8 @@ def build_backend(cfg: RecommenderConfig, startup: StartupLog | None = None):
         assigner = cfg.sid_assigner or HashSidAssigner(cfg.level_sizes[:-1])
         feeds.append(ItemFeed(cfg.kafka, catalog, assigner).start())
     if cfg.history == "shards":
-        history = ShardHistory(cfg.shard_names, cfg.num_partitions, cfg.shard_namespace, cfg.max_history)
+        history = ShardHistory(cfg.shard_names, cfg.num_partitions, cfg.shard_namespace, cfg.max_history,
+                               cfg.history_timeout_s)
     else:
         history = KafkaHistory(cfg.kafka, cfg.max_history).start()
         feeds.append(history)

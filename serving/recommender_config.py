@@ -24,7 +24,9 @@ class RecommenderConfig:
     model's ``config.level_sizes`` defaults to ``level_sizes``. Empty with a registry: its promoted version
     (:func:`serving.application.load_configs` resolves it).
     ``history``: ``"kafka"`` (fold user-events in the recommender) or ``"shards"`` (read the sequence
-    shard actors ``shard_names`` in ``shard_namespace``).
+    shard actors ``shard_names`` in ``shard_namespace``); ``history_timeout_s``: the longest a read from the
+    shards may take — users of a shard that has not answered by then (restarting) get a cold-start session
+    (:class:`serving.live_state.ShardHistory`).
     ``max_batch_size``: the rows decoding together (continuous batching; static batches for the modes that
     cannot join between items); ``None``: by device (:data:`DEFAULT_MAX_BATCH`).
     ``batch_wait_timeout_s``: how long an idle recommender waits for company before a static batch.
@@ -58,6 +60,7 @@ class RecommenderConfig:
     shard_namespace: str | None = None
     num_partitions: int = 0
     max_history: int = 50
+    history_timeout_s: float = 1.0
     # batching
     max_batch_size: int | None = None
     batch_wait_timeout_s: float = 0.0
@@ -78,6 +81,10 @@ class RecommenderConfig:
         object.__setattr__(self, "models", tuple(self._model_spec(m) for m in self.models))
         if self.history not in ("kafka", "shards"):
             raise ValueError(f"RecommenderConfig.history={self.history!r}: use 'kafka' or 'shards'")
+        if isinstance(self.history_timeout_s, bool) or not isinstance(self.history_timeout_s, (int, float)) or \
+                not 0.01 <= self.history_timeout_s <= 60:
+            raise ValueError(f"RecommenderConfig.history_timeout_s={self.history_timeout_s!r} must be seconds in "
+                             "[0.01, 60], e.g. 1.0 (a slower shard's users are served without history)")
         if self.history == "shards" and (not self.shard_names or self.num_partitions < 1):
             raise ValueError("RecommenderConfig.history='shards' needs shard_names and num_partitions "
                              "(from the SequenceSupervisor)")

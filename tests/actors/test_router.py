@@ -47,3 +47,40 @@ def test_merge_keeps_caller_order_and_item_ids():
         assert [m["item_ids"][k] for k in m["items"][j, :n]] == [e[0] for e in src.user_events(u)]
         assert m["last_ts"][j] == src.histories([u])["last_ts"][0]
     assert len(set(m["item_ids"])) == len(m["item_ids"])
+
+
+def test_a_shard_that_does_not_answer_in_time_leaves_its_users_empty_not_the_read_failed(local_ray):
+    """Real Ray actors holding real SequenceState; shard 1 is stalled (restarting, its node lost)."""
+    import time
+
+    import ray
+
+    from actors.router import SequenceRouter
+
+    @ray.remote(num_cpus=0)
+    class Shard:
+        def __init__(self, stall_s: float):
+            self.state, self.stall_s = SequenceState(), stall_s
+
+        def apply(self, events):
+            self.state.apply(events)
+
+        def histories(self, users, max_len=None):
+            time.sleep(self.stall_s)
+            return self.state.histories(users, max_len)
+
+    n_parts, shards = 4, [Shard.remote(0.0), Shard.remote(3.0)]
+    users = [f"user-{i}" for i in range(40)]
+    for u in users:
+        s = shard_for_user(u, n_parts, 2)
+        ray.get(shards[s].apply.remote([UserEvent(event_id=f"e-{u}", user_id=u, item_id="i1", type="click", ts=1)]))
+    router = SequenceRouter(shards, n_parts)
+    t0 = time.monotonic()
+    h = router.histories(users, 10, timeout_s=0.5, partial=True)
+    assert time.monotonic() - t0 < 2.5                                       # did not wait for the stalled shard
+    slow = [j for j, u in enumerate(users) if shard_for_user(u, n_parts, 2) == 1]
+    assert slow and h["missing"].tolist() == slow
+    assert all(h["lengths"][j] == 0 for j in slow)
+    assert all(h["lengths"][j] == 1 for j in range(len(users)) if j not in slow)
+    with pytest.raises(ray.exceptions.GetTimeoutError):                     # without partial: the caller decides
+        router.histories(users, 10, timeout_s=0.5)

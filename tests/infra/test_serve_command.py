@@ -71,6 +71,7 @@ def test_environment_overrides_the_sections_and_args_override_the_environment():
     ({"recommender": {"models": [{"path": "x"}]}}, "not loaded from paths"),
     ({"recommender": {"models": [{"seed": 1}]}}, "version"),
     ({"recommender": {"history": "shards"}}, "shard_names"),
+    ({"recommender": {"history_timeout_s": 0}}, "history_timeout_s"),
     ({"recommender": {"max_batch_size": 0}}, "max_batch_size"),
     ({"serving": {"admin_token": "short"}}, "admin_token"),
     ({"serving": {"kafka": {"bootstrap": "h:1"}}}, "set them there"),
