@@ -304,11 +304,14 @@ class ChaosRun:
         from infra.broker import free_port
         from serving.application import AppArgs, app_builder
 
+        spec = self.seq.router_spec()   # histories from the sequence shards, as a deployment reads them
         sections = {
             "kafka": {"bootstrap": self.kafka.bootstrap, "namespace": self.kafka.namespace},
             "serving": {"admin_token": uuid.uuid4().hex + uuid.uuid4().hex, "max_inflight": 32,
                         "topology": "colocated"},
             "recommender": {"level_sizes": [8, 8, 8], "max_batch_size": 8,
+                            "history": "shards", "shard_names": spec["names"],
+                            "shard_namespace": spec["namespace"], "num_partitions": spec["num_partitions"],
                             "models": [{"version": "v1", "seed": 1, "config": {"d_model": 32, "max_history": 20}}]},
         }
         port = free_port()
