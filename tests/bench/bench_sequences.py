@@ -61,16 +61,20 @@ All on one embedded tansu broker and a local Ray, in one run:
   how many fell inside the phase (every 5 s, as in production defaults).
 
 * **freshness beside a neighbour** (issue 19, decision 033) — the same freshness phase again, on a fresh
-  topic with a fresh shard, while ``os.cpu_count()`` CPU-bound processes spin at nice 15, each in its
-  own session (as a batch job started from another shell or service runs): every freshness metric again
-  with the suffix ``_neighbour`` (``freshness_p99_ms_neighbour``: target ≤ 250 ms), and
-  ``neighbour_cpu_share`` — the CPU the neighbour got, as a share of the cores it could use.
+  topic with a fresh shard, while ``os.cpu_count()`` CPU-bound processes spin beside it, each in its own
+  session (as a batch job started from another shell or service runs), twice:
+  ``_neighbour`` — a *low-priority* neighbour as genrec's batch jobs make themselves
+  (:func:`infra.cpu_priority.make_background`: nice 15, ``SCHED_BATCH`` and its session autogroup at nice
+  19; ``genrec train|align --background``); ``freshness_p99_ms_neighbour``: target ≤ 250 ms;
+  ``_neighbour_nice`` — the same processes at plain nice 15, which on a kernel with session autogroups is
+  *not* low priority against other sessions (decision 033): the contrast, no target. Every freshness
+  metric comes again with each suffix, and ``neighbour_cpu_share`` / ``neighbour_cpu_share_nice`` — the
+  CPU the neighbour got, as a share of the cores it could use.
 
 Environment knobs (defaults in brackets): ``GENREC_BENCH_ROUNDS`` [5, quick 3],
 ``GENREC_BENCH_FETCH_MAX_WAIT_MS`` [20], ``GENREC_BENCH_PROBE_MS`` [5],
 ``GENREC_BENCH_CHECKPOINT_S`` [5: figures in BENCHMARKS.md use 5; other values are for diagnosis],
-``GENREC_BENCH_EVENTS`` / ``GENREC_BENCH_FRESH_S`` [throughput events, freshness seconds: diagnosis only],
-``GENREC_BENCH_NEIGHBOUR_BACKGROUND`` [0; 1 = the neighbour runs ``infra.cpu_priority.make_background``].
+``GENREC_BENCH_EVENTS`` / ``GENREC_BENCH_FRESH_S`` [throughput events, freshness seconds: diagnosis only].
 * **reads** — ``histories()`` of 64 random users through a Ray actor call.
 * **memory** — bytes per allocated event slot of the ring arrays.
 
@@ -276,14 +280,13 @@ def _wait_offsets(sup, n: int, timeout_s: float) -> dict:
 NEIGHBOUR_SPIN = "while True:\n    pass\n"
 
 
-def _start_neighbour(n: int, niceness: int = 15) -> list[subprocess.Popen]:
-    """``n`` CPU-bound processes at ``niceness``, each in **its own session** — how a training or
-    alignment job started from another shell, cron or service unit runs. With the kernel's session
-    autogroups (``/proc/sys/kernel/sched_autogroup_enabled``) nice then only orders a session's own
-    threads, so the neighbour competes with the whole streaming session as an equal (decision 033).
-    ``GENREC_BENCH_NEIGHBOUR_BACKGROUND=1`` runs them through :func:`infra.cpu_priority.make_background`
-    (what genrec's own batch jobs do) instead of plain nice."""
-    background = os.environ.get("GENREC_BENCH_NEIGHBOUR_BACKGROUND", "0") == "1"
+def _start_neighbour(n: int, background: bool, niceness: int = 15) -> list[subprocess.Popen]:
+    """``n`` CPU-bound processes, each in **its own session** — how a training or alignment job started
+    from another shell, cron or service unit runs. ``background``: each calls
+    :func:`infra.cpu_priority.make_background` first (genrec's low-priority batch job); otherwise only
+    nice ``niceness``, which with the kernel's session autogroups
+    (``/proc/sys/kernel/sched_autogroup_enabled``) orders only a session's own threads, so the neighbour
+    competes with the whole streaming session as an equal (decision 033)."""
 
     def lower() -> None:  # in the child, between fork and exec
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
@@ -347,9 +350,13 @@ def _freshness_phase(sup, kafka, rate: float, seconds: float, n_users: int, suff
     return {f"{k}{suffix}": v for k, v in m.items()}
 
 
-def _neighbour_phase(broker, kafka, tmp: str, consumer, rate: float, seconds: float, n_users: int) -> dict:
-    """:func:`_freshness_phase` with ``os.cpu_count()`` CPU-bound processes at nice 15 beside it
-    (:func:`_start_neighbour`), on a fresh topic and shard; metrics end in ``_neighbour``."""
+def _neighbour_phase(broker, kafka, tmp: str, consumer, rate: float, seconds: float, n_users: int,
+                     background: bool) -> dict:
+    """:func:`_freshness_phase` with ``os.cpu_count()`` CPU-bound processes beside it
+    (:func:`_start_neighbour`), on a fresh topic and shard; metrics end in ``_neighbour`` (low priority,
+    ``background``) or ``_neighbour_nice`` (plain nice 15)."""
+    suffix = "_neighbour" if background else "_neighbour_nice"
+    tag = "nb" if background else "nn"
     from actors.checkpoint import CheckpointConfig
     from actors.sequence_state import SequenceConfig
     from actors.supervisor import SequenceSupervisor, SupervisorConfig
@@ -357,28 +364,28 @@ def _neighbour_phase(broker, kafka, tmp: str, consumer, rate: float, seconds: fl
     from ingest.kafka_client import KafkaConfig
     from ingest.topics import TopicsConfig, ensure_topics
 
-    nb = KafkaConfig(bootstrap=broker.bootstrap, namespace=f"{kafka.namespace}nb.")
+    nb = KafkaConfig(bootstrap=broker.bootstrap, namespace=f"{kafka.namespace}{tag}.")
     ensure_topics(nb, TopicsConfig(partitions={USER_EVENTS: N_PARTITIONS}))
     sup = SequenceSupervisor(SupervisorConfig(
-        kafka=nb, checkpoint=CheckpointConfig(uri=os.path.join(tmp, "neighbour"), every_events=50_000,
+        kafka=nb, checkpoint=CheckpointConfig(uri=os.path.join(tmp, f"neighbour-{tag}"), every_events=50_000,
                                               every_s=CHECKPOINT_S),
         num_shards=1, sequence=SequenceConfig(capacity=256), consumer=consumer, monitor_s=0,
-        freshness_window_s=5.0, fetch_max_wait_ms=FETCH_MAX_WAIT_MS, group_id="bench-neighbour",
-        name_prefix="benchnb-")).start()
+        freshness_window_s=5.0, fetch_max_wait_ms=FETCH_MAX_WAIT_MS, group_id=f"bench-{tag}",
+        name_prefix=f"bench{tag}-")).start()
     n = os.cpu_count() or 1
     procs: list[subprocess.Popen] = []
     try:
         sup.status()  # the shard is up
-        procs = _start_neighbour(n)
+        procs = _start_neighbour(n, background)
         time.sleep(1.0)
         t0 = time.monotonic()
-        m = _freshness_phase(sup, nb, rate, seconds, n_users, "_neighbour")
+        m = _freshness_phase(sup, nb, rate, seconds, n_users, suffix)
         wall = time.monotonic() - t0
     finally:
         cpu = _stop_neighbour(procs) if procs else 0.0
         sup.shutdown()
     m["neighbour_processes"] = n
-    m["neighbour_cpu_share"] = cpu / max((wall + 1.0) * n, 1e-9)  # of the cores it could have used
+    m["neighbour_cpu_share" + suffix[len("_neighbour"):]] = cpu / max((wall + 1.0) * n, 1e-9)  # of its cores
     return m
 
 
@@ -415,8 +422,8 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
               "freshness_seconds": fresh_s, "producer_linger_ms": 1, "producer_acks": "all",
               "probe_users": 64, "probe_interval_ms": PROBE_MS, "reads": n_reads,
               "floor_phase": "after the shard's (shard stopped)",
-              "neighbour": f"{os.cpu_count()} CPU-bound processes at nice 15, own sessions",
-              "neighbour_background": os.environ.get("GENREC_BENCH_NEIGHBOUR_BACKGROUND", "0") == "1",
+              "neighbour": f"{os.cpu_count()} CPU-bound processes, own sessions: make_background "
+                           "(_neighbour), plain nice 15 (_neighbour_nice)",
               **{f"both_{k}": v for k, v in _process_settings().items()},
               "loadavg_at_start": [round(x, 2) for x in load_at_start]}
     metrics: dict[str, float] = {}
@@ -512,9 +519,12 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
                 metrics.update(_freshness_phase(sup, kafka, fresh_rate, fresh_s, n_users, ""))
             finally:
                 sup.shutdown()
-            # -- the same beside a CPU-bound neighbour (N spinning processes at nice 15, their own
-            # session), on a fresh topic with a fresh shard so both phases start alike (see the docstring)
-            metrics.update(_neighbour_phase(broker, kafka, tmp, consumer, fresh_rate, fresh_s, n_users))
+            # -- the same beside a CPU-bound neighbour (N spinning processes, their own sessions): low
+            # priority as genrec's batch jobs run, then plain nice; each on a fresh topic with a fresh shard
+            # so every phase starts alike (see the docstring)
+            for background in (True, False):
+                metrics.update(_neighbour_phase(broker, kafka, tmp, consumer, fresh_rate, fresh_s, n_users,
+                                                background))
             # -- the floor: a bare consumer alone on the same kind of stream (shard stopped), on a fresh
             # topic: tansu's fetch latency grows with the number of record batches a partition holds
             # (see the docstring), and the shard's topic now holds the whole small-batch stream above.
