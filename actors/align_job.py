@@ -43,6 +43,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -69,6 +70,10 @@ class AlignJobConfig:
     fields (``gate: {gate: {max_ndcg_drop: 0.02}}`` for the bounds). ``experiment`` / ``arm`` /
     ``experiments_file``: where a passing candidate goes (all three or none). ``ray_workers``: 0 trains in
     this process, N through Ray Train with N workers. ``every``: seconds between rounds (0 = one round).
+    ``auto_promote`` (opt-in, needs the experiment): before each round, the experiment's report from the
+    archive decides whether the arm's model has won (:func:`serving.experiments.promotion.decide_promotion`:
+    sequential, significant on every primary metric, guardrails clean, at least ``promote_min_users`` users
+    per arm); a winner becomes the promoted version, so the round that follows starts from it (rounds chain).
     """
 
     archive: str = ".genrec/archive"
@@ -89,6 +94,8 @@ class AlignJobConfig:
     experiments_file: str = ""
     ray_workers: int = 0
     every: float = 0.0
+    auto_promote: bool = False
+    promote_min_users: int = 200
 
     def __post_init__(self) -> None:
         from models.alignment.config import MODES
@@ -119,6 +126,14 @@ class AlignJobConfig:
         if any(named) and not all(named):
             raise ValueError("align.experiment, align.arm and align.experiments_file go together: name all three "
                              "(where a passing candidate goes) or none")
+        if self.auto_promote and not all(named):
+            raise ValueError("align.auto_promote needs align.experiment, align.arm and align.experiments_file: "
+                             "the experiment whose arm may win and be promoted")
+        if not isinstance(self.auto_promote, bool):
+            raise ValueError(f"align.auto_promote={self.auto_promote!r} must be true or false")
+        if isinstance(self.promote_min_users, bool) or not isinstance(self.promote_min_users, int) or \
+                self.promote_min_users < 1:
+            raise ValueError(f"align.promote_min_users={self.promote_min_users!r} must be a positive int, e.g. 200")
         if not isinstance(self.round, dict) or not isinstance(self.gate, dict):
             raise ValueError("align.round and align.gate must be mappings of AlignConfig / GateJobConfig fields")
         self.align_config()
@@ -378,6 +393,7 @@ class AlignJobResult:
     assigned: str = ""              # "experiment/arm" the candidate went into ("" = none)
     refused: str = ""               # why the round stopped before a verdict ("" = it got one)
     round_s: float = 0.0
+    promotion: dict | None = None   # auto_promote: the decision taken before the round (promote, reasons)
 
     @property
     def passed(self) -> bool:
@@ -393,7 +409,8 @@ class AlignJobResult:
                 "reward_model": self.reward_model, "rm_report": self.rm_report,
                 "round": None if self.round is None else self.round.as_dict(),
                 "gate": None if self.gate is None else self.gate.stored, "assigned": self.assigned,
-                "refused": self.refused, "passed": self.passed, "round_s": round(self.round_s, 3)}
+                "refused": self.refused, "passed": self.passed, "round_s": round(self.round_s, 3),
+                "promotion": self.promotion}
 
 
 def default_version(parent: str, now: float | None = None) -> str:
@@ -435,6 +452,7 @@ def run_align_round(cfg: AlignJobConfig, *, parent: str | None = None, version: 
 
     t0 = time.time()
     registry = ModelRegistry(cfg.registry)
+    promotion = promote_if_won(cfg, registry, say) if cfg.auto_promote and not parent else None
     parent = parent or registry.promoted()
     if not parent:
         raise RegistryError(f"no parent: the registry {registry.uri} has no promoted version; name one with "
@@ -449,7 +467,7 @@ def run_align_round(cfg: AlignJobConfig, *, parent: str | None = None, version: 
 
     window = read_window(cfg.archive, cfg.window_days)
     split, sc = split_in_catalog(window.user_events, item_ids, window.start_ms, window.end_ms)
-    res = AlignJobResult(parent, version, window.as_dict(), dict(sc))
+    res = AlignJobResult(parent, version, window.as_dict(), dict(sc), promotion=promotion)
     say(f"window {time.strftime('%Y-%m-%d %H:%M', time.gmtime(window.start_ms / 1000))} .. "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(window.end_ms / 1000))} UTC: {len(window.served):,} served "
         f"sessions, {len(window.rewards):,} rewards; split of {split.n_users:,} users over the parent's "
@@ -520,6 +538,44 @@ def run_align_round(cfg: AlignJobConfig, *, parent: str | None = None, version: 
             "(replicas: POST /v1/admin/experiments/reload)")
     res.round_s = time.time() - t0
     return res
+
+
+def promote_if_won(cfg: AlignJobConfig, registry, say: Callable[[str], None] = log.info) -> dict | None:
+    """``auto_promote``: promote the experiment arm's model when its report (from the archive) says it won.
+
+    Returns the decision (``promote``, ``reasons``, ``promoted``: the version made default, or None), or None
+    when there is nothing to decide yet (no model in the arm, no rewards of the experiment). A refusal by
+    the registry (the version's gate failed or never ran) is reported, never forced.
+    """
+    from actors.model_registry import RegistryError
+    from serving.experiments.config import ExperimentsConfig
+    from serving.experiments.promotion import PromotionRule, decide_promotion
+    from serving.experiments.report import read_archive_report_records, report_from_records, rewards_of
+
+    exp = ExperimentsConfig.from_yaml(Path(cfg.experiments_file)).experiment(cfg.experiment)
+    arm = next((a for a in exp.arms if a.name == cfg.arm), None)
+    if arm is None or not arm.model_version:
+        say(f"auto-promote: arm {cfg.arm!r} of {cfg.experiment!r} serves no model version yet: nothing to decide")
+        return None
+    records = read_archive_report_records(cfg.archive)
+    if not rewards_of(exp.name, records["rewards"]):
+        say(f"auto-promote: no rewards of {exp.name!r} in {cfg.archive} yet: nothing to decide")
+        return None
+    decision = decide_promotion(report_from_records(exp, records), cfg.arm,
+                                PromotionRule(min_users=cfg.promote_min_users))
+    say("auto-promote: " + decision.summary())
+    out = {"arm": cfg.arm, "version": arm.model_version, "promote": decision.promote,
+           "reasons": list(decision.reasons), "promoted": None}
+    if decision.promote and registry.promoted() != arm.model_version:
+        try:
+            registry.promote(arm.model_version)
+            out["promoted"] = arm.model_version
+            say(f"auto-promote: {arm.model_version} is now the promoted version (replicas follow it); the "
+                "next round starts from it")
+        except RegistryError as e:
+            out["reasons"].append(f"the registry refused: {e}")
+            say(f"auto-promote: the registry refused {arm.model_version}: {e}")
+    return out
 
 
 # ---- continuous mode ------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ def register(sub) -> None:
     p.add_argument("--ray-workers", type=int, default=None,
                    help="train through Ray Train with N workers (0 = in this process; align.ray_workers)")
     p.add_argument("--ray-address", default=None, help="Ray cluster for --ray-workers (default: RAY_ADDRESS or local)")
+    p.add_argument("--auto-promote", action="store_true", default=None,
+                   help="before each round, promote the arm's model when the experiment's sequential A/B report "
+                        "says it won (every primary metric significant and better, guardrails clean, no SRM; "
+                        "serving/experiments/promotion.py): rounds then chain from the winner. Needs "
+                        "--experiment/--arm (align.auto_promote)")
     p.add_argument("--background", action="store_true",
                    help="run as a background batch job (nice 15, SCHED_BATCH, and this login session's autogroup "
                         "at nice 19: the whole session yields to streaming services on the same cores; "
@@ -65,7 +70,8 @@ def config_from_args(args):
     flags = {"mode": args.mode, "archive": args.archive, "registry": args.registry, "window_days": args.window_days,
              "reward_model": args.reward_model, "experiment": args.experiment, "arm": args.arm,
              "experiments_file": args.experiments_file, "ray_workers": args.ray_workers,
-             "every": parse_duration(args.every) if args.every is not None else None}
+             "every": parse_duration(args.every) if args.every is not None else None,
+             "auto_promote": getattr(args, "auto_promote", None)}
     over = {k: v for k, v in flags.items() if v is not None}
     if over.get("experiment") and not over.get("experiments_file"):
         exp = (load_raw().get("serving") or {}).get("experiments", "")

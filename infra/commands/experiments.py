@@ -32,18 +32,40 @@ def register(sub) -> None:
                                     "serving/experiments/report.py. Source: Kafka (default, read from the "
                                     "beginning) or the Parquet archive written by `genrec archive`.")
     r.add_argument("name", metavar="NAME", help="experiment name (as in the experiments YAML)")
-    r.add_argument("--source", choices=("kafka", "archive"), default="kafka",
-                   help="where the rewards, served and item-events records come from (default kafka)")
-    r.add_argument("--archive", default=None, metavar="PATH",
-                   help="archive root (ROOT/topic=rewards/date=...; default: archive.root of genrec.yaml) "
-                        "for --source archive")
-    r.add_argument("--experiments", default=None, metavar="YAML",
-                   help="experiments file (default: serving.experiments of genrec.yaml)")
+    _add_source_args(r)
     r.add_argument("--json", action="store_true", help="print the report as JSON (no NaN: missing values are null)")
     r.add_argument("--plot", default=None, metavar="FILE", help="also write the forest / cumulative-lift plot (PNG)")
-    r.add_argument("--timeout", type=float, default=30.0, help="seconds to read each Kafka topic (default 30)")
     add_kafka_args(r)
     r.set_defaults(func=run_report)
+
+    pr = esub.add_parser("promote", help="promote an arm's model when the sequential A/B test says it won",
+                         description="Decide from the experiment's report whether arm ARM has won "
+                                     "(serving/experiments/promotion.py: sequential analysis, every primary metric "
+                                     "significant and better after correction, no guardrail breached or without "
+                                     "data, no sample ratio mismatch, enough users) and, unless --dry-run, make "
+                                     "its model version the registry's promoted version (replicas follow it). The "
+                                     "registry still refuses a version whose gate did not pass.")
+    pr.add_argument("name", metavar="NAME", help="experiment name (as in the experiments YAML)")
+    pr.add_argument("--arm", required=True, help="the arm whose model may be promoted")
+    pr.add_argument("--registry", default=None, metavar="URI", help="model registry (default: recommender.registry)")
+    pr.add_argument("--min-users", type=int, default=200, help="users each arm needs before a decision (200)")
+    pr.add_argument("--dry-run", action="store_true", help="print the decision, promote nothing")
+    _add_source_args(pr)
+    pr.add_argument("--json", action="store_true", help="print the decision as JSON")
+    add_kafka_args(pr)
+    pr.set_defaults(func=run_promote)
+
+
+def _add_source_args(p) -> None:
+    """Where a subcommand reads the experiment's records and config from."""
+    p.add_argument("--source", choices=("kafka", "archive"), default="kafka",
+                   help="where the rewards, served and item-events records come from (default kafka)")
+    p.add_argument("--archive", default=None, metavar="PATH",
+                   help="archive root (ROOT/topic=rewards/date=...; default: archive.root of genrec.yaml) "
+                        "for --source archive")
+    p.add_argument("--experiments", default=None, metavar="YAML",
+                   help="experiments file (default: serving.experiments of genrec.yaml)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to read each Kafka topic (default 30)")
 
 
 def load_experiment(name: str, source: str | None):
@@ -113,4 +135,42 @@ def run_report(args) -> int:
     print(markdown(rep))
     if args.plot:
         print(f"\nplot: {rep['plot']}")
+    return 0
+
+
+def run_promote(args) -> int:
+    """``genrec experiments promote``: exit 0 whether it promoted or waits; errors (no data, refused) raise."""
+    from actors.model_registry import ModelRegistry
+    from infra.config import load_raw, resolve_repo_path
+    from serving.experiments.promotion import PromotionRule, decide_promotion
+    from serving.experiments.report import report_from_records, rewards_of
+
+    exp = load_experiment(args.name, args.experiments)
+    arm = next((a for a in exp.arms if a.name == args.arm), None)
+    if arm is None:
+        raise ValueError(f"experiment {exp.name!r} has no arm {args.arm!r}; arms: {[a.name for a in exp.arms]}")
+    if not arm.model_version:
+        raise ValueError(f"arm {args.arm!r} of {exp.name!r} names no model_version: nothing to promote")
+    records, where = read_records(args, exp.name)
+    if not rewards_of(exp.name, records["rewards"]):
+        raise ValueError(f"no reward records of experiment {exp.name!r} in {where}; run `genrec rewards` first")
+    decision = decide_promotion(report_from_records(exp, records), args.arm, PromotionRule(min_users=args.min_users))
+    promoted = None
+    if decision.promote and not args.dry_run:
+        uri = args.registry or (load_raw().get("recommender") or {}).get("registry") or ".genrec/registry"
+        registry = ModelRegistry(resolve_repo_path(uri))
+        if registry.promoted() != arm.model_version:
+            registry.promote(arm.model_version)
+            promoted = arm.model_version
+    if args.json:
+        print(json.dumps({"experiment": exp.name, "arm": args.arm, "version": arm.model_version,
+                          "promote": decision.promote, "promoted": promoted, "dry_run": args.dry_run,
+                          "reasons": list(decision.reasons), "evidence": decision.evidence}))
+        return 0
+    print(decision.summary())
+    if promoted:
+        print(f"{promoted} is now the promoted version (replicas follow it within recommender.promoted_poll_s)")
+    elif decision.promote:
+        print(f"(dry run: {arm.model_version} would be promoted)" if args.dry_run
+              else f"{arm.model_version} is already the promoted version")
     return 0

@@ -198,3 +198,38 @@ def test_continuous_mode_stops_on_sigterm_inside_a_round(tmp_path):
 
     out = run_every(flaky, 0.0, stop=stop, say=lambda _: None)
     assert isinstance(out[0], RuntimeError) and out[1] == "done"      # a failed round does not end the job
+
+
+def _promote_cfg(archive, reg, exp, **kw) -> AlignJobConfig:
+    return AlignJobConfig(archive=archive, registry=reg.uri, experiment="align-ab", arm="aligned",
+                          experiments_file=str(exp), auto_promote=True, promote_min_users=50, **kw)
+
+
+def test_auto_promote_makes_a_winning_arm_the_parent_of_the_next_round(deployment, tmp_path):
+    from actors.align_job import promote_if_won
+    from tests.serving.experiments.ab_archive import ab_archive
+
+    _, _, bundle = deployment
+    reg, exp = _setup(tmp_path, bundle)
+    reg.publish("cand1", bundle, parent="base")
+    exp.write_text(EXPERIMENTS.replace("{name: aligned, weight: 1, model_version: base}",
+                                       "{name: aligned, weight: 1, model_version: cand1}")
+                   .replace("control: base", "control: base\n        analysis: {primary: [ctr], sequential: true, planned_users: 1000}"))
+    cfg_exp = ExperimentsConfig.from_yaml(exp)
+    lines: list[str] = []
+    # no effect: wait, nothing promoted
+    flat = ab_archive(tmp_path / "flat", cfg_exp, effect=0.0, seed=3)
+    d = promote_if_won(_promote_cfg(flat, reg, exp), reg, lines.append)
+    assert d is not None and not d["promote"] and reg.promoted() == "base", d
+    # a clear win, but cand1 has no gate verdict: the registry refuses, nothing is forced
+    win = ab_archive(tmp_path / "win", cfg_exp, effect=0.5)
+    d = promote_if_won(_promote_cfg(win, reg, exp), reg, lines.append)
+    assert d["promote"] and d["promoted"] is None and reg.promoted() == "base", d
+    assert any("registry refused" in r for r in d["reasons"])
+    # with a passing verdict it becomes the promoted version: the next round's default parent
+    reg.set_verdict("cand1", {"passed": True, "reason": "test"})
+    d = promote_if_won(_promote_cfg(win, reg, exp), reg, lines.append)
+    assert d["promote"] and d["promoted"] == "cand1" and reg.promoted() == "cand1", d
+    assert any("PROMOTE" in s for s in lines)
+    with pytest.raises(ValueError, match="auto_promote needs"):
+        AlignJobConfig(archive=win, registry=reg.uri, auto_promote=True)

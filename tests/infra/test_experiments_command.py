@@ -156,3 +156,44 @@ def test_report_derives_cuped_latency_and_new_items_from_the_archive(experiments
     assert main(["experiments", "report", "decode-ab", "--source", "archive", "--archive", str(root),
                  "--experiments", experiments_file, "--json"]) == 0
     assert_inputs_used(json.loads(capsys.readouterr().out), 240)
+
+
+def test_promote_waits_on_no_effect_and_promotes_a_winner_with_a_passing_verdict(tmp_path, capsys):
+    from actors.model_registry import ModelRegistry
+    from serving.experiments.config import ExperimentsConfig
+    from tests.serving.experiments.ab_archive import ab_archive
+    from models.generator.checkpoint import GeneratorBundle
+    from models.generator.model import GeneratorConfig, GenerativeRecommender
+
+    exp = tmp_path / "experiments.yaml"
+    exp.write_text("""
+layers:
+  - name: l
+    experiments:
+      - name: align-ab
+        control: base
+        analysis: {primary: [ctr], sequential: true, planned_users: 1000}
+        arms: [{name: base, model_version: v1}, {name: aligned, model_version: v2}]
+""")
+    cfg = ExperimentsConfig.from_yaml(exp)
+    reg = ModelRegistry(str(tmp_path / "registry"))
+    sids = np.array([[a, b] for a in range(4) for b in range(4)], np.int64)      # 16 items, untrained models
+    for v in ("v1", "v2"):
+        model = GenerativeRecommender(GeneratorConfig(level_sizes=(4, 4), d_model=16, heads=2, enc_layers=1,
+                                                      dec_layers=1, max_history=10, session_len=2))
+        reg.publish(v, GeneratorBundle(model, None, tuple(f"i{k}" for k in range(16)), sids, "tv", b""))
+    reg.promote("v1", require_verdict=False)
+    reg.set_verdict("v2", {"passed": True, "reason": "test"})
+    base = ["experiments", "promote", "align-ab", "--arm", "aligned", "--source", "archive", "--experiments", str(exp),
+            "--registry", reg.uri, "--min-users", "50"]
+    flat = ab_archive(tmp_path / "flat", cfg, effect=0.0, seed=3)
+    assert main([*base, "--archive", flat]) == 0
+    assert "align-ab/aligned: wait" in capsys.readouterr().out and reg.promoted() == "v1"
+    win = ab_archive(tmp_path / "win", cfg, effect=0.5)
+    assert main([*base, "--archive", win, "--dry-run", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["promote"] and d["promoted"] is None and reg.promoted() == "v1"
+    assert main([*base, "--archive", win]) == 0
+    assert "v2 is now the promoted version" in capsys.readouterr().out and reg.promoted() == "v2"
+    assert main([*base[:3], "--arm", "nope", *base[5:], "--archive", win]) == 2
+    assert "has no arm 'nope'" in capsys.readouterr().err
