@@ -8,6 +8,8 @@ user events. :func:`load_dataset` picks the source by name or path:
 * ``"synthetic"`` — :class:`ingest.synthetic.SyntheticWorld` (keyword arguments
   go to :class:`ingest.synthetic.WorldConfig`);
 * ``"ml100k"`` — MovieLens-100K (``path=`` or ``../shared/data/ml-100k``);
+* ``"toys"`` — Amazon Toys and Games, 5-core, SASRec text (``path=``, ``GENREC_TOYS`` or
+  ``../shared/data/amazon-toys/Toys.txt``);
 * a file path — an interactions CSV/TSV ``user,item,timestamp[,title]`` (with or
   without a header; seconds or milliseconds), or SASRec-style text where each
   line is ``user item [item …]`` in the user's order (no timestamps: one
@@ -27,6 +29,8 @@ from ingest.contract import ItemEvent, UserEvent
 
 #: Default location of MovieLens-100K: beside the repository, never committed (licence).
 DEFAULT_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+#: Default location of Amazon Toys (SASRec text, one line per user): beside the repository, never committed.
+DEFAULT_TOYS = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-toys" / "Toys.txt"
 
 
 @dataclass
@@ -80,7 +84,7 @@ def merge_by_time(item_events: list[ItemEvent], user_events: list[UserEvent]) ->
 
 
 def load_dataset(name_or_path: str, **kw) -> Dataset:
-    """Load ``"synthetic"``, ``"ml100k"`` or an interactions file as a :class:`Dataset`."""
+    """Load ``"synthetic"``, ``"ml100k"``, ``"toys"`` or an interactions file as a :class:`Dataset`."""
     if name_or_path == "synthetic":
         from ingest.synthetic import SyntheticWorld, WorldConfig
 
@@ -89,6 +93,12 @@ def load_dataset(name_or_path: str, **kw) -> Dataset:
         from ingest.movielens import load_ml100k
 
         return load_ml100k(kw.pop("path", None) or os.environ.get("GENREC_ML100K") or DEFAULT_ML100K, **kw)
+    if name_or_path in ("toys", "amazon-toys"):
+        path = Path(kw.pop("path", None) or os.environ.get("GENREC_TOYS") or DEFAULT_TOYS)
+        if not path.is_file():
+            raise FileNotFoundError(f"Amazon Toys not found at {path} (it is not committed: licence); put "
+                                    "amazon-toys/Toys.txt under ../shared/data or set GENREC_TOYS=FILE")
+        return load_interactions_file(path, **kw)
     path = Path(name_or_path)
     if path.is_dir() and (path / "u.data").is_file():
         from ingest.movielens import load_ml100k
@@ -96,7 +106,7 @@ def load_dataset(name_or_path: str, **kw) -> Dataset:
         return load_ml100k(path, **kw)
     if not path.is_file():
         raise FileNotFoundError(
-            f"data set {name_or_path!r} is neither 'synthetic', 'ml100k' nor an existing file "
+            f"data set {name_or_path!r} is neither 'synthetic', 'ml100k', 'toys' nor an existing file "
             "(interactions CSV/TSV user,item,timestamp[,title] or SASRec text 'user item item ...')")
     return load_interactions_file(path, **kw)
 

@@ -1,6 +1,6 @@
 """Suite ``quality``: generator vs SASRec vs popularity, leave-one-out, full ranking (issue 5).
 
-``genrec bench quality --dataset ml100k|synthetic|PATH [--quick]``.
+``genrec bench quality --dataset ml100k|toys|synthetic|PATH [--quick]``.
 
 Every model trains on the same training part of the same split, early-stops
 on the same validation item, and ranks the whole catalog for every test user

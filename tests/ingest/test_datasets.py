@@ -71,3 +71,27 @@ def test_synthetic_by_name_and_stream_merge():
     assert all(a.ts <= b.ts for a, b in zip(s, s[1:]))
     h = d.head(100)
     assert h.n_events == 100 and all(e.ts <= h.user_events[-1].ts for e in h.item_events)
+
+
+def test_amazon_toys_by_name_is_the_published_5_core_split():
+    from ingest.datasets import DEFAULT_TOYS, load_dataset
+
+    if not DEFAULT_TOYS.is_file():
+        pytest.skip(f"Amazon Toys not found at {DEFAULT_TOYS} (it is not committed: licence); put "
+                    "amazon-toys/Toys.txt under ../shared/data to run this test")
+    ds = load_dataset("toys")
+    users = {e.user_id for e in ds.user_events}
+    # the data set's README: 19,412 users, 11,924 items, 167,597 interactions
+    assert (len(users), len(ds.item_events), len(ds.user_events)) == (19_412, 11_924, 167_597)
+    by_user: dict[str, list] = {}
+    for e in ds.user_events:
+        by_user.setdefault(e.user_id, []).append(e)
+    first = DEFAULT_TOYS.read_text().split("\n", 1)[0].split()
+    assert [e.item_id for e in by_user[first[0]]] == first[1:]          # each user's order is kept
+
+
+def test_missing_toys_is_a_clear_error(tmp_path):
+    from ingest.datasets import load_dataset
+
+    with pytest.raises(FileNotFoundError, match="Amazon Toys not found"):
+        load_dataset("toys", path=str(tmp_path / "nope.txt"))
