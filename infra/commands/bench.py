@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("suite", help="suite name, or 'all'")
     p.add_argument("--quick", action="store_true", help="a smaller run (~1 min) with the same metric names")
     p.add_argument("--json", action="store_true", help="print one JSON object: suite, machine, config, metrics")
-    p.add_argument("--dataset", default=None, help="data set for suites that take one (ml100k, synthetic, PATH)")
+    p.add_argument("--dataset", default=None, help="data set for suites that take one (ml100k, toys, synthetic, PATH)")
     p.add_argument("--write", metavar="FILE", default=None,
                    help="also write the result into this markdown file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=run)
