@@ -54,7 +54,7 @@ class ChaosConfig:
     reward_lateness_s: float = 1.0
     soak_s: float = 0.0                 # fault-free phase after the drain sampling memory (0 = none)
     sample_s: float = 2.0               # memory sample period
-    max_rss_slope_mb_per_h: float = 500.0   # soak fails above this growth
+    max_rss_slope_mb_per_h: float = 500.0   # soak fails above this growth in its second half
     partitions: int = 2                 # user-events / served partitions
     drain_timeout_s: float = 240.0      # bound on the drain (derived waits stop early when caught up)
     worker_cpus: int = 2                # CPUs of each Ray worker node
@@ -154,7 +154,9 @@ class ChaosResult:
     audit_lines: list[str] = field(default_factory=list)
     simulation: dict = field(default_factory=dict)
     restarts_seen: dict[str, int] = field(default_factory=dict)
-    rss_slope_mb_per_h: dict[str, float] = field(default_factory=dict)
+    rss_slope_mb_per_h: dict[str, float] = field(default_factory=dict)       # over the whole soak
+    rss_late_slope_mb_per_h: dict[str, float] = field(default_factory=dict)  # over its second half (no warm-up)
+    rss_mb: dict[str, tuple[float, float]] = field(default_factory=dict)     # (first, last) sample
     rss_samples: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -630,6 +632,11 @@ class ChaosRun:
             if len(pts) >= 3:
                 t, mb = zip(*pts)
                 self.result.rss_slope_mb_per_h[kind] = round(float(linregress(t, mb).slope), 1)
+                self.result.rss_mb[kind] = (round(mb[0], 1), round(mb[-1], 1))
+                late = pts[len(pts) // 2:]     # caches fill early: a leak is what still grows in the second half
+                if len(late) >= 3:
+                    lt, lmb = zip(*late)
+                    self.result.rss_late_slope_mb_per_h[kind] = round(float(linregress(lt, lmb).slope), 1)
         self.result.rss_samples = sum(len(v) for v in samples.values())
 
     # -- teardown --------------------------------------------------------------------------------------
@@ -699,4 +706,8 @@ def metrics_of(cfg: ChaosConfig, r: ChaosResult) -> dict:
              node_loss_recovery_s=r.node_loss_recovery_s if r.node_loss_recovery_s is not None else -1)
     for k, v in r.rss_slope_mb_per_h.items():
         m[f"rss_slope_mb_per_h_{k}"] = v
+    for k, v in r.rss_late_slope_mb_per_h.items():
+        m[f"rss_late_slope_mb_per_h_{k}"] = v
+    for k, (first, last) in r.rss_mb.items():
+        m[f"rss_mb_end_{k}"] = last
     return m
