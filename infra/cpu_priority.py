@@ -125,3 +125,13 @@ def priority_report(pid: int = 0) -> dict:
              if hasattr(os, n)}
     return {"niceness": os.getpriority(os.PRIO_PROCESS, pid), "policy": names.get(policy, policy),
             "autogroups": autogroup_enabled(), "autogroup_niceness": autogroup_niceness(pid or "self")}
+
+
+BACKGROUND_HELP = ("run as a background batch job (nice 15, SCHED_BATCH, and this login session's autogroup at nice 19: "
+                   "the whole session yields to streaming services on the same cores; infra/cpu_priority.py, "
+                   "decision 033)")
+
+
+def add_background_arg(parser) -> None:
+    """The ``--background`` flag of genrec's batch commands (train, align, eval): :func:`make_background`."""
+    parser.add_argument("--background", action="store_true", help=BACKGROUND_HELP)

@@ -14,6 +14,8 @@ import sys
 
 
 def register(sub) -> None:
+    from infra.cpu_priority import add_background_arg
+
     p = sub.add_parser("align", help="one preference-alignment round: train the session reward model on the "
                                      "archive's newest window, align the promoted version, gate it, put a passing "
                                      "candidate into an experiment arm (--every: repeat)",
@@ -54,10 +56,7 @@ def register(sub) -> None:
                         "says it won (every primary metric significant and better, guardrails clean, no SRM; "
                         "serving/experiments/promotion.py): rounds then chain from the winner. Needs "
                         "--experiment/--arm (align.auto_promote)")
-    p.add_argument("--background", action="store_true",
-                   help="run as a background batch job (nice 15, SCHED_BATCH, and this login session's autogroup "
-                        "at nice 19: the whole session yields to streaming services on the same cores; "
-                        "infra/cpu_priority.py, decision 033)")
+    add_background_arg(p)
     p.add_argument("--json", action="store_true", help="print each round's result as one JSON line")
     p.set_defaults(func=run)
 

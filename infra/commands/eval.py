@@ -7,6 +7,8 @@ import sys
 
 
 def register(sub) -> None:
+    from infra.cpu_priority import add_background_arg
+
     p = sub.add_parser(
         "eval", help="offline evaluation: generator vs SASRec vs popularity (leave-one-out, full ranking)",
         description="Split the data leave-one-out (last item test, second-to-last validation), train each model "
@@ -32,6 +34,7 @@ def register(sub) -> None:
                    help="what --budget-s counts: wall time, or this process's CPU time (equal compute for "
                         "every model on a shared machine)")
     p.add_argument("--epochs", type=int, default=0, help="cap on training epochs of both models (0 = defaults)")
+    add_background_arg(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = fit the machine: half its usable CPUs, 1 on 2 cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: CUDA when present)")
@@ -43,6 +46,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from actors.eval_job import EvalConfig, run_eval, write_json
     from models.evaluation.budget import fit_threads
+
+    if getattr(args, "background", False):
+        from infra.cpu_priority import make_background
+
+        make_background()
 
     fit_threads(getattr(args, "threads", 0))
     try:

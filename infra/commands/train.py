@@ -6,6 +6,8 @@ import json
 
 
 def register(sub) -> None:
+    from infra.cpu_priority import add_background_arg
+
     p = sub.add_parser("train", help="train the generative recommender (SIDs + encoder-decoder) and save it",
                        description="Load a data set (synthetic, ml100k, a file) or the Parquet archive, embed "
                                    "items (content / collaborative / fusion), fit the SID tokenizer, train the "
@@ -58,10 +60,7 @@ def register(sub) -> None:
     p.add_argument("--gpu", action="store_true", help="give every Ray Train worker a GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--background", action="store_true",
-                   help="run as a background batch job (nice 15, SCHED_BATCH, and this login session's autogroup "
-                        "at nice 19: the whole session yields to streaming services on the same cores; "
-                        "infra/cpu_priority.py, decision 033)")
+    add_background_arg(p)
     p.add_argument("--json", action="store_true", help="print the saved metrics as JSON at the end")
     p.set_defaults(func=run)
 
