@@ -436,15 +436,17 @@ class GenerativeRecommender(CodeTableModule):
         pos = (start + depth)[None, :]                                         # [1, Q]
         D = self.cfg.sid_len
         x = self.drop(self._embed_at(tokens, pos))                            # [B, Q, d]
-        mask = self_mask[:, None]                                              # [B, 1, Q, C+Q]
+        # additive float mask, built once for every layer (SDPA on CPU is slower with a boolean one)
+        mask = torch.where(self_mask[:, None], x.new_zeros(()), float("-inf"))  # [B, 1, Q, C+Q]
         for i, layer in enumerate(self.dec_layers):
             x, _ = layer(x, cache, i, mask)
         hidden = self.dec_norm(x)                                              # [B, Q, d]
         lv = pos[0] % D                                                        # [Q] one level per column
-        w = self.code_emb(self.out_rows[lv])                                   # [Q, K, d]
-        logits = torch.einsum("btd,tkd->btk", self.out_proj(hidden), w) + self.out_bias[lv][None]
-        return DecoderOutput(logits.masked_fill(~self.code_valid[lv][None], float("-inf")), hidden, cache,
-                             x.new_zeros(()))
+        # tied output layer against every code of every level at once, then each column's level picked out
+        every = self.out_proj(hidden) @ self.code_emb.weight.T                 # [B, Q, sum K_l]
+        rows = self.out_rows[lv][None].expand(tokens.shape[0], -1, -1)         # [B, Q, K]
+        bias = torch.where(self.code_valid, self.out_bias, float("-inf"))[lv]  # [Q, K], -inf beyond a level
+        return DecoderOutput(every.gather(2, rows) + bias, hidden, cache, x.new_zeros(()))
 
     def project(self, hidden: Tensor, start: int | Tensor) -> Tensor:
         """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max].

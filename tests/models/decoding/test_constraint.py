@@ -121,3 +121,56 @@ def test_empty_catalog_allows_nothing_and_level_mismatch_is_a_clear_error():
     trie.add(np.array([[0, 0]]), np.array([0]))
     with pytest.raises(ValueError, match="level_sizes"):
         SidConstraint.of(trie).check_levels((2, 3))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 100_000), levels=st.sampled_from([(3, 2), (4, 3, 3), (2, 5, 3), (3, 3, 2, 2)]),
+       n=st.integers(0, 30), b=st.integers(1, 4), steps=st.integers(1, 16), no_repeat=st.booleans(),
+       churn=st.floats(0.0, 0.5), offbook=st.floats(0.0, 0.3))
+def test_one_level_fast_paths_equal_the_engine(seed, levels, n, b, steps, no_repeat, churn, offbook):
+    """mask_at / advance_at (rows all at one level, a host int) and masked_logprobs give exactly mask / advance /
+    logprobs: allowed codes, prefixes, exclusions, completed items as seen by the next mask, dead rows."""
+    from models.decoding.constraint import masked_log_softmax, masked_logprobs
+    rng = np.random.default_rng(seed)
+    sids, items = _random_catalog(rng, levels, max(n, 1))
+    trie = SidTrie(levels)
+    if n:
+        trie.add(sids, items)
+    cfg = ConstraintConfig(no_repeat=no_repeat)
+    con = SidConstraint.of(trie, config=cfg)
+    seen = [list(rng.choice(items, rng.integers(0, len(items) + 1), replace=True)) for _ in range(b)]
+    slow = fast = con.init(b, seen)
+    K, D = max(levels), len(levels)
+    for t in range(steps):
+        lv = t % D
+        m = con.mask(slow)
+        assert torch.equal(con.mask_at(fast, lv), m)
+        logits = torch.as_tensor(rng.normal(size=(b, K)))
+        fast_lp = masked_logprobs(logits, con.mask_at(fast, lv))
+        torch.testing.assert_close(fast_lp, con.logprobs(logits, slow), rtol=0, atol=0)
+        assert torch.equal(fast_lp, masked_log_softmax(logits.float().masked_fill(~m, float("-inf"))))
+        noise = torch.as_tensor(rng.random((b, K)))
+        codes = torch.where(m, noise + 1, noise).argmax(1)
+        wild = torch.as_tensor(rng.random(b) < offbook)
+        codes = torch.where(wild, torch.as_tensor(rng.integers(-1, K + 1, b)), codes)
+        slow, _ = con.advance(slow, codes)
+        fast = con.advance_at(fast, codes, lv)
+        assert torch.equal(fast.prefix, slow.prefix) and torch.equal(fast.level, slow.level)
+        assert fast.shared_level == slow.shared_level == (lv + 1) % D
+        if rng.random() < churn and n:               # the catalog changes between two steps
+            trie.remove(rng.choice(items, rng.integers(1, 3)))
+            back = ~np.isin(items, trie.items()) & (rng.random(len(items)) < 0.5)
+            trie.add(sids[back], items[back])
+            con = SidConstraint.of(trie, config=cfg)
+        if rng.random() < 0.2:                       # beams reorder rows
+            idx = torch.as_tensor(rng.integers(0, b, b))
+            fast, slow = fast.select(idx), slow.select(idx)
+
+
+def test_masked_logprobs_rows_with_nothing_allowed_are_all_minus_inf():
+    from models.decoding.constraint import masked_logprobs
+    logits = torch.tensor([[1.0, 2.0, float("-inf")], [0.5, 0.1, 0.2]], dtype=torch.float64)
+    allowed = torch.tensor([[True, True, True], [False, False, False]])
+    out = masked_logprobs(logits, allowed)
+    assert out.dtype == torch.float32 and torch.isneginf(out[1]).all() and torch.isneginf(out[0, 2])
+    torch.testing.assert_close(out[0, :2], torch.log_softmax(logits[0, :2].float(), 0))

@@ -1,7 +1,7 @@
 """No decoding step synchronises with the host (issue 18, decision 028).
 
 Every search keeps its per-step work in named step functions (``search.beam_step``, ``search.topn_step``,
-``search.greedy_item``, ``continuous.continuous_step``, ``spec_beam._draft_beams`` / ``tree_layout`` / ``tree_cache`` / ``commit_cache`` /
+``search.greedy_item``, ``continuous.continuous_step``, ``spec_beam._draft_beams`` / ``tree_layout`` / ``commit_cache`` /
 ``verify_tree``, the proposers' ``propose`` and the verifiers' ``verify``). Here each of them runs under
 :func:`forbid_host_sync`: every Python-level way of reading a tensor on the host (``item``, ``tolist``,
 ``cpu``, ``numpy``, ``bool``/``int``/``float``/``index`` of a tensor, ``nonzero``, ``torch.equal``) raises,
@@ -91,7 +91,7 @@ def _switch(fn, on: bool, calls: dict, key: str):
 
 
 STEPS = [(search, "beam_step"), (search, "topn_step"), (search, "greedy_item"), (continuous, "continuous_step"),
-         (spec_beam, "_draft_beams"), (spec_beam, "tree_layout"), (spec_beam, "tree_cache"),
+         (spec_beam, "_draft_beams"), (spec_beam, "tree_layout"),
          (spec_beam, "verify_tree"), (spec_beam, "commit_cache"), (GenerativeRecommender, "decode_tree"),
          (proposer_mtp.MTPProposer, "propose"), (verifiers.GreedyVerifier, "verify"),
          (verifiers.SamplingVerifier, "verify"), (verifiers.AcceptAllVerifier, "verify")]

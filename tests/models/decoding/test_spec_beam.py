@@ -139,23 +139,47 @@ def test_wider_draft_tree_accepts_more_and_validates():
 
 # ---- tree verification (one forward per request over the whole draft tree) ----------------------
 
-def _random_draft(rng, b, wd, g):
-    """A random draft tree: parents among the previous step's nodes, random codes (states unused here)."""
+def _random_draft(rng, b, w, wd, g, k=3):
+    """A random draft tree: parents among the previous step's nodes (step 1: the W beams), random codes
+    (states and masks unused here)."""
     from models.decoding.spec_beam import BeamDraft
-    par = [torch.as_tensor(rng.integers(0, wd, (b, wd))) for _ in range(g)]
-    tok = [torch.as_tensor(rng.integers(0, 3, (b, wd))) for _ in range(g)]
-    return BeamDraft(par, tok, [torch.ones(b, wd, dtype=torch.bool)] * g, [])
+    par = [torch.as_tensor(rng.integers(0, w if i == 0 else wd, (b, wd))) for i in range(g)]
+    tok = [torch.as_tensor(rng.integers(0, k, (b, wd))) for _ in range(g)]
+    return BeamDraft(par, tok, [p * k + t for p, t in zip(par, tok)], [], [])
+
+
+def _tree_cache(cache, b, w):
+    """The W beams' cached columns of each request side by side in one row (the spec beam's cache layout):
+    [B·W, H, L, Dh] -> [B, H, W·L, Dh] per layer."""
+    from models.generator.kv_cache import KVCache
+
+    def cat(x):
+        n, h, L, dh = x.shape
+        return x.view(b, w, h, L, dh).transpose(1, 2).reshape(b, h, w * L, dh)
+    return KVCache(list(cache.cross_k), list(cache.cross_v), cache.cross_mask,
+                   [cat(k) for k in cache.self_k], [cat(v) for v in cache.self_v], 1, None)
+
+
+def _path_columns(draft, i, w, wd, b):
+    """[B, n_i, i+1] tree columns of each step-i node's ancestors at steps 0..i (itself last), by walking
+    parents (roots at columns 0..W-1, step-j node k at W + (j-1)·WD + k)."""
+    nodes = [torch.arange(w if i == 0 else wd).expand(b, -1)]
+    for j in range(i, 0, -1):
+        nodes.append(draft.parent[j - 1].gather(1, nodes[-1]))
+    first = torch.tensor([0] + [w + j * wd for j in range(i)])
+    return torch.stack(nodes[::-1], 2) + first
 
 
 @FAST
 @given(seed=st.integers(0, 10_000), b=st.integers(1, 3), width=st.integers(1, 4), extra=st.integers(0, 3),
        g=st.integers(1, 4), length=st.integers(1, 5))
 def test_tree_forward_equals_one_decode_per_path(seed, b, width, extra, g, length):
-    """Every node of ONE tree forward (tree mask, tree positions) has the logits and hidden state the target
-    gives the path from its root beam decoded on that beam's own cache; the committed cache (source beam's
-    columns + the tree K/V of the path, no recomputation) equals that decode's cache."""
+    """Every node of ONE tree forward (tree mask, tree positions, the beams' caches side by side) has the
+    logits and hidden state the target gives the path from its root beam decoded on that beam's own cache;
+    the committed cache (source beam's columns + the tree K/V of the path, no recomputation) equals that
+    decode's cache, in the same side-by-side layout."""
     from models.decoding.search import reorder_beams
-    from models.decoding.spec_beam import commit_cache, tree_cache, tree_layout
+    from models.decoding.spec_beam import commit_cache, tree_layout
     w = random_world(seed, b=b, session_len=4)
     rng = np.random.default_rng(seed)
     model, wd = w.model, width + extra
@@ -163,26 +187,29 @@ def test_tree_forward_equals_one_decode_per_path(seed, b, width, extra, g, lengt
     cache = model.start_cache(w.memory).index_select(rows)
     prefix = torch.as_tensor(rng.integers(0, 3, (b * width, length)))
     model.decode(prefix, None, cache, 0)                                     # beams with distinct prefixes
-    draft = _random_draft(rng, b, wd, g)
-    root_beam = torch.arange(wd).clamp(max=width - 1)
-    root_tok = torch.as_tensor(rng.integers(0, 3, (b, width)))[:, root_beam]  # extra roots copy the last beam
-    tree = tree_layout(draft, root_tok, root_beam, b, wd, g, width, length)
-    out = model.decode_tree(tree.tokens, tree.depth, length, tree_cache(cache, b, width), tree.mask)
-    q = (g + 1) * wd
+    draft = _random_draft(rng, b, width, wd, g)
+    root_tok = torch.as_tensor(rng.integers(0, 3, (b, width)))
+    tree = tree_layout(draft, root_tok, b, wd, g, width, length)
+    out = model.decode_tree(tree.tokens, tree.depth, length, _tree_cache(cache, b, width), tree.mask)
+    q = width + g * wd
+    assert tree.tokens.shape == (b, q) and tree.mask.shape == (b, q, width * length + q)
     for i in range(g + 1):                                                   # check every node by its path
-        cols = tree.anc[i]                                                   # [B, WD, i+1]
-        path = tree.tokens.gather(1, cols.reshape(b, -1)).view(b * wd, i + 1)
-        src = (torch.arange(b)[:, None] * width + tree.root.gather(1, cols[..., 0])).reshape(-1)
-        ref = model.decode(path, None, reorder_beams(cache, src, wd), length)
-        node = (torch.arange(b)[:, None] * q + i * wd + torch.arange(wd)).reshape(-1)
+        cols = _path_columns(draft, i, width, wd, b)                         # [B, n_i, i+1]
+        n_i = cols.shape[1]
+        path = tree.tokens.gather(1, cols.reshape(b, -1)).view(b * n_i, i + 1)
+        src = cols[..., 0]                                                   # [B, n_i] root beam of each node
+        ref = model.decode(path, None, reorder_beams(cache, (torch.arange(b)[:, None] * width + src).reshape(-1),
+                                                     n_i), length)
+        node = (torch.arange(b)[:, None] * q + cols[..., -1]).reshape(-1)
         torch.testing.assert_close(out.logits.reshape(b * q, -1)[node], ref.logits[:, -1])
         torch.testing.assert_close(out.hidden.reshape(b * q, -1)[node], ref.hidden[:, -1])
-        keep = torch.as_tensor(rng.integers(0, wd, (b, width)))              # W new beams from step-i nodes
-        kept = commit_cache(cache, out.cache, src.view(b, wd).gather(1, keep).reshape(-1),
-                            cols.gather(1, keep[..., None].expand(-1, -1, i + 1)), b, width)
-        pick = (torch.arange(b)[:, None] * wd + keep).reshape(-1)
-        for mine, theirs in zip(kept.self_k + kept.self_v, ref.cache.self_k + ref.cache.self_v):
-            torch.testing.assert_close(mine, theirs[pick])
+        keep = torch.as_tensor(rng.integers(0, n_i, (b, width)))             # W new beams from step-i nodes
+        kept = commit_cache(out.cache, src.gather(1, keep), cols.gather(1, keep[..., None].expand(-1, -1, i + 1)),
+                            width, length)
+        pick = (torch.arange(b)[:, None] * n_i + keep).reshape(-1)
+        theirs = _tree_cache(reorder_beams(ref.cache, pick, width), b, width)
+        for mine, them in zip(kept.self_k + kept.self_v, theirs.self_k + theirs.self_v):
+            torch.testing.assert_close(mine, them)
 
 
 def test_decode_tree_rejects_mismatched_shapes():
