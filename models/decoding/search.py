@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.decoding.constraint import NEG_INF, Constraint
+from models.decoding.constraint import NEG_INF, Constraint, SidConstraint, masked_logprobs
 from models.generator.kv_cache import KVCache
 from models.generator.model import BOS, GenerativeRecommender, HistoryBatch, Memory
 
@@ -78,16 +78,34 @@ def reorder_beams(cache: KVCache, parent: Tensor, width: int) -> KVCache:
                    self_k=self_k, self_v=self_v, group=width, self_pad=None)
 
 
+def _logprobs(constraint: Constraint, logits: Tensor, state, level: int | None) -> Tensor:
+    """Constrained float32 log-probs ``[N, K_max]``; rows all at SID ``level`` (a host int, known to a beam
+    that advances in lock-step) take :meth:`SidConstraint.mask_at`, the same mask in about half the ops."""
+    if level is not None and isinstance(constraint, SidConstraint):
+        return masked_logprobs(logits, constraint.mask_at(state, level))
+    return constraint.logprobs(logits, state)
+
+
+def _advance(constraint: Constraint, state, code: Tensor, level: int | None):
+    """``constraint.advance`` -> (state, item [N] or None); below the last SID level (no item can complete)
+    rows all at ``level`` take :meth:`SidConstraint.advance_at` and the item is None."""
+    if level is not None and isinstance(constraint, SidConstraint) and level + 1 < constraint.depth:
+        return constraint.advance_at(state, code, level), None
+    return constraint.advance(state, code)
+
+
 def beam_step(model, constraint: Constraint, cache: KVCache, pos: int, token: Tensor, state, score: Tensor,
-              b: int, w: int):
+              b: int, w: int, level: int | None = None):
     """One step of session beam search: a target forward, the constrained top-``w`` of every request.
 
-    ``token`` [N, 1] (N = b*w) inputs at position ``pos``; ``score`` [N] beam scores. Returns the new
-    cache, state and scores, each beam's ``parent`` [N] and ``code`` [N], the code's log-prob [N] and the
-    item each beam completed [N] (-1: none). Tensor ops only: no host synchronisation.
+    ``token`` [N, 1] (N = b*w) inputs at position ``pos``; ``score`` [N] beam scores; ``level``: the SID
+    level every row is at (a host int; None: read it from the state). Returns the new cache, state and
+    scores, each beam's ``parent`` [N] and ``code`` [N], the code's log-prob [N] and the item each beam
+    completed [N] (-1: none; None below the last level when ``level`` is given). Tensor ops only: no host
+    synchronisation.
     """
     out = model.decode(token, None, cache, pos)
-    logp = constraint.logprobs(out.logits[:, -1], state).to(score.device)   # [N, K_max]
+    logp = _logprobs(constraint, out.logits[:, -1], state, level).to(score.device)   # [N, K_max]
     km = logp.shape[1]
     cand = (score[:, None] + logp).view(b, w * km)
     top, flat = cand.topk(w, dim=1)                                          # [B, W]
@@ -95,7 +113,7 @@ def beam_step(model, constraint: Constraint, cache: KVCache, pos: int, token: Te
     parent, code = parent.reshape(-1), (flat % km).reshape(-1)
     step_lp = logp[parent, code]
     cache = reorder_beams(out.cache, parent, w) if w > 1 else out.cache
-    state, item = constraint.advance(state.select(parent), code)
+    state, item = _advance(constraint, state.select(parent), code, level)
     return cache, state, top.reshape(-1), parent, code, step_lp, item
 
 
@@ -142,7 +160,7 @@ def beam_search(model: GenerativeRecommender, memory_or_hist, constraint: Constr
     for k in range(K):
         for l in range(D):
             cache, state, score, parent, code, step_lp, item = beam_step(model, constraint, cache, pos, token,
-                                                                         state, score, B, W)
+                                                                         state, score, B, W, level=l)
             forwards += 1
             pos += 1
             codes_so_far = torch.cat([codes_so_far[parent], code[:, None]], 1)
@@ -256,7 +274,7 @@ def beam_topn(model: GenerativeRecommender, memory_or_hist, constraint: Constrai
     for l in range(D):
         new_w = min(W, width * constraint.k_max)
         cache, state, score, parent, code, _, item = topn_step(model, constraint, cache, l, token, state, score,
-                                                               B, width, new_w)
+                                                               B, width, new_w, level=l)
         token = code[:, None]
         width = new_w
     item = item.to(dev)
@@ -272,15 +290,16 @@ def beam_topn(model: GenerativeRecommender, memory_or_hist, constraint: Constrai
 
 
 def topn_step(model, constraint: Constraint, cache: KVCache, pos: int, token: Tensor, state, score: Tensor,
-              b: int, width: int, new_w: int):
-    """One step of :func:`beam_topn`: ``b*width`` rows in, ``b*new_w`` out (tensor ops only, no host sync)."""
+              b: int, width: int, new_w: int, level: int | None = None):
+    """One step of :func:`beam_topn`: ``b*width`` rows in, ``b*new_w`` out (tensor ops only, no host sync);
+    ``level`` as in :func:`beam_step`."""
     out = model.decode(token, None, cache, pos)
-    logp = constraint.logprobs(out.logits[:, -1], state).to(score.device)    # [B*width, K_max]
+    logp = _logprobs(constraint, out.logits[:, -1], state, level).to(score.device)   # [B*width, K_max]
     km = logp.shape[1]
     cand = (score[:, None] + logp).view(b, width * km)
     top, flat = cand.topk(new_w, dim=1)                                      # [B, new_w]
     parent = ((flat // km) + torch.arange(b, device=score.device)[:, None] * width).reshape(-1)
     code = (flat % km).reshape(-1)
     cache = reorder_beams(out.cache, parent, new_w)
-    state, item = constraint.advance(state.select(parent), code)
+    state, item = _advance(constraint, state.select(parent), code, level)
     return cache, state, top.reshape(-1), parent, code, None, item

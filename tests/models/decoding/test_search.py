@@ -186,3 +186,23 @@ def test_generator_ranker(catalog, model):
     for b, r in enumerate(ROWS):
         assert not set(ranked[b].tolist()) & set(r)
         assert ((ranked[b] >= 0) & (ranked[b] < N_ITEMS)).all()
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_lock_step_fast_path_equals_the_general_path(catalog, model, width, monkeypatch):
+    """beam_session / beam_topn pass each step's SID level, so SidConstraint takes mask_at / advance_at;
+    with the level hidden the same searches take mask / advance: sessions, scores and top-N must agree."""
+    from models.decoding import search
+
+    sids, trie = catalog
+    hist = _hist(sids, ROWS)
+    seen = [[1, 2], [], [5], [0, 3]]
+    for no_repeat in (True, False):
+        c = con(trie, no_repeat)
+        fast = (beam_session(model, hist, c, beam_width=width, seen=seen), beam_topn(model, hist, c, 5, seen=seen))
+        with monkeypatch.context() as m:
+            for name in ("_logprobs", "_advance"):
+                m.setattr(search, name, (lambda f: lambda con_, x, st, level: f(con_, x, st, None))(getattr(search, name)))
+            slow = (beam_session(model, hist, c, beam_width=width, seen=seen), beam_topn(model, hist, c, 5, seen=seen))
+        assert torch.equal(fast[0].items, slow[0].items) and torch.allclose(fast[0].scores, slow[0].scores, atol=1e-6)
+        assert torch.equal(fast[1].items, slow[1].items) and torch.allclose(fast[1].scores, slow[1].scores, atol=1e-6)
