@@ -27,7 +27,7 @@ class DecodeSettings:
     mtp_tokens: int = 3             # head tokens committed per forward in mode "mtp"
     proposer: str = "mtp"           # "mtp" (heads on the target's state) or "draft_model" (greedy/sample modes)
     relax_factor: float = 2.0       # spec_beam_relaxed acceptance window (x beam width)
-    draft_width: int | None = None  # spec_beam: beams the proposer keeps per draft step (None = beam_width)
+    draft_width: int | None = None  # spec_beam: beams the proposer keeps per draft step (None = 2 x beam_width)
     temperature: float = 1.0        # sampling modes
     seed: int | None = None         # sampling modes
     session_len: int | None = None  # items per session (None = the model's)
@@ -49,7 +49,7 @@ class DecodeSettings:
             raise ValueError(f"mtp_tokens={self.mtp_tokens} must be >= 1 (head tokens per forward)")
         if self.draft_width is not None and self.draft_width < self.beam_width:
             raise ValueError(f"draft_width={self.draft_width} must be >= beam_width={self.beam_width} "
-                             "(or None: the beam width)")
+                             "(or None: 2 x the beam width)")
         if not self.relax_factor >= 1:
             raise ValueError(f"relax_factor={self.relax_factor} must be >= 1 (1 = strict)")
         if not self.temperature > 0:

@@ -284,18 +284,18 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
     """Session beam search, speculative when ``heads`` (MTP) is given, plain KV-cached otherwise.
 
     Strict (default) returns exactly :func:`models.decoding.search.beam_session`'s best beam; ``relaxed=True``
-    is lossy (see module docstring). ``draft_width`` (strict only, >= ``beam_width``, default it): beams the
-    proposer keeps per draft step — a wider tree holds the target's beams more often (more steps accepted
-    per forward) at the price of more rows per forward.
+    is lossy (see module docstring). ``draft_width`` (strict only, >= ``beam_width``, default ``2·beam_width``):
+    beams the proposer keeps per draft step — a wider tree holds the target's beams more often (more steps
+    accepted per forward) at the price of more rows per forward (decision 034: W drafts accept too little).
     """
     if draft_width is not None and draft_width < beam_width:
-        raise ValueError(f"draft_width={draft_width} must be >= beam_width={beam_width} (or None: the beam width)")
+        raise ValueError(f"draft_width={draft_width} must be >= beam_width={beam_width} (or None: 2 x the beam width)")
     if beam_width < 1:
         raise ValueError(f"beam_width={beam_width} must be >= 1")
     if relaxed and not relax_factor >= 1:
         raise ValueError(f"relax_factor={relax_factor} must be >= 1 (1 = strict top-W)")
     W, D, K = beam_width, constraint.depth, constraint.k_max
-    WD = W if relaxed or draft_width is None else draft_width                   # relaxed keeps the drafted W
+    WD = W if relaxed else (draft_width or 2 * W)                               # relaxed keeps the drafted W
     WD = min(WD, W * constraint.k_max)                                          # a step has at most W·K children
     n_tok = n_items * D
     dev = constraint.device

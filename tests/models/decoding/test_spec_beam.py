@@ -240,7 +240,7 @@ def test_backoff_skips_drafting_that_does_not_pay():
     for about the same target forwards; drafts that partly pay (a noisy bigram twin) are not backed off from."""
     w = random_world(5, b=3, session_len=8, n_items=40, level_sizes=(6, 5, 4))
     heads = MTPHeads(MTPConfig(w.model.cfg.level_sizes, w.model.cfg.d_model)).double().eval()
-    run = {bo: speculative_beam(w.model, w.memory, w.constraint, 8, 3, heads=heads, seen=w.seen,
+    run = {bo: speculative_beam(w.model, w.memory, w.constraint, 8, 3, heads=heads, seen=w.seen, draft_width=3,
                                 spec=SpecConfig(gamma=1, gamma_min=1, backoff_max=bo)) for bo in (0, 8)}
     assert torch.equal(run[0].codes, run[8].codes)
     assert torch.equal(run[8].codes, _plain_beam(w, 8, 3).sids.reshape(3, -1))
