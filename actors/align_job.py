@@ -276,6 +276,14 @@ def reward_examples(window: WindowData, item_ids, max_session: int, max_history:
     return examples_from_records(window.served, window.rewards, window.user_events, index, max_session, max_history)
 
 
+def _item_lengths(window: WindowData, item_ids) -> np.ndarray:
+    """The parent's items' lengths (ms, 0 = unknown) as players reported them in the events: the reward
+    model's value counts watch minutes (:meth:`models.reward_model.model.RewardModel.set_item_lengths`)."""
+    from actors.reward_data import item_lengths_from_events
+
+    return item_lengths_from_events(window.user_events, {str(i): k for k, i in enumerate(item_ids)}, len(item_ids))
+
+
 @dataclass
 class RewardModelFit:
     """A trained reward model and how it did on the later window it did not train on."""
@@ -297,8 +305,8 @@ class RewardModelFit:
 
 
 def fit_reward_model(examples, item_sids: np.ndarray, level_sizes, *, eval_share: float = 0.2, d_model: int = 32,
-                     epochs: int = 20, max_seconds: float = 120.0, max_history: int = 50, seed: int = 0
-                     ) -> RewardModelFit:
+                     epochs: int = 20, max_seconds: float = 120.0, max_history: int = 50, seed: int = 0,
+                     item_length_ms: np.ndarray | None = None) -> RewardModelFit:
     """Train the session reward model on the earlier examples and report it on the newest ``eval_share``
     (per-head AUC and calibration, :func:`models.reward_model.metrics.head_report`; Spearman with
     ``examples.true_value`` when the simulator gave one). Reusable by benchmarks."""
@@ -314,7 +322,7 @@ def fit_reward_model(examples, item_sids: np.ndarray, level_sizes, *, eval_share
                              heads=2, max_history=max_history, max_session=int(examples.sessions.shape[1]))
     t0 = time.perf_counter()
     res = train_reward_model(train, mcfg, RewardTrainConfig(epochs=epochs, max_seconds=max_seconds, seed=seed),
-                             item_sids=np.asarray(item_sids, dtype=np.int64))
+                             item_sids=np.asarray(item_sids, dtype=np.int64), item_length_ms=item_length_ms)
     rates, value = predict(res.model, later)
     report = head_report(rates, later.targets)
     if later.true_value is not None:
@@ -492,7 +500,8 @@ def run_align_round(cfg: AlignJobConfig, *, parent: str | None = None, version: 
                 return res
             fit = fit_reward_model(ex, bundle.item_sids, bundle.model.cfg.level_sizes, eval_share=cfg.rm_eval_share,
                                    d_model=cfg.rm_d_model, epochs=cfg.rm_epochs, max_seconds=cfg.rm_max_seconds,
-                                   max_history=cfg.max_history, seed=align_cfg.seed)
+                                   max_history=cfg.max_history, seed=align_cfg.seed,
+                                   item_length_ms=_item_lengths(window, item_ids))
             model, res.rm_report = fit.model, fit.report
             say(fit.summary())
             res.reward_model = version

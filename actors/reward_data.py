@@ -17,6 +17,17 @@ Both go through :func:`join_rewards` (served ⋈ rewards by ``request_id``) and
 ``request_id``, or (when the caller names the known ones) an unknown model
 version or arm are counted in the returned counters and left out, never crashed on.
 
+Per-slot targets (:func:`models.reward_model.data.slot_targets_from_events`): the
+user events that answer a session (same ``request_id`` and user) are joined to the
+served record by their ``position`` — which served item was clicked, liked,
+skipped, how much of it was watched. They are the session's own outcome, not its
+history, so the point-in-time rule does not apply to them. A session's slot
+labels are left unknown (NaN, counted) when an answering event has no position or
+a position outside the session (``slot_no_position``), names another item than
+the one served there (``slot_item_mismatch``), or when the events found are not
+the ones the reward counted (``slot_events_mismatch``: their number differs from
+the reward's ``events`` component — late or missing events).
+
 Invariant (point-in-time): an example's history holds only the user's events with
 ``ts < served.ts`` — nothing at or after the moment the session was served
 (:class:`PointInTimeHistory`).
@@ -33,10 +44,11 @@ from typing import Callable, Collection, Iterable, Mapping, Sequence
 import msgspec
 import numpy as np
 
-from actors.reward_spec import RewardSpec, scalar_reward, session_components
+from actors.reward_spec import RewardSpec, item_length_ms, scalar_reward, session_components
 from ingest.contract import ENGAGED_TYPES, EVENT_TYPES, REWARDS, SERVED, USER_EVENTS, Reward, Served, UserEvent
 from models.evaluation.ranker import Histories
-from models.reward_model.data import EMPTY, UNKNOWN_ITEM, RewardExamples, targets_from_components
+from models.reward_model.data import (EMPTY, HEADS, UNKNOWN_ITEM, RewardExamples, slot_targets_from_events,
+                                     targets_from_components)
 
 #: Event types kept in a reward-model history by default: engagements and explicit negatives (impressions
 #: are left out: they say what was shown, not what the user did, and would crowd the window).
@@ -140,13 +152,65 @@ def join_rewards(served: Iterable[Served], rewards: Iterable[Reward], known_vers
     return out, c
 
 
+def item_lengths_from_events(events: Iterable[UserEvent], item_index, n_items: int) -> np.ndarray:
+    """Each catalog item's length in ms ``[n_items]`` (float64; 0 = unknown) as players report it in the
+    events' context (:func:`actors.reward_spec.item_length_ms`; the latest report wins): what the reward
+    model's watch-minutes value needs (:meth:`models.reward_model.model.RewardModel.set_item_lengths`)."""
+    index = as_item_index(item_index)
+    out = np.zeros(int(n_items), dtype=np.float64)
+    last = np.full(int(n_items), np.iinfo(np.int64).min, dtype=np.int64)
+    for e in events:
+        if not e.context:
+            continue
+        length = item_length_ms(e)
+        if length is None:
+            continue
+        i = index(e.item_id)
+        if i is None or not 0 <= i < n_items or int(e.ts) < last[i]:
+            continue
+        out[i], last[i] = float(length), int(e.ts)
+    return out
+
+
+def events_by_request(events: Iterable[UserEvent]) -> dict[str, list[UserEvent]]:
+    """The events that answer a served session, by ``request_id`` (events without one are left out)."""
+    out: dict[str, list[UserEvent]] = {}
+    for e in events:
+        if e.request_id:
+            out.setdefault(e.request_id, []).append(e)
+    return out
+
+
+def session_slot_targets(served: Served, reward: Reward, events: Sequence[UserEvent] | None, max_session: int,
+                         counters: Counter) -> np.ndarray | None:
+    """Per-slot targets ``[max_session, 4]`` of one joined session from its answering ``events`` (see the
+    module docstring), or None (unknown, the reason counted)."""
+    events = [e for e in (events or ()) if e.user_id == served.user_id]
+    n_ev = reward.components.get("events")
+    if n_ev is not None and int(n_ev) != len(events):
+        counters["slot_events_mismatch"] += 1
+        return None
+    for e in events:
+        if e.position is not None and 0 <= e.position < len(served.items) and e.item_id != served.items[e.position]:
+            counters["slot_item_mismatch"] += 1
+            return None
+    st = slot_targets_from_events(len(served.items), events, max_session, item_length_ms)
+    if st is None:
+        counters["slot_no_position"] += 1
+    return st
+
+
 def build_examples(joined: Sequence[tuple[Served, Reward]], history: PointInTimeHistory, item_index,
                    max_session: int, max_history: int = 50,
-                   true_value: Callable[[Served], float] | None = None) -> tuple[RewardExamples, Counter]:
+                   true_value: Callable[[Served], float] | None = None,
+                   session_events: Mapping[str, Sequence[UserEvent]] | None = None
+                   ) -> tuple[RewardExamples, Counter]:
     """:class:`RewardExamples` of joined pairs: sessions cut to ``max_session`` slots, histories as of ``served.ts``.
 
     Items the catalog does not know become :data:`UNKNOWN_ITEM` slots (counted as ``unknown_items``);
-    sessions with no items are left out (``empty_sessions``).
+    sessions with no items are left out (``empty_sessions``). ``session_events`` (request id -> the events
+    answering it, :func:`events_by_request`), when given, adds per-slot targets (``slot_targets``;
+    ``slot_labelled`` counts the sessions that have them).
     """
     if max_session < 1:
         raise ValueError(f"max_session={max_session} must be >= 1 (slots per session, e.g. the served length)")
@@ -162,6 +226,7 @@ def build_examples(joined: Sequence[tuple[Served, Reward]], history: PointInTime
         keep.append((s, r))
     sessions = np.full((len(keep), max_session), EMPTY, dtype=np.int64)
     targets = np.zeros((len(keep), 4), dtype=np.float32)
+    slots = None if session_events is None else np.full((len(keep), max_session, len(HEADS)), np.nan, np.float32)
     for j, (s, r) in enumerate(keep):
         for k, item in enumerate(s.items[:max_session]):
             i = index(item)
@@ -170,11 +235,17 @@ def build_examples(joined: Sequence[tuple[Served, Reward]], history: PointInTime
                 i = UNKNOWN_ITEM
             sessions[j, k] = i
         targets[j] = targets_from_components(r.components)
+        if slots is not None:
+            st = session_slot_targets(s, r, session_events.get(s.request_id), max_session, c)
+            if st is not None:
+                slots[j] = st
+                c["slot_labelled"] += 1
     users = [s.user_id for s, _ in keep]
     ts = [int(s.ts) for s, _ in keep]
     hist = history.histories(users, ts, max_history)
     tv = None if true_value is None else np.array([true_value(s) for s, _ in keep], dtype=np.float64)
-    ex = RewardExamples(hist, sessions, targets, np.asarray(ts, np.int64), users, [s.request_id for s, _ in keep], tv)
+    ex = RewardExamples(hist, sessions, targets, np.asarray(ts, np.int64), users, [s.request_id for s, _ in keep], tv,
+                        slots)
     c["examples"] = len(ex)
     return ex, c
 
@@ -194,10 +265,13 @@ def examples_from_records(served, rewards, user_events, item_index, max_session:
                           known_versions: Collection[str] | None = None, known_arms: Collection[str] | None = None,
                           history_types: Collection[str] = DEFAULT_HISTORY_TYPES) -> tuple[RewardExamples, Counter]:
     """Point-in-time examples of ``served`` sessions joined with their ``rewards``, histories from
-    ``user_events`` (the archive's records, or a window of them)."""
+    ``user_events`` (the archive's records, or a window of them), per-slot targets from the events that
+    carry a session's request id."""
     joined, c = join_rewards(served, rewards, known_versions, known_arms)
+    user_events = list(user_events)
     history = PointInTimeHistory(user_events, item_index, history_types)
-    ex, c2 = build_examples(joined, history, item_index, max_session, max_history)
+    ex, c2 = build_examples(joined, history, item_index, max_session, max_history,
+                            session_events=events_by_request(user_events))
     return ex, c + c2
 
 
@@ -297,6 +371,7 @@ class WorldExamples:
     examples: RewardExamples
     counters: Counter
     rewards: list[Reward]
+    item_length_ms: np.ndarray | None = None   # [n_world_items] as the answers' events report them, 0 = unknown
 
 
 def examples_from_world(world, served: Sequence[Served], spec: RewardSpec = RewardSpec(), max_session: int | None = None,
@@ -317,8 +392,10 @@ def examples_from_world(world, served: Sequence[Served], spec: RewardSpec = Rewa
     tv = None
     if true_value_draws > 0:
         tv = lambda s: true_session_value(world, s.user_id, list(s.items), s.ts, spec, true_value_draws)  # noqa: E731
-    ex, c2 = build_examples(joined, history, _world_index(world), k, max_history, tv)
-    return WorldExamples(ex, c + c2, rewards)
+    ex, c2 = build_examples(joined, history, _world_index(world), k, max_history, tv,
+                            session_events=events_by_request(answers))
+    lengths = item_lengths_from_events(events, _world_index(world), len(world.item_ids))
+    return WorldExamples(ex, c + c2, rewards, lengths)
 
 
 def _world_index(world) -> ItemIndex:

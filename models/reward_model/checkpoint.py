@@ -2,7 +2,7 @@
 :mod:`models.generator.checkpoint`).
 
 ``weights`` holds the model's state dict under ``reward_model.`` (the SID table ``item_sids`` [N, D]
-included); ``config`` (JSON) holds the format tag, the :class:`RewardModelConfig` and free metadata (data
+and the item lengths ``item_minutes`` [N] included; a file without lengths loads with none known); ``config`` (JSON) holds the format tag, the :class:`RewardModelConfig` and free metadata (data
 window, metrics). Invariant: decoding parses tensors and JSON only, so a model file cannot run code; any
 inconsistency raises :class:`RewardCheckpointError` naming the fix. Pure: bytes in, bytes out.
 """
@@ -47,7 +47,8 @@ def decode(weights: bytes, config: bytes, device: str | torch.device = "cpu") ->
     try:
         model_cfg = RewardModelConfig.from_dict(cfg["model"])
         state = section(tensors, _PREFIX)
-        model = RewardModel(model_cfg, state.get("item_sids"))
+        state.setdefault("item_minutes", torch.zeros(0))   # saved before item lengths existed: none known
+        model = RewardModel(model_cfg, state.get("item_sids"), state["item_minutes"])
         model.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise RewardCheckpointError(f"reward model weights and config do not fit together ({type(e).__name__}: "

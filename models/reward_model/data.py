@@ -15,12 +15,21 @@ does not know), and the targets of the four heads taken from the joined reward's
 Rates rather than "any click" labels, because the session value the aligner ranks
 by is an expectation over the session's slots (OneRec trains its towers on view /
 like / follow *rates* of a session with BCE).
+
+Optional **per-slot targets** ``[M, K, 4]`` (``slot_targets``, :func:`slot_targets_from_events`):
+which served position was clicked, liked, skipped / disliked (0 or 1 per served
+slot — an impression the user never reached is still a 0 for click: the model's
+slot-position embedding absorbs examination), and the watch fraction of each
+clicked slot (NaN elsewhere). They say *which item* of a session the user
+engaged with — item-level supervision, what ordering one user's near-identical
+candidates needs. NaN = unknown (padding slots, or a session whose events did
+not carry their served position).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,13 +57,53 @@ def targets_from_components(components: Mapping[str, float]) -> np.ndarray:
     return out
 
 
+def slot_targets_from_events(n_items: int, events: Sequence, max_session: int,
+                             item_length: "Callable[[object], int | None] | None" = None) -> np.ndarray | None:
+    """Per-slot targets ``[max_session, 4]`` (``HEADS`` order, float32, NaN = unknown) of one session served
+    with ``n_items`` items, from its answering events (anything with ``UserEvent``'s ``type``, ``position``,
+    ``watch_ms``); None when some event has no position, or one outside the served slots (the labels of that
+    session are unknown, the session-level targets still hold).
+
+    Slots ``0 .. min(n_items, max_session) - 1`` get click / like / skip 0 or 1 (skip: a skip or a dislike
+    event at that position); watch: the mean ``min(1, watch_ms / length)`` of the slot's watch events whose
+    length ``item_length(event)`` knows, NaN where none (and on every slot that was not clicked)."""
+    out = np.full((max_session, len(HEADS)), np.nan, dtype=np.float32)
+    k = min(int(n_items), max_session)
+    out[:k, 0] = out[:k, 1] = out[:k, 3] = 0.0
+    fr: dict[int, list[float]] = {}
+    for e in events:
+        pos = getattr(e, "position", None)
+        if pos is None or not 0 <= int(pos) < int(n_items):
+            return None
+        pos = int(pos)
+        if pos >= k:
+            continue
+        t = e.type
+        if t == "click":
+            out[pos, 0] = 1.0
+        elif t == "like":
+            out[pos, 1] = 1.0
+        elif t in ("skip", "dislike"):
+            out[pos, 3] = 1.0
+        if e.watch_ms and item_length is not None:
+            length = item_length(e)
+            if length:
+                fr.setdefault(pos, []).append(min(1.0, float(e.watch_ms) / float(length)))
+    for pos, f in fr.items():
+        if out[pos, 0] == 1.0:
+            out[pos, 2] = float(np.mean(f))
+    return out
+
+
 @dataclass
 class RewardExamples:
     """Served sessions with their targets. ``M`` examples, sessions padded to ``K`` slots.
 
     ``histories`` has one row per example (the user's events strictly before ``ts``);
     ``sessions`` ``[M, K]`` int64; ``targets`` ``[M, 4]`` float32 (NaN = unknown);
-    ``ts`` ``[M]`` served time (ms); ``true_value`` ``[M]`` optional ground truth (simulator).
+    ``ts`` ``[M]`` served time (ms); ``true_value`` ``[M]`` optional ground truth (simulator);
+    ``slot_targets`` ``[M, K, 4]`` optional per-slot targets (NaN = unknown; a session whose slots are
+    unknown is all NaN).
     """
 
     histories: Histories
@@ -64,6 +113,7 @@ class RewardExamples:
     user_ids: list[str]
     request_ids: list[str]
     true_value: np.ndarray | None = None
+    slot_targets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.sessions = np.asarray(self.sessions, dtype=np.int64).reshape(len(self.histories), -1)
@@ -79,6 +129,12 @@ class RewardExamples:
             self.true_value = np.asarray(self.true_value, dtype=np.float64).reshape(-1)
             if len(self.true_value) != m:
                 raise ValueError(f"RewardExamples.true_value has {len(self.true_value)} rows for {m} examples")
+        if self.slot_targets is not None:
+            st = np.asarray(self.slot_targets, dtype=np.float32)
+            if st.shape != (m, self.sessions.shape[1], len(HEADS)):
+                raise ValueError(f"RewardExamples.slot_targets has shape {st.shape}; it must be [M={m}, "
+                                 f"K={self.sessions.shape[1]}, {len(HEADS)}] (NaN = unknown)")
+            self.slot_targets = st
 
     def __len__(self) -> int:
         return len(self.histories)
@@ -87,7 +143,8 @@ class RewardExamples:
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         return RewardExamples(self.histories.subset(idx.tolist()), self.sessions[idx], self.targets[idx],
                               self.ts[idx], [self.user_ids[i] for i in idx], [self.request_ids[i] for i in idx],
-                              None if self.true_value is None else self.true_value[idx])
+                              None if self.true_value is None else self.true_value[idx],
+                              None if self.slot_targets is None else self.slot_targets[idx])
 
     def split_at(self, ts: int) -> tuple["RewardExamples", "RewardExamples"]:
         """``(served before ts, served at or after ts)``: a split by time, the later part for evaluation."""

@@ -119,3 +119,22 @@ def within_user_rank_correlation(pred: np.ndarray, true: np.ndarray) -> float:
     rhos = [rank_correlation(p, t) for p, t in zip(pred, true)]
     rhos = [r for r in rhos if np.isfinite(r)]
     return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def slot_head_report(slot_probs: np.ndarray, slot_targets: np.ndarray, prefix: str = "rm_slot_") -> dict[str, float]:
+    """Per-slot quality: ``{prefix}auc_<head>`` of each slot's predicted probability ``[M, K, 4]`` against its
+    slot label ``[M, K, 4]`` (click / like / skip: the 0/1 label; watch: fraction >= ``LABEL_AT`` on clicked
+    slots) over the known slots, and ``{prefix}n_<head>`` their count — "does the model know which item of a
+    session the user engaged with", which session-level AUC does not tell."""
+    p = np.asarray(slot_probs, dtype=np.float64).reshape(-1, len(HEADS))
+    t = np.asarray(slot_targets, dtype=np.float64).reshape(-1, len(HEADS))
+    if p.shape != t.shape:
+        raise ValueError(f"slot_probs {np.shape(slot_probs)} and slot_targets {np.shape(slot_targets)} must be the "
+                         "same [M, K, 4]")
+    out: dict[str, float] = {}
+    for j, h in enumerate(HEADS):
+        k = ~np.isnan(t[:, j])
+        lab = t[k, j] >= (LABEL_AT if h == "watch" else 0.5)
+        out[f"{prefix}auc_{h}"] = auc(p[k, j], lab) if k.any() else float("nan")
+        out[f"{prefix}n_{h}"] = float(k.sum())
+    return out

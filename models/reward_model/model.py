@@ -28,8 +28,14 @@
   probabilities keeps every head a per-impression rate in [0, 1] whatever the
   session length, which is what the targets are (:mod:`models.reward_model.data`).
 * **Value** — ``Σ_h weight_h · term_h`` with ``term`` the click, like and skip
-  rates and, for watch, click rate × watch fraction (the expected fraction of a
-  served item that is watched): expected reward per served item.
+  rates and, for watch, the expected **minutes watched** per served item: the
+  mean over slots of click probability × watch fraction × the item's length in
+  minutes (:meth:`RewardModel.set_item_lengths`; the product's reward counts
+  watch minutes, not fractions, so a long item a user finishes is worth more
+  than a short one — the heads learn fractions, which transfer across items,
+  and the length is a known item attribute). An item of unknown length counts
+  the mean known length; with no lengths at all every item counts 1 minute, so
+  the term is click rate × watch fraction.
 
 Invariant: padding never changes a real output — history positions count real
 events only and padded keys are masked; empty session slots (``-1``) are masked
@@ -180,7 +186,8 @@ class _Block(nn.Module):
 class RewardModel(nn.Module):
     """The session reward model (see module docstring). ``item_sids`` [N, D]: the catalog's SIDs."""
 
-    def __init__(self, cfg: RewardModelConfig, item_sids: np.ndarray | Tensor | None = None) -> None:
+    def __init__(self, cfg: RewardModelConfig, item_sids: np.ndarray | Tensor | None = None,
+                 item_minutes: np.ndarray | Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         d, D = cfg.d_model, len(cfg.level_sizes)
@@ -193,6 +200,7 @@ class RewardModel(nn.Module):
         else:
             self.code_emb = None
         self.register_buffer("item_sids", torch.zeros((0, D), dtype=torch.long))  # [N, D], saved with the model
+        self.register_buffer("item_minutes", torch.zeros(0))   # [N] item lengths (minutes), saved with the model
         self.type_emb = nn.Embedding(N_EVENT_CODES, d, padding_idx=0)
         self.time_emb = nn.Embedding(cfg.n_time_buckets, d, padding_idx=0)
         self.hist_pos = nn.Embedding(cfg.max_history, d)
@@ -222,6 +230,10 @@ class RewardModel(nn.Module):
             self.time_emb.weight[0].zero_()
         if item_sids is not None:
             self.set_item_sids(item_sids)
+        if item_minutes is not None:
+            self.item_minutes = torch.as_tensor(np.asarray(item_minutes, dtype=np.float32)
+                                                if not isinstance(item_minutes, Tensor) else item_minutes,
+                                                dtype=torch.float32).reshape(-1)
 
     # ---- items ------------------------------------------------------------------------
 
@@ -234,6 +246,26 @@ class RewardModel(nn.Module):
             raise ValueError(f"item_sids must be [N, D={D}] (the catalog's SIDs, D = len(level_sizes)); "
                              f"got shape {tuple(sids.shape)}")
         self.item_sids = sids.to(self.id_emb.weight.device)
+
+    def set_item_lengths(self, length_ms: np.ndarray | Tensor) -> None:
+        """Item lengths ``[N]`` in ms by catalog index (``<= 0`` or NaN = unknown: the mean known length), for
+        the value's watch-minutes term; all unknown = 1 minute each (the value's watch term is then click
+        rate × watch fraction)."""
+        ms = np.asarray(length_ms.detach().cpu() if isinstance(length_ms, Tensor) else length_ms,
+                        dtype=np.float64).reshape(-1)
+        known = np.isfinite(ms) & (ms > 0)
+        fill = float(ms[known].mean()) if known.any() else 60_000.0
+        self.item_minutes = torch.as_tensor(np.where(known, ms, fill) / 60_000.0, dtype=torch.float32,
+                                            device=self.id_emb.weight.device)
+
+    def minutes(self, idx: Tensor) -> Tensor:
+        """Lengths in minutes ``[...]`` of catalog indices (unknown index: the mean length; no table: 1)."""
+        n = self.item_minutes.shape[0]
+        if not n:
+            return torch.ones(idx.shape, device=idx.device)
+        has = (idx >= 0) & (idx < n)
+        m = self.item_minutes[torch.where(has, idx, torch.zeros_like(idx))]
+        return torch.where(has, m, self.item_minutes.mean())
 
     def item_vectors(self, idx: Tensor, drop_ids: bool = False) -> Tensor:
         """Item vectors ``[..., d]`` of catalog indices ``idx`` (negative / unknown: the "unknown id" row)."""
@@ -316,7 +348,8 @@ class RewardModel(nn.Module):
         wc = pc.detach()   # the watch loss must not move the click head through its weights
         watch = (wc * p[..., 2]).sum(1) / wc.sum(1).clamp(min=1e-6)                       # [B]
         rates = torch.stack([mean[:, 0], mean[:, 1], watch, mean[:, 3]], dim=1)          # [B, 4]
-        terms = torch.stack([mean[:, 0], mean[:, 1], (pc * p[..., 2]).sum(1) / n[:, 0], mean[:, 3]], dim=1)
+        minutes = (pc * p[..., 2] * self.minutes(sessions)).sum(1) / n[:, 0]             # [B] per served item
+        terms = torch.stack([mean[:, 0], mean[:, 1], minutes, mean[:, 3]], dim=1)        # [B, 4]
         value = (terms * self.value_w).sum(1)                                             # [B]
         return RewardOutput(rates, value, p)
 

@@ -92,3 +92,111 @@ def test_world_examples_are_point_in_time_and_use_the_joiners_components():
     r0 = we.rewards[0]
     assert ex.targets[0, 0] == np.float32(min(1.0, r0.components["clicks"] / r0.components["impressions"]))
     assert np.isfinite(ex.targets[:, 0]).all()
+
+
+# ---- per-slot targets --------------------------------------------------------------------------
+
+def _pev(k, rid, item, pos, type, ts=310, user="u", watch_ms=None, length=None):
+    return UserEvent(event_id=f"{rid}-{k}", user_id=user, item_id=item, type=type, ts=ts, request_id=rid,
+                     position=pos, watch_ms=watch_ms, context=None if length is None else {"item_length_ms": length})
+
+
+def _rew(rid, user, ts, events, n):
+    from actors.reward_spec import session_components
+
+    comp = session_components(_served(rid, user, ts, [f"i{k}" for k in range(n)]), events)
+    return Reward(request_id=rid, user_id=user, experiment="e", arm="a", model_version="v1", components=comp,
+                  reward=0.0, window_closed_ts=ts + 1, ts=ts)
+
+
+def test_slot_targets_say_which_position_was_clicked_liked_skipped_and_watched():
+    from actors.reward_data import events_by_request
+
+    items = ["i1", "i2", "i3"]
+    ev = [_pev(0, "r1", "i1", 0, "impression"), _pev(1, "r1", "i1", 0, "skip"),
+          _pev(2, "r1", "i2", 1, "impression"), _pev(3, "r1", "i2", 1, "click"),
+          _pev(4, "r1", "i2", 1, "watch", watch_ms=500, length=1000), _pev(5, "r1", "i2", 1, "like"),
+          _pev(6, "r1", "i3", 2, "impression"), _pev(7, "r1", "i3", 2, "dislike")]
+    s = _served("r1", "u", 300, items)
+    joined = [(s, _rew("r1", "u", 300, ev, 3))]
+    ex, c = build_examples(joined, PointInTimeHistory([], ITEMS), ITEMS, 4, session_events=events_by_request(ev))
+    st = ex.slot_targets
+    assert st.shape == (1, 4, 4) and c["slot_labelled"] == 1
+    np.testing.assert_array_equal(st[0, :3, 0], [0, 1, 0])          # click at position 1
+    np.testing.assert_array_equal(st[0, :3, 1], [0, 1, 0])          # like at position 1
+    np.testing.assert_array_equal(st[0, :3, 3], [1, 0, 1])          # skip at 0, dislike at 2
+    assert st[0, 1, 2] == np.float32(0.5) and np.isnan(st[0, [0, 2], 2]).all()   # watch only where clicked
+    assert np.isnan(st[0, 3]).all()                                  # the padding slot
+    # the session-level targets are the slot labels' means (one click per position)
+    np.testing.assert_allclose(ex.targets[0, [0, 1, 3]], np.nanmean(st[0, :3], axis=0)[[0, 1, 3]], rtol=1e-6)
+    # an impression the user never reached is still a 0 for click (a 2-event session: all labelled)
+    ev2 = [_pev(0, "r2", "i1", 0, "impression"), _pev(1, "r2", "i1", 0, "skip")]
+    ex2, _ = build_examples([(_served("r2", "u", 300, ["i1", "i2"]), _rew("r2", "u", 300, ev2, 2))],
+                            PointInTimeHistory([], ITEMS), ITEMS, 2, session_events=events_by_request(ev2))
+    np.testing.assert_array_equal(ex2.slot_targets[0, :, 0], [0, 0])
+
+
+def test_slot_targets_are_unknown_without_positions_or_with_other_events():
+    from actors.reward_data import events_by_request
+
+    s = _served("r1", "u", 300, ["i1", "i2"])
+    no_pos = [_pev(0, "r1", "i1", None, "click")]
+    wrong_item = [_pev(0, "r1", "i9", 0, "click")]
+    out_of_range = [_pev(0, "r1", "i1", 5, "click")]
+    for ev, reason in ((no_pos, "slot_no_position"), (wrong_item, "slot_item_mismatch"),
+                       (out_of_range, "slot_no_position")):
+        ex, c = build_examples([(s, _rew("r1", "u", 300, ev, 2))], PointInTimeHistory([], ITEMS), ITEMS, 2,
+                               session_events=events_by_request(ev))
+        assert np.isnan(ex.slot_targets).all() and c[reason] == 1 and c["slot_labelled"] == 0, reason
+        assert np.isfinite(ex.targets[0, 0])                          # the session targets still hold
+    # fewer events found than the reward counted (late / missing): unknown
+    ev = [_pev(0, "r1", "i1", 0, "click"), _pev(1, "r1", "i1", 0, "watch", watch_ms=10)]
+    ex, c = build_examples([(s, _rew("r1", "u", 300, ev, 2))], PointInTimeHistory([], ITEMS), ITEMS, 2,
+                           session_events=events_by_request(ev[:1]))
+    assert np.isnan(ex.slot_targets).all() and c["slot_events_mismatch"] == 1
+    # without session_events there are no slot targets at all
+    ex, _ = build_examples([(s, _rew("r1", "u", 300, ev, 2))], PointInTimeHistory([], ITEMS), ITEMS, 2)
+    assert ex.slot_targets is None
+
+
+def test_archive_and_world_paths_carry_slot_targets(tmp_path):
+    ev = [_pev(0, "r1", "i1", 0, "impression", ts=1001), _pev(1, "r1", "i1", 0, "click", ts=1002),
+          _pev(2, "r1", "i2", 1, "impression", ts=1003), _pev(3, "r1", "i2", 1, "skip", ts=1004)]
+    topics = {SERVED: [_served("r1", "u", 1000, ["i1", "i2"])], REWARDS: [_rew("r1", "u", 1000, ev, 2)],
+              USER_EVENTS: [_ev(9, "u", "i9", 500)] + ev}
+    for topic, recs in topics.items():
+        d = topic_dir(tmp_path, topic) / "date=2026-01-01"
+        d.mkdir(parents=True)
+        n = len(recs)
+        pq.write_table(to_table(recs, topic, [0] * n, range(n)), d / file_name(0, 0, n, 0, 1))
+    ex, c = examples_from_archive(tmp_path, ITEMS, max_session=2)
+    assert c["slot_labelled"] == 1
+    np.testing.assert_array_equal(ex.slot_targets[0, :, 0], [1, 0])
+    np.testing.assert_array_equal(ex.slot_targets[0, :, 3], [0, 1])
+    assert ex.histories.items[0].tolist() == [9]                      # the answers are not in its own history
+
+    world = SyntheticWorld(WorldConfig.small(seed=1, n_users=60, n_items=200))
+    we = examples_from_world(world, exploration_served(world, 40, 4, seed=3))
+    st = we.examples.slot_targets
+    assert st.shape == (40, 4, 4) and we.counters["slot_labelled"] == 40
+    for j, r in enumerate(we.rewards):   # every click of the joiner's components is at one labelled position
+        assert st[j, :, 0].sum() == r.components["clicks"]
+        assert st[j, :, 3].sum() == r.components["skips"] + r.components["dislikes"]
+    sub = we.examples.subset([3, 1])
+    np.testing.assert_array_equal(sub.slot_targets, st[[3, 1]])
+
+
+def test_item_lengths_come_from_the_events_context():
+    from actors.reward_data import item_lengths_from_events
+
+    ev = [_pev(0, "r1", "i2", 0, "watch", ts=10, watch_ms=5, length=60_000),
+          _pev(1, "r1", "i2", 0, "watch", ts=5, watch_ms=5, length=30_000),     # older report: not taken
+          _pev(2, "r2", "i3", 0, "watch", ts=10, watch_ms=5),                    # no length
+          _pev(3, "r2", "nope", 0, "watch", ts=10, watch_ms=5, length=1000)]     # unknown item
+    out = item_lengths_from_events(ev, ITEMS, 10)
+    assert out.shape == (10,) and out[2] == 60_000 and out[3] == 0 and out.sum() == 60_000
+    world = SyntheticWorld(WorldConfig.small(seed=1, n_users=60, n_items=200))
+    we = examples_from_world(world, exploration_served(world, 40, 4, seed=3))
+    known = we.item_length_ms > 0
+    assert known.any() and (we.item_length_ms[known] == world.item_length_ms[known]).all()
+

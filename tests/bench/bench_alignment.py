@@ -18,12 +18,15 @@ with one seed, in one process:
    share: the aligner asks the reward model to rank the base model's own candidates, so it must have
    seen that distribution (OneRec-V2: on-policy exposures mattered). The world answers
    (:func:`actors.reward_data.simulate_rewards`, through :func:`~actors.reward_data.examples_from_world`),
-   the reward model trains on sessions served before ``rm_cut`` (per-head BCE plus, with ``rm_rank_weight``,
-   a pairwise ranking loss over the same user's sessions, :func:`models.reward_model.training.ranking_loss`)
-   and is evaluated on the later ones:
-   per-head AUC and calibration (``rm_auc_*``, ``rm_ece_*``), Spearman of its predicted session value
-   vs the world's expected value (``rm_true_spearman``), and the same among each user's own beam
-   candidates (``rm_within_user_spearman``, what pair selection needs).
+   the reward model trains on sessions served before ``rm_cut`` with the product's defaults
+   (:class:`models.reward_model.training.RewardTrainConfig`: per-slot labels — which served position was
+   clicked, liked, skipped, how much of it was watched —, its value counting watch minutes of each item's
+   length as the answers' events report it) and is evaluated on the later ones:
+   per-head AUC and calibration (``rm_auc_*``, ``rm_ece_*``; per slot ``rm_slot_auc_*``), Spearman of its
+   predicted session value vs the world's expected value (``rm_true_spearman``), and the same among each
+   user's own beam candidates (``rm_within_user_spearman``, what pair selection needs), beside two
+   scorers without a reward model (``generator_logprob_within_user_spearman``,
+   ``popularity_within_user_spearman``, :func:`within_user_diagnostics`).
 3. **round** — users are split once, seeded, into three disjoint groups: *align* (the only users the
    round samples: candidates, pairs, served sessions of the feedback arm), *validation* (tuning,
    docs/decisions/036-alignment-settings.md) and *test* (every reported closed-loop and offline figure).
@@ -65,7 +68,8 @@ A plot of the closed-loop reward per policy with its interval is written beside 
 Sizes: :data:`FULL`, :data:`QUICK`; :data:`TINY` is the size ``tests/infra/test_bench_alignment.py`` runs.
 ``python tests/bench/bench_alignment.py --tune [--quick]`` runs the validation-side settings search
 (``GENREC_TUNE_GRID``: a JSON list of AlignConfig overrides; ``GENREC_TUNE_SIZE``: size overrides, e.g.
-``{"serve_group": 1, "rm_rank_weight": 0}`` for the reward model's data and loss).
+``{"serve_group": 1, "rm_rank_weight": 1.0}`` for the reward model's data and loss; ``GENREC_TUNE_RM``: a
+JSON list of such overrides, one reward model each on the same base, :func:`tune`).
 """
 
 from __future__ import annotations
@@ -83,14 +87,16 @@ SUITE = "alignment"
 #: Sizes. ``world``: WorldConfig kwargs (``small`` = WorldConfig.small); ``budget_cpu_s`` base training
 #: budget; ``served``: sessions served in the window; ``answers``: closed-loop answers per user and policy;
 #: ``serve_group``: base-model sessions served per request (within-user contrast, default 1);
-#: ``rm_rank_weight``: the reward model's within-user ranking loss weight (default 0 here).
+#: ``rm_slot_weight`` / ``rm_session_weight`` / ``rm_session_on_labelled`` / ``rm_rank_weight`` /
+#: ``rm_seed``: overrides of the reward model's RewardTrainConfig (absent = its defaults); ``rm_d_model``
+#: its width (32); ``rm_watch_minutes`` (True): item lengths in its value.
 FULL = dict(world="default", budget_cpu_s=45.0, epochs=40, served=4000, rm_epochs=8, answers=6,
             shares=(0.5, 0.2, 0.3), gate_users=300, canary_users=200, eval_beam_offline=50,
-            serve_group=4, rm_rank_weight=1.0,
+            serve_group=4,
             grid=[{}, {"user_share": 0.05, "steps": 50}, {"steps": 50}])
 QUICK = dict(world="small", budget_cpu_s=30.0, epochs=40, served=2500, rm_epochs=8, answers=4,
              shares=(0.5, 0.2, 0.3), gate_users=150, canary_users=100, eval_beam_offline=50,
-             serve_group=4, rm_rank_weight=1.0)
+             serve_group=4)
 TINY = dict(world="tiny", budget_cpu_s=3.0, epochs=2, served=300, rm_epochs=2, answers=2,
             shares=(0.5, 0.2, 0.3), gate_users=40, canary_users=20, eval_beam_offline=20,
             align=dict(user_share=1.0, steps=10, eval_users=20), truth_round=False)
@@ -262,10 +268,10 @@ def train_reward(base: Base, size: dict, seed: int, say=_say, keep: dict | None 
     import torch
 
     from actors.reward_data import examples_from_world, exploration_served
-    from models.reward_model.metrics import head_report, rank_correlation
+    from models.reward_model.metrics import head_report, rank_correlation, slot_head_report
     from models.reward_model.model import RewardModelConfig
     from models.reward_model.scorer import RewardModelScorer
-    from models.reward_model.training import RewardTrainConfig, predict, train_reward_model
+    from models.reward_model.training import RewardTrainConfig, predict, predict_slots, train_reward_model
 
     world = base.world
     K = base.model.cfg.session_len
@@ -284,17 +290,24 @@ def train_reward(base: Base, size: dict, seed: int, say=_say, keep: dict | None 
     train, test = ex.split_at(cut)
     say(f"served {len(served)} sessions ({n_base} by the base model) in the last {WINDOW:.0%} of the log; "
         f"reward model: {len(train)} train, {len(test)} later-window examples ({time.time() - t:.0f}s)")
+    d_model = int(size.get("rm_d_model", 32))
     cfg = RewardModelConfig(n_items=len(world.item_ids),
                             level_sizes=tuple(int(x) + 1 for x in base.world_sids.max(0)),
-                            d_model=32, max_history=GENERATOR["max_history"], max_session=K)
-    torch.manual_seed(seed)
+                            d_model=d_model, heads=2, max_history=GENERATOR["max_history"], max_session=K)
+    rm_seed = int(size.get("rm_seed", seed))   # the reward model's own seed (the served data keep ``seed``)
+    torch.manual_seed(rm_seed)
     t = time.time()
+    over = {k[3:]: size[k] for k in ("rm_slot_weight", "rm_session_weight", "rm_session_on_labelled",
+                                     "rm_rank_weight") if k in size}   # else the product's defaults
     res = train_reward_model(train, cfg, RewardTrainConfig(epochs=size["rm_epochs"], patience=3, batch_size=128,
-                                                           lr=1e-2, seed=seed,
-                                                           rank_weight=size.get("rm_rank_weight", 0.0)),
-                             item_sids=base.world_sids)
+                                                           lr=1e-2, seed=rm_seed, **over),
+                             item_sids=base.world_sids,
+                             item_length_ms=wex.item_length_ms if size.get("rm_watch_minutes", True) else None)
     rates, value = predict(res.model, test)
     m = head_report(rates, test.targets)
+    if test.slot_targets is not None:
+        m.update(slot_head_report(predict_slots(res.model, test), test.slot_targets))
+        m["rm_slot_labelled_share"] = wex.counters["slot_labelled"] / max(1, len(ex))
     sess = [[world.item_ids[i] for i in row if i >= 0] for row in test.sessions]
     tv = world.expected_values(list(test.user_ids), sess, np.asarray(test.ts, dtype=np.int64))
     m["rm_true_spearman"] = rank_correlation(value, tv)
@@ -305,8 +318,11 @@ def train_reward(base: Base, size: dict, seed: int, say=_say, keep: dict | None 
     return WorldIndexScorer(RewardModelScorer(res.model), base.split_to_world), m
 
 
-def within_user_spearman(base: Base, scorer, users: np.ndarray, n: int = 16) -> float:
-    """Mean over ``users`` of Spearman(reward model, world value) among their own ``n`` beam candidates."""
+def within_user_diagnostics(base: Base, scorers: dict, users: np.ndarray, n: int = 16) -> dict[str, float]:
+    """Within-user Spearman with the world's value among each user's own ``n`` beam candidates (what pair
+    selection needs), for each of ``scorers`` (name -> Scorer) and two reference scorers that need no reward
+    model: ``generator_logprob`` (the parent's own log-probability of the candidate) and ``popularity``
+    (mean log(1 + training-log count) of the session's items) — what a reward model has to beat."""
     from actors.aligner import WorldValueScorer, generate_candidates
     from models.alignment.config import AlignConfig
     from models.reward_model.metrics import within_user_rank_correlation
@@ -315,9 +331,17 @@ def within_user_spearman(base: Base, scorer, users: np.ndarray, n: int = 16) -> 
     tr = split.train()
     hist = _user_histories([tr.items[u] for u in users], [tr.ts[u] for u in users], [tr.types[u] for u in users],
                            [split.user_ids[u] for u in users])
-    cand, _ = generate_candidates(base.model, hist, base.item_sids, base.trie, AlignConfig(n_candidates=n))
-    truth = WorldValueScorer(base.world, split.item_ids)
-    return within_user_rank_correlation(scorer.score(hist, cand), truth.score(hist, cand))
+    cand, logp = generate_candidates(base.model, hist, base.item_sids, base.trie, AlignConfig(n_candidates=n))
+    true = WorldValueScorer(base.world, split.item_ids).score(hist, cand)                # [U, N]
+    counts = np.bincount(np.concatenate([np.asarray(x, np.int64) for x in tr.items] or [np.zeros(0, np.int64)]),
+                         minlength=len(split.item_ids))
+    lc = np.log1p(counts.astype(np.float64))
+    real = cand >= 0
+    pop = (np.where(real, lc[np.maximum(cand, 0)], 0.0).sum(-1) / np.maximum(real.sum(-1), 1))   # [U, N]
+    out = {name: within_user_rank_correlation(sc.score(hist, cand), true) for name, sc in scorers.items()}
+    out["generator_logprob"] = within_user_rank_correlation(np.asarray(logp, np.float64), true)
+    out["popularity"] = within_user_rank_correlation(pop, true)
+    return out
 
 
 def feedback_sessions(base: Base, served, rewards, users: np.ndarray):
@@ -459,7 +483,10 @@ def run_pipeline(size: dict, *, seed: int = SEED, align=None, use_ray: bool = Tr
     kept: dict = {}
     scorer, rm = train_reward(base, size, seed, say, keep=kept)
     groups = user_groups(base.split, size["shares"], seed)
-    rm["rm_within_user_spearman"] = within_user_spearman(base, scorer, groups["valid"][:100])
+    diag = within_user_diagnostics(base, {"rm": scorer}, groups["valid"][:100])
+    rm["rm_within_user_spearman"] = diag["rm"]
+    rm["generator_logprob_within_user_spearman"] = diag["generator_logprob"]
+    rm["popularity_within_user_spearman"] = diag["popularity"]
     data = round_data(base, groups, kept)
     truth = WorldValueScorer(base.world, base.split.item_ids)
     grid = size.get("grid") or [{}]
@@ -662,7 +689,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
 # ---- settings search on the validation users --------------------------------------------------
 
 def validate_settings(base: Base, reg, data, scorer, truth, valid_users: np.ndarray, grid: list[dict], align,
-                      size: dict, say=_say) -> list[dict]:
+                      size: dict, say=_say, prefix: str = "", cache: dict | None = None) -> list[dict]:
     """One round per setting (overrides of ``align``) from the same base and reward model, in process (the
     same arithmetic as one Ray Train worker); each judged on the **validation** users only: closed-loop
     gain (paired t-test), expected-value gain, NDCG@10 ratio and HR@50 on their held-out item. The test
@@ -670,17 +697,20 @@ def validate_settings(base: Base, reg, data, scorer, truth, valid_users: np.ndar
     from actors.aligner import run_round
     from models.alignment.config import AlignConfig
 
-    ev0 = evaluate_group(base, {"base": base.model}, valid_users, size["answers"], with_baselines=False,
-                         beam_offline=size["eval_beam_offline"])
+    cache = {} if cache is None else cache   # the base's figures on these users, shared by calls on one base
+    if "ev0" not in cache:
+        cache["ev0"] = evaluate_group(base, {"base": base.model}, valid_users, size["answers"], with_baselines=False,
+                                      beam_offline=size["eval_beam_offline"])
+    ev0 = cache["ev0"]
     rows = []
     for j, over in enumerate(grid):
         cfg = AlignConfig(**{**align.to_dict(), "eval_users": 50, **over})
         t = time.time()
         rep = run_round(cfg, reg, data, scorer if cfg.mode == "reward_model" else None, parent="base",
-                        version=f"valid{j}", true_scorer=truth, say=lambda _: None)
+                        version=f"{prefix}valid{j}", true_scorer=truth, say=lambda _: None)
         row = {"setting": over, "pairs": rep.n_pairs, "published": rep.published, "round_s": time.time() - t}
         if rep.published:
-            m = reg.load(f"valid{j}").model.eval()
+            m = reg.load(f"{prefix}valid{j}").model.eval()
             ev = evaluate_group(base, {"aligned": m}, valid_users, size["answers"], with_baselines=False,
                                 beam_offline=size["eval_beam_offline"])
             ev["per_user"]["base"], ev["value"]["base"] = ev0["per_user"]["base"], ev0["value"]["base"]
@@ -722,9 +752,13 @@ def settings_table(rows: list[dict], chosen: dict | None, n_valid: int) -> str:
             "gain)\n\n" + "\n".join(out) + verdict)
 
 
-def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say) -> list[dict]:
-    """Only the settings search (no test-user figures): base, reward model, then :func:`validate_settings`."""
-    from actors.aligner import RoundData, WorldValueScorer
+def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say, rm_grid: list[dict] | None = None) -> list[dict]:
+    """Only the settings search (no test-user figures): base, then per reward-model setting of ``rm_grid``
+    (size overrides: ``rm_slot_weight``, ``rm_session_weight``, ``rm_rank_weight``, ``rm_d_model``,
+    ``serve_group``, ...; default ``[{}]``) a reward model, its diagnostics on the validation users
+    (within-user Spearman beside the generator's log-probability and popularity, :func:`within_user_diagnostics`)
+    and :func:`validate_settings` of ``grid``. One base for every setting, so they are comparable."""
+    from actors.aligner import WorldValueScorer
     from actors.model_registry import ModelRegistry
     from models.alignment.config import AlignConfig
 
@@ -734,13 +768,22 @@ def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say) -> list[dict]
     base = train_base(size, seed, say)
     reg = ModelRegistry(tempfile.mkdtemp(prefix="bench-align-tune-"))
     publish_base(base, reg)
-    kept: dict = {}
-    scorer, rm = train_reward(base, size, seed, say, keep=kept)
     groups = user_groups(base.split, size["shares"], seed)
-    say(f"within-user Spearman (validation users): {within_user_spearman(base, scorer, groups['valid'][:100]):.3f}")
-    return validate_settings(base, reg, round_data(base, groups, kept), scorer,
-                             WorldValueScorer(base.world, base.split.item_ids), groups["valid"], grid, AlignConfig(),
-                             size, say)
+    truth = WorldValueScorer(base.world, base.split.item_ids)
+    rows, cache = [], {}
+    for i, rm_over in enumerate(rm_grid or [{}]):
+        kept: dict = {}
+        sz = {**size, **rm_over}
+        scorer, rm = train_reward(base, sz, seed, say, keep=kept)
+        diag = within_user_diagnostics(base, {"rm": scorer}, groups["valid"][:100])
+        say(f"reward model {rm_over}: within-user Spearman (validation users) " +
+            ", ".join(f"{k} {v:.3f}" for k, v in diag.items()))
+        rm_fig = {k: v for k, v in rm.items() if k.startswith(("rm_auc_", "rm_slot_auc_", "rm_true_spearman"))}
+        head = {"rm_setting": rm_over, **{f"within_user_{k}": v for k, v in diag.items()}, **rm_fig}
+        vrows = validate_settings(base, reg, round_data(base, groups, kept), scorer, truth, groups["valid"], grid,
+                                  AlignConfig(), sz, say, prefix=f"rm{i}-", cache=cache)
+        rows += [{**head, **row} for row in vrows] or [head]   # an empty grid: the reward model's figures only
+    return rows
 
 
 if __name__ == "__main__":
@@ -749,7 +792,8 @@ if __name__ == "__main__":
     if "--tune" in sys.argv[1:]:
         grid = json.loads(os.environ.get("GENREC_TUNE_GRID", "[{}]"))
         size = {**(QUICK if "--quick" in sys.argv[1:] else FULL), **json.loads(os.environ.get("GENREC_TUNE_SIZE", "{}"))}
-        print(json.dumps(tune(size, grid), indent=1, default=str))
+        rm_grid = json.loads(os.environ.get("GENREC_TUNE_RM", "[{}]"))
+        print(json.dumps(tune(size, grid, rm_grid=rm_grid), indent=1, default=str))
     else:
         res = run(quick="--quick" in sys.argv[1:])
         print(json.dumps({k: res[k] for k in ("config", "metrics")}, indent=1, default=str))

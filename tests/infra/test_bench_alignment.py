@@ -39,10 +39,16 @@ def test_pipeline_runs_end_to_end_at_tiny_size(suite, tmp_path):
     for k in ("reward_base", "reward_aligned", "reward_popularity", "reward_oracle", "aligned_gain_p",
               "oracle_gap_closed", "ndcg10_aligned_over_base", "hr50_aligned", "hr50_base", "rm_gain_over_true_gain",
               "rm_auc_click", "rm_auc_like", "rm_auc_watch", "rm_auc_skip", "rm_true_spearman", "round_s",
-              "gate_passed", "validity"):
+              "gate_passed", "validity", "rm_within_user_spearman", "generator_logprob_within_user_spearman",
+              "popularity_within_user_spearman", "rm_slot_auc_click"):
         assert k in m, k
     assert m["validity"] == 1.0
-    assert m["round_published"] == 1.0 and m["round_pairs"] > 0
+    # a tiny world's reward model (300 sessions, 2 epochs) is noise, so the round's reward-hacking stop may
+    # refuse it; the pipeline then measures the same round's unchecked candidate, flagged — either way an
+    # aligned model is measured
+    assert m["round_pairs"] > 0
+    assert m["round_published"] == 1.0 or (m["round_reward_hacking"] == 1.0
+                                           and m["aligned_measured_unpublished"] == 1.0 and m["gate_passed"] == 0.0)
     assert 0.0 <= m["aligned_gain_p"] <= 1.0
     # the feedback arm (OneRec-V2: served sessions' real rewards, no reward model) beside it
     assert "reward_aligned_feedback" in m and 0.0 <= m["aligned_feedback_gain_p"] <= 1.0

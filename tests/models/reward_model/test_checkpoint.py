@@ -50,3 +50,21 @@ def test_corrupt_or_foreign_blobs_are_refused():
     bad["model"]["d_model"] = 32
     with pytest.raises(RewardCheckpointError, match="do not fit together"):
         decode(weights, json.dumps(bad).encode())
+
+
+def test_item_lengths_travel_with_the_model_and_old_files_load_without():
+    m = _model()
+    m.set_item_lengths(np.arange(20) * 10_000.0)
+    weights, config = encode(m)
+    m2, _ = decode(weights, config)
+    torch.testing.assert_close(m2.item_minutes, m.item_minutes)
+    hist = Histories([np.array([1, 2, 3])])
+    sess = np.array([[[1, 2, -1], [4, 5, 6]]])
+    np.testing.assert_allclose(RewardModelScorer(m2).score(hist, sess), RewardModelScorer(m).score(hist, sess))
+    # a file written before item lengths existed: no lengths known (1 minute each)
+    from safetensors.torch import load as st_load, save as st_save
+
+    t = {k: v for k, v in st_load(weights).items() if not k.endswith("item_minutes")}
+    m3, _ = decode(st_save(t), config)
+    assert m3.item_minutes.numel() == 0 and float(m3.minutes(torch.tensor([3]))) == 1.0
+

@@ -89,3 +89,26 @@ def test_too_long_sessions_are_refused():
     m = _model()
     with pytest.raises(ValueError, match="raise RewardModelConfig.max_session"):
         m(history_batch(_hist([[1]]), 8, 16), torch.zeros((1, 7), dtype=torch.long))
+
+
+def test_the_value_counts_watch_minutes_of_each_items_length():
+    """Value watch term = mean over slots of P(click) × watch fraction × the item's minutes: a longer item
+    raises it in proportion; without lengths every item counts 1 minute; an unknown one the mean length."""
+    m = _model()
+    hist = history_batch(_hist([[1, 2, 6]]), 8, 16)
+    sess = torch.tensor([[3, 4, -1]])
+    out0 = m(hist, sess)
+    p = out0.slot_probs[0]
+    w = dict(zip(HEADS, m.cfg.weight_vector()))
+    per_item = lambda mins: (p[:2, 0] + 0 * mins).mean() * w["click"] + p[:2, 1].mean() * w["like"] + \
+        (p[:2, 0] * p[:2, 2] * mins).mean() * w["watch"] + p[:2, 3].mean() * w["skip"]   # noqa: E731
+    torch.testing.assert_close(out0.value[0], per_item(torch.ones(2)))
+    lengths = np.zeros(30)
+    lengths[3], lengths[4], lengths[5] = 120_000, 30_000, 90_000      # 2, 0.5 and 1.5 minutes; others unknown
+    m.set_item_lengths(lengths)
+    out = m(hist, sess)
+    torch.testing.assert_close(out.slot_probs, out0.slot_probs)       # the heads do not change
+    torch.testing.assert_close(out.value[0], per_item(torch.tensor([2.0, 0.5])))
+    assert float(m.minutes(torch.tensor([7]))) == pytest.approx(80_000 / 60_000)   # unknown: the mean known
+    assert float(m.minutes(torch.tensor([-2]))) == pytest.approx(80_000 / 60_000)
+
