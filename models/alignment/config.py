@@ -14,7 +14,7 @@ class AlignConfig:
 
     ``user_share`` — share of the split's users sampled for candidate generation (OneRec: ~1%
     of samples reach most of the gain); ``max_users`` caps their number (0 = no cap). The defaults
-    (every user, at most 256, 150 steps) were chosen on validation users of the ``alignment`` suite
+    (every user, at most 256, 50 steps) were chosen on validation users of the ``alignment`` suite
     (docs/decisions/036-alignment-settings.md); at product scale ``max_users`` is what bounds a round.
     ``n_candidates`` — N sessions per user: the final beam of a constrained beam search of width N
     (``generation="beam"``, OneRec's choice) or N constrained samples (``"sample"``, at ``temperature``).
@@ -40,7 +40,7 @@ class AlignConfig:
     beta: float = 0.1
     dpo_weight: float = 1.0
     lr: float = 2e-4
-    steps: int = 150
+    steps: int = 50
     pair_batch: int = 32
     ntp_batch: int = 64
     later_item_weight: float = 0.3

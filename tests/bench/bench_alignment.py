@@ -93,7 +93,7 @@ SUITE = "alignment"
 FULL = dict(world="default", budget_cpu_s=45.0, epochs=40, served=4000, rm_epochs=8, answers=6,
             shares=(0.5, 0.2, 0.3), gate_users=300, canary_users=200, eval_beam_offline=50,
             serve_group=4,
-            grid=[{}, {"user_share": 0.05, "steps": 50}, {"steps": 50}])
+            grid=[{}, {"user_share": 0.05, "steps": 50}, {"steps": 150}])
 QUICK = dict(world="small", budget_cpu_s=30.0, epochs=40, served=2500, rm_epochs=8, answers=4,
              shares=(0.5, 0.2, 0.3), gate_users=150, canary_users=100, eval_beam_offline=50,
              serve_group=4)
