@@ -132,7 +132,7 @@ class SequenceRouter:
             answers = ray.get(list(refs.values()), timeout=timeout_s)
             parts = [(np.asarray(groups[s], np.int64), a) for s, a in zip(refs, answers)]
             return merge_histories(parts, len(user_ids), max_len)
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        ready = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)[0] if refs else []
         ready_ids = {r.hex() for r in ready}
         parts, missing = [], []
         for s, ref in refs.items():

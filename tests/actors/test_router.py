@@ -84,3 +84,6 @@ def test_a_shard_that_does_not_answer_in_time_leaves_its_users_empty_not_the_rea
     assert all(h["lengths"][j] == 1 for j in range(len(users)) if j not in slow)
     with pytest.raises(ray.exceptions.GetTimeoutError):                     # without partial: the caller decides
         router.histories(users, 10, timeout_s=0.5)
+    empty = router.histories([], 10, timeout_s=0.5, partial=True)             # no users: no call, nothing missing
+    assert empty["items"].shape == (0, 10) and empty["missing"].tolist() == []
+
