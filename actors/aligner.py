@@ -261,9 +261,10 @@ def _logprobs(model, hb: HistoryBatch, sids: torch.Tensor, mask: torch.Tensor, b
 
 def offline_metrics(model: GenerativeRecommender, split: LeaveOneOut, item_sids: np.ndarray, trie,
                     max_users: int) -> dict[str, float]:
-    """HR@50, NDCG@10 and coverage@10 on the held-out test split (the narrowing watch), full ranking."""
+    """HR@50, NDCG@10 and coverage@10 on the held-out test split (the narrowing watch), full ranking;
+    ``ndcg10_per_user`` [U] for paired comparisons."""
     from models.evaluation.generator_ranker import GeneratorRanker
-    from models.evaluation.metrics import MetricsConfig, evaluate_ranking
+    from models.evaluation.metrics import MetricsConfig, evaluate_ranking, ndcg_per_case, target_ranks
 
     cases = split.test()
     if max_users and len(cases) > max_users:
@@ -272,7 +273,7 @@ def offline_metrics(model: GenerativeRecommender, split: LeaveOneOut, item_sids:
     m = evaluate_ranking(ranked, cases.targets, len(item_sids), MetricsConfig(hr_ks=(50,), ndcg_ks=(10,),
                                                                                coverage_k=10))
     return {"hr50": m["hr@50"], "ndcg10": m["ndcg@10"], "coverage10": m["coverage@10"],
-            "invalid_rate": m["invalid_rate"]}
+            "invalid_rate": m["invalid_rate"], "ndcg10_per_user": ndcg_per_case(target_ranks(ranked, cases.targets), 10)}
 
 
 # ---- training backends -------------------------------------------------------------------------

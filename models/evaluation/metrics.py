@@ -69,13 +69,16 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
     return float(np.mean((ranks >= 1) & (ranks <= k))) if len(ranks) else 0.0
 
 
-def ndcg(ranks: np.ndarray, k: int) -> float:
-    """NDCG@K with one relevant item, from 1-based ranks (0 = missed)."""
+def ndcg_per_case(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-case NDCG@K with one relevant item, from 1-based ranks (0 = missed): ``[n]`` float64."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    if not len(ranks):
-        return 0.0
-    gain = np.where((ranks >= 1) & (ranks <= k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
-    return float(gain.mean())
+    return np.where((ranks >= 1) & (ranks <= k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@K with one relevant item, from 1-based ranks (0 = missed): the mean of :func:`ndcg_per_case`."""
+    gain = ndcg_per_case(ranks, k)
+    return float(gain.mean()) if len(gain) else 0.0
 
 
 def mrr(ranks: np.ndarray) -> float:

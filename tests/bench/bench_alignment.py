@@ -58,7 +58,9 @@ with one seed, in one process:
    base per-user rewards (users are paired by construction; with hundreds of users the mean difference
    is close to normal; the Wilcoxon signed-rank p is in the table as a check). ``oracle_gap_closed`` =
    (aligned − base) / (oracle − base). Offline NDCG@10 / HR@50 of both models on the test users' held-out
-   last item (``ndcg10_aligned_over_base`` ≥ 0.98 required; HR@50 the narrowing watch), validity, and
+   last item (``ndcg10_aligned_over_base`` ≥ 0.98 required, with its 95% paired bootstrap interval over users
+   ``_ci95_low`` / ``_ci95_high``: a few hundred users cannot resolve a 2% difference; HR@50 the narrowing
+   watch), validity, and
    ``rm_gain_over_true_gain``: the reward model's predicted gain of the aligned sessions over the world's
    expected-value gain on the same sessions (≫ 1 or negative = the reward model is being gamed).
 
@@ -437,14 +439,27 @@ def evaluate_group(base: Base, models: dict, users: np.ndarray, answers: int, sc
 def _offline(model, split, base: Base, beam: int) -> dict:
     """offline_metrics with a narrower beam (tiny runs): HR@50 needs 50 results, so HR@k at the beam width."""
     from models.evaluation.generator_ranker import GeneratorRanker
-    from models.evaluation.metrics import MetricsConfig, evaluate_ranking
+    from models.evaluation.metrics import MetricsConfig, evaluate_ranking, ndcg_per_case, target_ranks
 
     cases = split.test()
     ranked = GeneratorRanker(model, base.item_sids, beam_width=beam, trie=base.trie).rank(cases.histories, beam)
     m = evaluate_ranking(ranked, cases.targets, len(base.item_sids),
                          MetricsConfig(hr_ks=(beam,), ndcg_ks=(10,), coverage_k=10))
     return {"hr50": m[f"hr@{beam}"], "ndcg10": m["ndcg@10"], "coverage10": m["coverage@10"],
-            "invalid_rate": m["invalid_rate"]}
+            "invalid_rate": m["invalid_rate"], "ndcg10_per_user": ndcg_per_case(target_ranks(ranked, cases.targets), 10)}
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, seed: int = SEED) -> tuple[float, float]:
+    """95% paired bootstrap interval (BCa, ``scipy.stats.bootstrap``, resampling users) of mean(a) / mean(b):
+    how far a few hundred users' NDCG@10 ratio can be trusted (NaN when there is nothing to resample)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or not b.any():
+        return float("nan"), float("nan")
+    res = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) / np.maximum(y.mean(axis), 1e-12),
+                          paired=True, vectorized=True, n_resamples=2000, method="BCa", random_state=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def compare(ev: dict, a: str = "aligned", b: str = "base") -> dict:
@@ -594,6 +609,8 @@ def run_pipeline(size: dict, *, seed: int = SEED, align=None, use_ray: bool = Tr
             "value_gain_p": c["value_p"],
             "ndcg10_base": ob["ndcg10"], "ndcg10_aligned": oa["ndcg10"],
             "ndcg10_aligned_over_base": oa["ndcg10"] / max(ob["ndcg10"], 1e-12),
+            **dict(zip(("ndcg10_aligned_over_base_ci95_low", "ndcg10_aligned_over_base_ci95_high"),
+                       ratio_ci(oa["ndcg10_per_user"], ob["ndcg10_per_user"]))),
             "hr50_base": ob["hr50"], "hr50_aligned": oa["hr50"],
             "coverage10_base": ob["coverage10"], "coverage10_aligned": oa["coverage10"],
             "rm_predicted_gain": pred_gain, "true_value_gain": c["value_gain"],

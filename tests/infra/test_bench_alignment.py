@@ -65,3 +65,19 @@ def test_pipeline_runs_end_to_end_at_tiny_size(suite, tmp_path):
                            "date": "d", "elapsed_s": 0, "tables": out["tables"], "plots": [png] if png else []},
                           "genrec bench alignment")
     assert "| `reward_aligned` |" in md and "Closed loop on" in md
+
+
+def test_ndcg_ratio_interval_covers_the_ratio_and_narrows_with_users(suite):
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        b = np.where(rng.random(n) < 0.2, 1.0 / np.log2(rng.integers(1, 11, n) + 1.0), 0.0)   # per-user NDCG@10
+        a = np.where(rng.random(n) < 0.9, b, 0.0)                                              # ~10% of hits lost
+        return a, b
+
+    a, b = draw(400)
+    lo, hi = suite.ratio_ci(a, b)
+    assert lo < a.mean() / b.mean() < hi < 1.0 + 1e-9
+    lo2, hi2 = suite.ratio_ci(*draw(4000))
+    assert hi2 - lo2 < (hi - lo) / 2                       # ~sqrt(10) narrower with 10x the users
+    assert all(math.isnan(x) for x in suite.ratio_ci(np.zeros(2), np.zeros(2)))
