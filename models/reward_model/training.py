@@ -238,20 +238,27 @@ def _loss(out: RewardOutput, sess: torch.Tensor, tgt: torch.Tensor, slot_tgt: to
     return loss
 
 
-@torch.no_grad()
-def predict(model: RewardModel, ex: RewardExamples, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """``(rates [M, 4], value [M])`` of the model on examples (eval mode, no grad)."""
+def _outputs(model: RewardModel, ex: RewardExamples, batch_size: int):
+    """The model's :class:`RewardOutput` on ``ex``, batch by batch, in eval mode (restored after)."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
+    try:
+        for i in range(0, len(ex), batch_size):
+            sub = ex.subset(np.arange(i, min(len(ex), i + batch_size)))
+            hist = history_batch(sub.histories, model.cfg.max_history, model.cfg.n_time_buckets).to(device)
+            yield model(hist, torch.as_tensor(sub.sessions, device=device))
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def predict(model: RewardModel, ex: RewardExamples, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(rates [M, 4], value [M])`` of the model on examples (eval mode, no grad)."""
     rates, values = [], []
-    for i in range(0, len(ex), batch_size):
-        sub = ex.subset(np.arange(i, min(len(ex), i + batch_size)))
-        hist, sess, _, _ = _tensors(model, sub, device)
-        out = model(hist, sess)
+    for out in _outputs(model, ex, batch_size):
         rates.append(out.rates.float().cpu().numpy())
         values.append(out.value.float().cpu().numpy())
-    model.train(was)
     if not rates:
         return np.zeros((0, len(HEADS)), np.float32), np.zeros(0, np.float32)
     return np.concatenate(rates), np.concatenate(values)
@@ -260,15 +267,7 @@ def predict(model: RewardModel, ex: RewardExamples, batch_size: int = 1024) -> t
 @torch.no_grad()
 def predict_slots(model: RewardModel, ex: RewardExamples, batch_size: int = 1024) -> np.ndarray:
     """Per-slot probabilities ``[M, K, 4]`` of the model on examples (eval mode; padding slots meaningless)."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(ex), batch_size):
-        sub = ex.subset(np.arange(i, min(len(ex), i + batch_size)))
-        hist, sess, _, _ = _tensors(model, sub, device)
-        out.append(model(hist, sess).slot_probs.float().cpu().numpy())
-    model.train(was)
+    out = [o.slot_probs.float().cpu().numpy() for o in _outputs(model, ex, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, ex.sessions.shape[1], len(HEADS)), np.float32)
 
 
