@@ -556,10 +556,10 @@ def promote_if_won(cfg: AlignJobConfig, registry, say: Callable[[str], None] = l
     when there is nothing to decide yet (no model in the arm, no rewards of the experiment). A refusal by
     the registry (the version's gate failed or never ran) is reported, never forced.
     """
-    from actors.model_registry import RegistryError
     from serving.experiments.config import ExperimentsConfig
-    from serving.experiments.promotion import PromotionRule, decide_promotion
-    from serving.experiments.report import read_archive_report_records, report_from_records, rewards_of
+    from serving.experiments.promotion import PromotionRule
+    from serving.experiments.report import read_archive_report_records, rewards_of
+    from serving.rollout import decide_and_promote
 
     exp = ExperimentsConfig.from_yaml(Path(cfg.experiments_file)).experiment(cfg.experiment)
     arm = next((a for a in exp.arms if a.name == cfg.arm), None)
@@ -570,21 +570,16 @@ def promote_if_won(cfg: AlignJobConfig, registry, say: Callable[[str], None] = l
     if not rewards_of(exp.name, records["rewards"]):
         say(f"auto-promote: no rewards of {exp.name!r} in {cfg.archive} yet: nothing to decide")
         return None
-    decision = decide_promotion(report_from_records(exp, records), cfg.arm,
-                                PromotionRule(min_users=cfg.promote_min_users))
+    decision, promoted, refused = decide_and_promote(exp, cfg.arm, arm.model_version, records, registry,
+                                                     PromotionRule(min_users=cfg.promote_min_users))
     say("auto-promote: " + decision.summary())
-    out = {"arm": cfg.arm, "version": arm.model_version, "promote": decision.promote,
-           "reasons": list(decision.reasons), "promoted": None}
-    if decision.promote and registry.promoted() != arm.model_version:
-        try:
-            registry.promote(arm.model_version)
-            out["promoted"] = arm.model_version
-            say(f"auto-promote: {arm.model_version} is now the promoted version (replicas follow it); the "
-                "next round starts from it")
-        except RegistryError as e:
-            out["reasons"].append(f"the registry refused: {e}")
-            say(f"auto-promote: the registry refused {arm.model_version}: {e}")
-    return out
+    if promoted:
+        say(f"auto-promote: {promoted} is now the promoted version (replicas follow it); the next round starts "
+            "from it")
+    if refused:
+        say(f"auto-promote: {refused}")
+    return {"arm": cfg.arm, "version": arm.model_version, "promote": decision.promote,
+            "reasons": list(decision.reasons) + ([refused] if refused else []), "promoted": promoted}
 
 
 # ---- continuous mode ------------------------------------------------------------------------------

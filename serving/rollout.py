@@ -187,3 +187,23 @@ def assign_arm_model(path: str | os.PathLike, experiment: str, arm: str, model_v
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return new
+
+
+def decide_and_promote(experiment, arm: str, version: str, records, registry=None, rule=None):
+    """The report of ``experiment`` from ``records`` (:func:`serving.experiments.report.report_from_records`),
+    :func:`serving.experiments.promotion.decide_promotion` for ``arm``, and on a win ``registry.promote(version)``
+    unless it already is the promoted version (``registry`` None: a dry run). Returns ``(decision, the version
+    made default or None, why the registry refused it or None)``: a version without a passing gate verdict is
+    refused there, never forced."""
+    from actors.model_registry import RegistryError
+    from serving.experiments.promotion import PromotionRule, decide_promotion
+    from serving.experiments.report import report_from_records
+
+    decision = decide_promotion(report_from_records(experiment, records), arm, rule or PromotionRule())
+    if not decision.promote or registry is None or registry.promoted() == version:
+        return decision, None, None
+    try:
+        registry.promote(version)
+    except RegistryError as e:
+        return decision, None, f"the registry refused {version}: {e}"
+    return decision, version, None

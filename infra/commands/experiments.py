@@ -140,10 +140,11 @@ def run_report(args) -> int:
 
 def run_promote(args) -> int:
     """``genrec experiments promote``: exit 0 whether it promoted or waits; errors (no data, refused) raise."""
-    from actors.model_registry import ModelRegistry
+    from actors.model_registry import ModelRegistry, RegistryError
     from infra.config import load_raw, resolve_repo_path
-    from serving.experiments.promotion import PromotionRule, decide_promotion
-    from serving.experiments.report import report_from_records, rewards_of
+    from serving.experiments.promotion import PromotionRule
+    from serving.experiments.report import rewards_of
+    from serving.rollout import decide_and_promote
 
     exp = load_experiment(args.name, args.experiments)
     arm = next((a for a in exp.arms if a.name == args.arm), None)
@@ -154,14 +155,14 @@ def run_promote(args) -> int:
     records, where = read_records(args, exp.name)
     if not rewards_of(exp.name, records["rewards"]):
         raise ValueError(f"no reward records of experiment {exp.name!r} in {where}; run `genrec rewards` first")
-    decision = decide_promotion(report_from_records(exp, records), args.arm, PromotionRule(min_users=args.min_users))
-    promoted = None
-    if decision.promote and not args.dry_run:
+    registry = None
+    if not args.dry_run:
         uri = args.registry or (load_raw().get("recommender") or {}).get("registry") or ".genrec/registry"
         registry = ModelRegistry(resolve_repo_path(uri))
-        if registry.promoted() != arm.model_version:
-            registry.promote(arm.model_version)
-            promoted = arm.model_version
+    decision, promoted, refused = decide_and_promote(exp, args.arm, arm.model_version, records, registry,
+                                                     PromotionRule(min_users=args.min_users))
+    if refused:
+        raise RegistryError(refused)
     if args.json:
         print(json.dumps({"experiment": exp.name, "arm": args.arm, "version": arm.model_version,
                           "promote": decision.promote, "promoted": promoted, "dry_run": args.dry_run,
