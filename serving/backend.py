@@ -29,23 +29,30 @@ from models.decoding.settings import DecodeSettings
 from serving.requests import EMPTY_CATALOG, ModelSpec, RecRequest, RecResult
 
 
-def load_model(spec: ModelSpec, device: str, level_sizes: tuple[int, ...] | None = None):
-    """``(model, mtp_heads or None)`` of a spec, in eval mode on ``device``.
+def load_bundle(spec: ModelSpec, device: str, level_sizes: tuple[int, ...] | None = None):
+    """The :class:`models.generator.checkpoint.GeneratorBundle` of a spec, its model in eval mode on ``device``.
 
-    A registry version is checked against the serving catalog's ``level_sizes``
-    (:class:`actors.model_registry.RegistryError` names the fix); a seeded spec is an untrained model.
+    A registry version is checked against the serving catalog's ``level_sizes`` when given
+    (:class:`actors.model_registry.RegistryError` names the fix); a seeded spec is an untrained model with no
+    catalog of its own.
     """
     import torch
 
+    from models.generator.checkpoint import GeneratorBundle
     from models.generator.model import GenerativeRecommender, GeneratorConfig
 
     if spec.registry:
         from actors.model_registry import ModelRegistry
 
-        bundle = ModelRegistry(spec.registry).load(spec.version, device, level_sizes=level_sizes)
-        return bundle.model, bundle.mtp_heads
+        return ModelRegistry(spec.registry).load(spec.version, device, level_sizes=level_sizes)
     torch.manual_seed(spec.seed)
-    return GenerativeRecommender(GeneratorConfig.from_dict(dict(spec.config))).to(device).eval(), None
+    return GeneratorBundle(GenerativeRecommender(GeneratorConfig.from_dict(dict(spec.config))).to(device).eval())
+
+
+def load_model(spec: ModelSpec, device: str, level_sizes: tuple[int, ...] | None = None):
+    """``(model, mtp_heads or None)`` of a spec (:func:`load_bundle`)."""
+    bundle = load_bundle(spec, device, level_sizes)
+    return bundle.model, bundle.mtp_heads
 
 
 def pick_device(device: str = "auto") -> str:

@@ -25,16 +25,27 @@ def build_backend(cfg: RecommenderConfig, startup: StartupLog | None = None):
     import numpy as np
     import torch
 
-    from serving.backend import GeneratorBackend, load_model, pick_device
+    from serving.backend import GeneratorBackend, load_bundle, pick_device
     from serving.live_state import DeltaFeed, HashSidAssigner, ItemFeed, KafkaHistory, LiveCatalog, ShardHistory
 
     startup = startup or StartupLog()
 
     torch.set_num_threads(cfg.torch_threads)
     device = pick_device(cfg.device)
-    catalog = LiveCatalog(cfg.level_sizes)
-    if cfg.seed_catalog is not None:
-        ids, sids = cfg.seed_catalog
+    # the models first: without a configured level_sizes the catalog takes the first version's, and its items
+    with startup.stage(f"recommender: models {', '.join(m.version for m in cfg.models)} on {device}"):
+        first = load_bundle(cfg.models[0], device, cfg.level_sizes)
+        level_sizes = cfg.level_sizes or first.level_sizes
+        bundles = {cfg.models[0].version: first,
+                   **{m.version: load_bundle(m, device, level_sizes) for m in cfg.models[1:]}}
+        models = {v: b.model for v, b in bundles.items()}
+        heads = {v: b.mtp_heads for v, b in bundles.items()}
+    catalog = LiveCatalog(level_sizes)
+    seed = cfg.seed_catalog
+    if seed is None and not cfg.indexer_actor and first.item_ids:
+        seed = (list(first.item_ids), first.item_sids)   # the catalog the first version was trained with
+    if seed is not None:
+        ids, sids = seed
         catalog.add_with_sids(list(ids), np.asarray(sids))
     feeds = []
     if cfg.indexer_actor:
@@ -46,7 +57,7 @@ def build_backend(cfg: RecommenderConfig, startup: StartupLog | None = None):
             raise RuntimeError(f"could not follow item indexer {cfg.indexer_actor!r}: {delta_feed.last_error}")
         feeds.append(delta_feed)
     elif cfg.item_feed:
-        assigner = cfg.sid_assigner or HashSidAssigner(cfg.level_sizes[:-1])
+        assigner = cfg.sid_assigner or HashSidAssigner(level_sizes[:-1])
         feeds.append(ItemFeed(cfg.kafka, catalog, assigner).start())
     if cfg.history == "shards":
         history = ShardHistory(cfg.shard_names, cfg.num_partitions, cfg.shard_namespace, cfg.max_history,
@@ -54,11 +65,6 @@ def build_backend(cfg: RecommenderConfig, startup: StartupLog | None = None):
     else:
         history = KafkaHistory(cfg.kafka, cfg.max_history).start()
         feeds.append(history)
-    # the models load while the feeds catch up (neither needs the other)
-    with startup.stage(f"recommender: models {', '.join(m.version for m in cfg.models)} on {device}"):
-        loaded = {m.version: load_model(m, device, cfg.level_sizes) for m in cfg.models}
-        models = {v: model for v, (model, _) in loaded.items()}
-        heads = {v: h for v, (_, h) in loaded.items()}
     with startup.stage("recommender: catalog and history feeds caught up"):
         deadline = time.monotonic() + cfg.start_timeout_s
         for f in feeds:

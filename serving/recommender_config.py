@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
     from ingest.contract import ItemEvent
 
+SEEDED_LEVEL_SIZES = (16, 16, 8)   # an untrained seeded model's SID levels when neither it nor the config names them
+
 
 @dataclass(frozen=True)
 class RecommenderConfig:
@@ -21,8 +23,11 @@ class RecommenderConfig:
     ``registry``: the model registry (a directory or pyarrow URI, :mod:`actors.model_registry`).
     ``models``: the versions served side by side, each ``{version}`` (a registry version, loaded by name) or
     ``{version, seed, config}`` (an untrained generator, for tests and speed measurements); a seeded
-    model's ``config.level_sizes`` defaults to ``level_sizes``. Empty with a registry: its promoted version
-    (:func:`serving.application.load_configs` resolves it).
+    model's ``config.level_sizes`` defaults to ``level_sizes`` (or :data:`SEEDED_LEVEL_SIZES`). Empty with a
+    registry: its promoted version (:func:`serving.application.load_configs` resolves it).
+    ``level_sizes``: the catalog's SID levels; ``None`` takes the first served version's own, and a
+    registry version that carries its catalog (item ids and SIDs, as ``genrec train`` publishes it) seeds the
+    live catalog with it, so ``genrec train`` → ``genrec models promote`` → ``genrec serve`` needs no setting.
     ``history``: ``"kafka"`` (fold user-events in the recommender) or ``"shards"`` (read the sequence
     shard actors ``shard_names`` in ``shard_namespace``); ``history_timeout_s``: the longest a read from the
     shards may take — users of a shard that has not answered by then (restarting) get a cold-start session
@@ -45,7 +50,7 @@ class RecommenderConfig:
 
     kafka: KafkaConfig
     # models and their catalog
-    level_sizes: tuple[int, ...] = (16, 16, 8)
+    level_sizes: tuple[int, ...] | None = None
     registry: str | None = None
     models: tuple[ModelSpec, ...] = ()
     promoted_poll_s: float = 5.0
@@ -76,7 +81,8 @@ class RecommenderConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.kafka, KafkaConfig):
             raise TypeError("RecommenderConfig.kafka is the kafka section's KafkaConfig; set it there")
-        object.__setattr__(self, "level_sizes", tuple(int(x) for x in self.level_sizes))
+        if self.level_sizes is not None:
+            object.__setattr__(self, "level_sizes", tuple(int(x) for x in self.level_sizes))
         object.__setattr__(self, "shard_names", tuple(self.shard_names))
         object.__setattr__(self, "models", tuple(self._model_spec(m) for m in self.models))
         if self.history not in ("kafka", "shards"):
@@ -131,7 +137,7 @@ class RecommenderConfig:
                                  "recommender.registry is not set")
             return ModelSpec(str(m["version"]), registry=self.registry)
         cfg = dict(m["config"])
-        cfg["level_sizes"] = tuple(cfg.get("level_sizes", self.level_sizes))
+        cfg["level_sizes"] = tuple(cfg.get("level_sizes", self.level_sizes or SEEDED_LEVEL_SIZES))
         return ModelSpec(str(m["version"]), cfg, None, int(m.get("seed", 0)))
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -203,7 +204,12 @@ def run(args) -> int:
         with log.stage("Serve controller and HTTP proxy"):
             serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
         with log.stage("deploy: ingress replica start-up"):
-            serve.run(build_app(settings, rec), name="genrec", route_prefix="/", blocking=False)
+            try:
+                serve.run(build_app(settings, rec), name="genrec", route_prefix="/", blocking=False)
+            except RuntimeError as e:
+                print(f"genrec serve: error: the app did not start: {deploy_failure(serve, 'genrec') or e}",
+                      file=sys.stderr, flush=True)
+                return 2
         try:
             for name, seconds in serve.get_deployment_handle("Ingress", app_name="genrec") \
                     .startup_stages.remote().result(timeout_s=30):
@@ -235,3 +241,20 @@ def run(args) -> int:
             broker.stop()
     print("serve stopped")
     return 0
+
+
+def deploy_failure(serve, app: str) -> str | None:
+    """The last line of each failed deployment's message in Serve's status: the replica's own error (the
+    exception Serve raises only says which deployments failed; the reason is in the replica logs)."""
+    try:
+        status = serve.status().applications.get(app)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+    if status is None:
+        return None
+    reasons = []
+    for name, dep in status.deployments.items():
+        lines = [ln.strip() for ln in (dep.message or "").splitlines() if ln.strip()]
+        if lines:
+            reasons.append(f"{name}: {lines[-1]}")
+    return "; ".join(reasons) or None

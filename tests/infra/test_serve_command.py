@@ -13,6 +13,7 @@ from serving.application import AppArgs, load_configs, resolve_defaults
 @pytest.fixture(scope="module", autouse=True)
 def registry(tmp_path_factory):
     """A model registry with two published versions, v2 promoted: what genrec.yaml's defaults serve."""
+    import numpy as np
     import torch
 
     from actors.model_registry import ModelRegistry
@@ -22,7 +23,9 @@ def registry(tmp_path_factory):
     reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
     for v in ("v1", "v2"):
         torch.manual_seed(0)
-        reg.publish(v, GeneratorBundle(GenerativeRecommender(GeneratorConfig(level_sizes=(16, 16, 8), d_model=16))))
+        # levels other than genrec.yaml's seeded default, with the catalog, as `genrec train` publishes
+        reg.publish(v, GeneratorBundle(GenerativeRecommender(GeneratorConfig(level_sizes=(8, 8, 4), d_model=16)),
+                                       item_ids=("i0", "i1", "i2"), item_sids=np.array([[0, 0, 0], [1, 2, 3], [7, 7, 0]])))
     reg.promote("v2", require_verdict=False)
     return reg
 
