@@ -86,7 +86,7 @@ class ServedLog:
 
         self.producer = EventProducer(kafka, ProducerConfig(linger_ms=0))
         self.timeout_s = timeout_s
-        try:  # fetch the topic's metadata now, not on the first answer (it cost that answer ~50 ms)
+        try:  # fetch the topic's metadata now, not on the first answer (which would wait for it)
             from ingest.contract import SERVED
 
             self.producer._p.partitions_for(self.producer.kafka.topic(SERVED))
