@@ -119,7 +119,7 @@ def _admin(url: str, token: str, path: str, body: dict) -> dict:
 
 def _ab(ctx, app, registry, candidate: str, sizes: dict) -> None:
     """Candidate into arm ``aligned``, simulated users over HTTP, reward joiners, the A/B report and its plot."""
-    from infra.demo_parts.serving import _start_reward_joiners, _wait_for_windows, print_report
+    from infra.demo_parts.serving import start_reward_joiners, wait_for_windows, print_report
     from serving.rollout import assign_arm_model
     from serving.simulator import SimulatorConfig, run_simulation
 
@@ -130,7 +130,7 @@ def _ab(ctx, app, registry, candidate: str, sizes: dict) -> None:
     _admin(app.url, app.admin_token, "/v1/admin/experiments/reload", {"yaml": path.read_text()})
     ctx.say(f"\n{candidate} put into arm 'aligned' of {ALIGN_EXPERIMENT} ({path.name}, rewritten by "
             f"assign_arm_model); the replica loaded it (models {loaded.get('models')}) and reloaded the experiments")
-    sup = _start_reward_joiners(ctx)
+    sup = start_reward_joiners(ctx)
     users = min(len(ctx.world.user_ids), 400 if ctx.quick else 1000)
     cfg = SimulatorConfig(url=app.url, users=users, rate=sizes["rate"], duration_s=sizes["duration_s"], k=5,
                           concurrency=16, timeout_s=60.0, seed=11)
@@ -141,7 +141,7 @@ def _ab(ctx, app, registry, candidate: str, sizes: dict) -> None:
         end_ms = int(time.time() * 1000)
         for line in summary.lines():
             ctx.say("  " + line)
-        _wait_for_windows(ctx, sup, app.url, list(ctx.world.user_ids)[:users], end_ms)
+        wait_for_windows(ctx, sup, app.url, list(ctx.world.user_ids)[:users], end_ms)
     finally:
         sup.shutdown()
         ctx.say("  reward joiners stopped")

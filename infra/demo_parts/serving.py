@@ -137,7 +137,7 @@ async def _traffic(ctx, url: str, users: list[str], clients: int, seconds: float
     return {"lat": lat, "codes": codes, "sessions": sessions, "events": posted, "wall": wall}
 
 
-def _start_reward_joiners(ctx):
+def start_reward_joiners(ctx):
     """Reward joiners on the demo's Ray over ``served`` + ``user-events`` (checkpoints in the work directory)."""
     from actors.reward_joiner import RewardJoinerConfig
     from actors.reward_supervisor import RewardSupervisor
@@ -156,7 +156,7 @@ def _start_reward_joiners(ctx):
     return sup
 
 
-def _wait_for_windows(ctx, sup, url: str, users: list[str], end_ms: int) -> bool:
+def wait_for_windows(ctx, sup, url: str, users: list[str], end_ms: int) -> bool:
     """Trickle traffic (one client) until every joiner's watermark passed ``end_ms`` + window, at most
     :data:`REWARD_WAIT_S`: event time only moves with records, so the last sessions close on newer ones."""
     target = end_ms + int(REWARD_WINDOW_S * 1000)
@@ -279,7 +279,7 @@ def run(ctx) -> None:
                 f"catalog, models {ready['models']} (OpenAPI at {url}/docs)")
 
         users = list(ctx.world.user_ids)
-        sup = _start_reward_joiners(ctx)
+        sup = start_reward_joiners(ctx)
         seconds, clients = (25, 8) if ctx.quick else (90, 16)
         ctx.say(f"closed-loop traffic: {clients} HTTP clients for {seconds} s over {len(users):,} users; "
                 "every session goes to the world's respond(), its events back to /v1/events")
@@ -301,7 +301,7 @@ def run(ctx) -> None:
             ctx.say(f"  mean recommender batch size (Prometheus /metrics): "
                     f"{vals['genrec_batch_size_sum'] / vals['genrec_batch_size_count']:.1f}")
         try:
-            _wait_for_windows(ctx, sup, url, users, end_ms)
+            wait_for_windows(ctx, sup, url, users, end_ms)
             from actors.reward_supervisor import format_status
 
             ctx.say("  " + format_status(sup.status()).splitlines()[-1])
