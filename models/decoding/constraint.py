@@ -89,6 +89,7 @@ class ConstraintState:
     banned_keys: Tensor         # [B, E] long distinct keys of the live ones in `tables`, SENTINEL padding
     tables: CatalogKeys | None  # the catalog tables banned_keys were derived for (None: not yet)
     shared_level: int | None    # the level of every row when all are known to be equal, else None
+    keys_sorted: bool = False   # banned_keys ascending per row (SENTINEL last): mask_at counts them by binary search
 
     @property
     def batch_size(self) -> int:
@@ -99,7 +100,7 @@ class ConstraintState:
         idx = idx.to(self.prefix.device)
         return ConstraintState(self.prefix.index_select(0, idx), self.level.index_select(0, idx),
                                self.banned_items.index_select(0, idx), self.banned_keys.index_select(0, idx),
-                               self.tables, self.shared_level)
+                               self.tables, self.shared_level, self.keys_sorted)
 
     @staticmethod
     def cat(states: Sequence["ConstraintState"]) -> "ConstraintState":
@@ -190,6 +191,7 @@ class SidConstraint:
         self._mult = [int(m) for m in radix_multipliers(self.level_sizes)]     # [D] radix multipliers
         self._edges_at = [self.edges * m for m in self._mult]                  # D x [K+1] child offsets
         self._in_book = [self.codes < k for k in self.level_sizes]             # D x [K] codes of the level
+        self._level_rows: dict = {}                                            # (rows, level) -> [rows] level
 
     @classmethod
     def of(cls, trie, device=None, config: ConstraintConfig = ConstraintConfig()) -> "SidConstraint":
@@ -218,7 +220,8 @@ class SidConstraint:
         dup[:, 1:] = keys[:, 1:] == keys[:, :-1]                               # an item listed twice counts once
         keys = keys.masked_fill(dup, SENTINEL).sort(1).values
         return replace(state, prefix=state.prefix.to(self.device), level=state.level.to(self.device),
-                       banned_items=state.banned_items.to(self.device), banned_keys=keys, tables=self.tables)
+                       banned_items=state.banned_items.to(self.device), banned_keys=keys, tables=self.tables,
+                       keys_sorted=True)
 
     # ---- the three questions ----------------------------------------------------------------
 
@@ -229,13 +232,16 @@ class SidConstraint:
         m = t.mult[state.level][:, None]                                       # [B, 1]
         base = state.prefix[:, None]                                           # [B, 1]
         bounds = base + self.edges[None, :] * m                                # [B, K+1]: child c is [c, c+1)
+        in_book = self.codes[None, :] < t.sizes[state.level][:, None]
+        if state.keys_sorted:           # banned keys per child by the same binary search (see mask_at)
+            free = torch.diff(torch.searchsorted(t.keys, bounds) - torch.searchsorted(state.banned_keys, bounds), dim=1)
+            return in_book & (base >= 0) & (free > 0)
         live = torch.diff(torch.searchsorted(t.keys, bounds), dim=1)           # [B, K] live items per child
         bk = state.banned_keys                                                 # [B, E]
         inside = (bk >= base) & (bk < bounds[:, -1:])
         child = torch.where(inside, (bk - base) // m, torch.full_like(bk, K))  # [B, E], K = not under the row
         banned = torch.zeros(bk.shape[0], K + 1, dtype=torch.long, device=self.device).scatter_add_(
             1, child, torch.ones_like(bk))[:, :K]                              # [B, K] banned live items per child
-        in_book = self.codes[None, :] < t.sizes[state.level][:, None]
         return in_book & (base >= 0) & (live > banned)
 
     def advance(self, state: ConstraintState, codes: Tensor) -> tuple[ConstraintState, Tensor]:
@@ -256,10 +262,12 @@ class SidConstraint:
             items = torch.cat([items, item[:, None]], 1)
             new = torch.where(item >= 0, prefix, torch.full_like(prefix, SENTINEL))
             keys = torch.cat([bk, new[:, None]], 1)
+            if state.keys_sorted:       # kept ascending: mask_at's binary-search path
+                keys = keys.sort(1).values
         zero = torch.zeros_like(prefix)
         shared = None if state.shared_level is None else (state.shared_level + 1) % D
         return ConstraintState(torch.where(done, zero, prefix), torch.where(done, zero, lvl + 1), items, keys,
-                               self.tables, shared), item
+                               self.tables, shared, state.keys_sorted), item
 
     # ---- one-level fast paths (every row at the same SID level, a host int) ---------------------
 
@@ -269,12 +277,15 @@ class SidConstraint:
         state = self.rebase(state)
         K, m = self.k_max, self._mult[level]
         base = state.prefix[:, None]                                           # [B, 1]
-        live = torch.diff(torch.searchsorted(self.tables.keys, base + self._edges_at[level]), dim=1)  # [B, K]
+        bounds = base + self._edges_at[level]                                  # [B, K+1]: child c is [c, c+1)
+        live = torch.searchsorted(self.tables.keys, bounds)                    # [B, K+1] live keys below each bound
+        if state.keys_sorted:       # banned keys below each bound by the same binary search: live - banned per child
+            return (torch.diff(live - torch.searchsorted(state.banned_keys, bounds), dim=1) > 0) & self._in_book[level]
         # child of each banned key: -1 below the row's prefix, K above its K children (both dropped)
         child = torch.div(state.banned_keys - base, m, rounding_mode="floor").clamp_(-1, K) + 1      # [B, E]
         banned = torch.zeros(child.shape[0], K + 2, dtype=torch.long, device=self.device).scatter_add_(
             1, child, torch.ones_like(child))[:, 1:K + 1]                     # [B, K] banned live items per child
-        return (live > banned) & self._in_book[level]                         # a DEAD prefix has no live child
+        return (torch.diff(live, dim=1) > banned) & self._in_book[level]      # a DEAD prefix has no live child
 
     def advance_at(self, state: ConstraintState, codes: Tensor, level: int) -> ConstraintState:
         """:meth:`advance` of rows that are all at SID ``level`` (host int): the same state (the completed
@@ -285,15 +296,34 @@ class SidConstraint:
         prefix = torch.where(ok, state.prefix + codes * self._mult[level], DEAD)           # [B]
         if level + 1 < D:
             return ConstraintState(prefix, torch.full_like(prefix, level + 1), state.banned_items,
-                                   state.banned_keys, t, level + 1)
+                                   state.banned_keys, t, level + 1, state.keys_sorted)
         bk = state.banned_keys
         item = torch.where((bk == prefix[:, None]).any(1), -1, t.item_at(prefix))          # [B]
-        items, keys = state.banned_items, bk
+        items, keys, ordered = state.banned_items, bk, state.keys_sorted
         if self.config.no_repeat:
             items = torch.cat([items, item[:, None]], 1)
             keys = torch.cat([bk, torch.where(item >= 0, prefix, SENTINEL)[:, None]], 1)
+            if ordered:                 # one sort per item keeps the next D masks on the binary-search path
+                keys = keys.sort(1).values
         zero = torch.zeros_like(prefix)
-        return ConstraintState(zero, zero, items, keys, t, 0)
+        return ConstraintState(zero, zero, items, keys, t, 0, ordered)
+
+    def extend_at(self, state: ConstraintState, rows: Tensor, codes: Tensor, level: int) -> ConstraintState:
+        """``advance_at(state.select(rows), codes, level)`` for a draft tree's step, in fewer ops: below the
+        last level the prefix is only extended (``prefix + code·mult``, no validity check) and the rows'
+        level is a shared constant. Equal to ``advance_at`` on every row whose code ``mask_at`` allowed;
+        any other row gets an arbitrary (still well-formed) state, so the caller must treat it as dead (a
+        draft node at -inf, as every node with a disallowed code is). ``rows`` [B'], ``codes`` [B'] long."""
+        if level + 1 == self.depth:                                            # an item completes: exact path
+            return self.advance_at(state.select(rows), codes, level)
+        state = self.rebase(state)
+        n = int(rows.shape[0])
+        lvl = self._level_rows.get((n, level + 1))
+        if lvl is None:                 # shape-only constant, never written to
+            lvl = self._level_rows[(n, level + 1)] = torch.full((n,), level + 1, dtype=torch.long, device=self.device)
+        prefix = state.prefix.index_select(0, rows).add_(codes, alpha=self._mult[level])
+        return ConstraintState(prefix, lvl, state.banned_items.index_select(0, rows),
+                               state.banned_keys.index_select(0, rows), state.tables, level + 1, state.keys_sorted)
 
     # ---- shared per-step bookkeeping --------------------------------------------------------
 

@@ -9,6 +9,7 @@ by the catalog constraint before a draft is drawn.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from models.decoding.spec_types import DraftChain, DraftContext, Proposal
 
@@ -60,13 +61,20 @@ class FusedHeadStep:
         self.out_bias = [torch.where(heads.code_valid[(l + 1) % D], bias[(l + 1) % D], float("-inf"))
                          for l in range(D)]                                        # D x [K], by the input's level
         self.out_w = heads.out.weight.T.contiguous()                               # [d, K]
+        up, act, down = heads.ff
+        if not (isinstance(act, torch.nn.GELU) and act.approximate == "none"):
+            raise ValueError(f"FusedHeadStep expects the heads' ff to be Linear -> GELU -> Linear, got {act!r}")
+        norm = heads.ff_norm
+        self.norm_shape, self.norm_w, self.norm_b, self.norm_eps = norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        self.up_w, self.up_b, self.down_w, self.down_b = up.weight, up.bias, down.weight, down.bias
 
     def __call__(self, state: torch.Tensor, code: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``state`` [N, d], ``code`` [N] at SID ``level`` -> (next state [N, d], logits [N, K_max])."""
-        h = self.heads
         e = self.code_in[level].index_select(0, code.clamp(0, self.sizes[level] - 1))   # [N, d]
         x = torch.addmm(e, state, self.state_in)
-        x = x + h.ff(h.ff_norm(x))
+        # the heads' ff_norm -> Linear -> GELU -> Linear, called functionally (no module dispatch per step)
+        y = F.layer_norm(x, self.norm_shape, self.norm_w, self.norm_b, self.norm_eps)
+        x = x + F.linear(F.gelu(F.linear(y, self.up_w, self.up_b)), self.down_w, self.down_b)
         return x, torch.addmm(self.out_bias[level], x, self.out_w)
 
 

@@ -53,10 +53,14 @@ roots alone, the plain beam step, so the output is unchanged.
 At batch 1 on a CPU core every tensor op costs about the same whatever its
 size (decision 034), so a round is written in as few ops as it can be: the
 constraint's one-level fast paths (every row of a beam is at the same SID
-level, a host int: :meth:`SidConstraint.mask_at` / ``advance_at``), the MTP
-step with its per-level work in tables (:class:`~models.decoding.proposer_mtp.FusedHeadStep`),
-shape-only index tensors built once (``_const``), and the draft's masks
-reused by the verification.
+level, a host int: :meth:`SidConstraint.mask_at` / ``advance_at``; a draft
+step and a commit take ``extend_at``: a live node's code is allowed, so its
+prefix only extends, and a dead node's state is never read for a live one),
+the MTP step with its per-level work in tables (:class:`~models.decoding.proposer_mtp.FusedHeadStep`),
+the tree forward's embedding and output lookups built once per decode
+(:meth:`GenerativeRecommender.tree_tables`), an additive tree mask, shape-only
+index tensors built once (``_const``), and the draft's masks reused by the
+verification.
 
 Device residency (decision 028): a round's shapes are fixed by ``W``, ``WD``
 and ``G`` alone — the tree is scored as ``B`` rows of ``W + G·WD`` columns
@@ -115,7 +119,7 @@ def _const(key: tuple, build):
 
 def _offsets(b: int, w: int, dev) -> Tensor:
     """[B, 1] first row of each request when every request has ``w`` rows."""
-    return _const(("base", b, w, str(dev)), lambda: (torch.arange(b, device=dev) * w)[:, None])
+    return _const(("base", b, w, dev), lambda: (torch.arange(b, device=dev) * w)[:, None])
 
 
 def _draft_beams(step, constraint: Constraint, hidden: Tensor, pending: Tensor, level: int,
@@ -127,25 +131,29 @@ def _draft_beams(step, constraint: Constraint, hidden: Tensor, pending: Tensor, 
     [B*W, d] the target state that predicted each beam's ``pending`` code [B*W]; ``level`` the SID level of
     the beams' next code (host int: every row of a beam is at the same level); ``state`` the beams'
     constraint state, ``score`` [B, W] their scores. Each step: the constraint mask of the step's parents
-    (kept for verification), the head step, constrained log-probs, top-``wd``, one state advance."""
+    (kept for verification), the head step, constrained log-probs, top-``wd``, one state advance
+    (``extend_at`` where the engine has it: exact on every live node, which is all verification reads)."""
     b, width = score.shape
     K, D = constraint.k_max, constraint.depth
     s, code, dscore = hidden, pending, score
     out = BeamDraft([], [], [], [state], [])
+    extend = getattr(constraint, "extend_at", None)
     for i in range(gamma):
         lv = (level + i) % D
         ok = constraint.mask_at(out.states[-1], lv)                                  # [B*width, K]
         out.allowed.append(ok)
         s, logits = step(s, code, (lv - 1) % D)
-        cand = (dscore[..., None] + masked_logprobs(logits, ok).view(b, width, K)).view(b, width * K)
+        cand = (dscore.reshape(-1, 1) + masked_logprobs(logits, ok)).view(b, width * K)
         dscore, flat = cand.topk(wd, dim=1)                                          # [B, WD]
         parent, tok = flat // K, flat % K
-        rows = (parent + _offsets(b, width, score.device)).view(-1)
+        rows = (parent if b == 1 else parent + _offsets(b, width, score.device)).view(-1)   # one request: no offsets
         out.parent.append(parent)
         out.token.append(tok)
         out.key.append(flat.masked_fill(dscore.isneginf(), -1))                     # parent·K + token
         code = tok.view(-1)
-        out.states.append(constraint.advance_at(out.states[-1].select(rows), code, lv))
+        # live nodes took allowed codes; a dead node's (-inf) state is never read for a live one
+        out.states.append(extend(out.states[-1], rows, code, lv) if extend is not None
+                          else constraint.advance_at(out.states[-1].select(rows), code, lv))
         s, width = s.index_select(0, rows), wd
     out.allowed.append(constraint.mask_at(out.states[-1], (level + gamma) % D))
     return out
@@ -157,13 +165,14 @@ class Tree:
     at columns ``0..W-1``, node ``j`` of step ``i >= 1`` at column ``W + (i-1)·WD + j``."""
 
     tokens: Tensor     # [B, Q] each node's code (roots: the beams' pending codes), Q = W + G·WD
-    mask: Tensor       # [B, Q, W·L + Q] bool: its root beam's L cached columns, its ancestors and itself
+    mask: Tensor       # [B, Q, W·L + Q] additive (0 visible, -inf not): its root beam's L cached columns,
+                       # its ancestors and itself
     depth: Tensor      # [Q] tree step of each column
 
 
 def _layout_consts(g: int, wd: int, w: int, length: int, dev) -> tuple[Tensor, list[Tensor], Tensor]:
-    """The attention rows of the roots [W, W·L + Q] (their beam's cached columns and themselves), each
-    step's own columns [WD, W·L + Q] (steps 1..G), and every column's tree step [Q]."""
+    """The additive attention rows (0 visible, -inf not) of the roots [W, W·L + Q] (their beam's cached
+    columns and themselves), each step's own columns [WD, W·L + Q] (steps 1..G), every column's tree step [Q]."""
     def build():
         c, q = w * length, w + g * wd
         roots = torch.zeros(w, c + q, dtype=torch.bool, device=dev)
@@ -175,8 +184,9 @@ def _layout_consts(g: int, wd: int, w: int, length: int, dev) -> tuple[Tensor, l
             own[i, :, c + w + i * wd:c + w + (i + 1) * wd] = torch.eye(wd, dtype=torch.bool, device=dev)
         depth = torch.cat([torch.zeros(w, dtype=torch.long, device=dev),
                            torch.arange(1, g + 1, device=dev).repeat_interleave(wd)])
-        return roots, list(own), depth
-    return _const(("layout", g, wd, w, length, str(dev)), build)
+        add = lambda m: torch.zeros(m.shape, device=dev).masked_fill_(~m, float("-inf"))  # noqa: E731
+        return add(roots), list(add(own)), depth
+    return _const(("layout", g, wd, w, length, dev), build)
 
 
 def tree_layout(draft: BeamDraft, root_tok: Tensor, b: int, wd: int, g: int, w: int, length: int) -> Tree:
@@ -185,12 +195,12 @@ def tree_layout(draft: BeamDraft, root_tok: Tensor, b: int, wd: int, g: int, w: 
     target scores all ``W + G·WD`` nodes in one forward without one row per root-to-node path.
 
     ``root_tok`` [B, W] the beams' pending codes. A step-i node's row is its parent's row plus its own
-    column. Fixed shapes, tensor ops only."""
+    column (the max of two additive rows). Fixed shapes, tensor ops only."""
     roots, own, depth = _layout_consts(g, wd, w, length, root_tok.device)
     rows = [roots.expand(b, -1, -1)]                                                 # [B, W, W·L + Q]
     for i in range(g):
-        par = draft.parent[i][..., None].expand(-1, -1, roots.shape[1])
-        rows.append(rows[-1].gather(1, par) | own[i])                                # [B, WD, W·L + Q]
+        par = draft.parent[i].unsqueeze(2).expand(-1, -1, roots.shape[1])
+        rows.append(torch.maximum(rows[-1].gather(1, par), own[i]))                  # [B, WD, W·L + Q]
     return Tree(torch.cat([root_tok] + draft.token, 1), torch.cat(rows, 1), depth)
 
 
@@ -202,11 +212,19 @@ def commit_cache(scored: KVCache, src_beam: Tensor, cols: Tensor, w: int, length
     ``src_beam`` [B, W] the beam each new beam descends from; ``cols`` [B, W, A] the tree columns of its
     committed path. Returns [B rows, W·(L + A) columns]: new beam ``j`` at columns ``j·(L+A) ..``."""
     b, _, a = cols.shape
-    old = _const(("arange", length, str(cols.device)), lambda: torch.arange(length, device=cols.device))
-    idx = torch.cat([(src_beam * length)[..., None] + old, cols + w * length], 2).view(b, 1, -1, 1)
+    old = _const(("arange", length, cols.device), lambda: torch.arange(length, device=cols.device))
+    idx = torch.cat([(src_beam * length).unsqueeze(2) + old, cols + w * length], 2).view(b, -1)   # [B, W·(L+A)]
+    h, c = scored.self_k[0].shape[1], scored.self_k[0].shape[2]
+    if b > 1:   # row r = (request, head) of a [B·H·C, Dh] view: one index_select of whole K/V rows, not a gather
+        base = _const(("bh", b, h, c, cols.device), lambda: (torch.arange(b * h, device=cols.device) * c)[:, None])
+        idx = (idx.repeat_interleave(h, 0) + base).view(-1)
+    else:
+        idx = idx.view(-1)
 
     def keep(x: Tensor) -> Tensor:
-        return x.gather(2, idx.expand(-1, x.shape[1], -1, x.shape[3]))
+        if b == 1:
+            return x.index_select(2, idx)
+        return x.reshape(-1, x.shape[3]).index_select(0, idx).view(b, h, -1, x.shape[3])
     return KVCache(list(scored.cross_k), list(scored.cross_v), scored.cross_mask,
                    [keep(k) for k in scored.self_k], [keep(v) for v in scored.self_v], 1, None)
 
@@ -228,14 +246,14 @@ def verify_tree(draft: BeamDraft, logits: Tensor, score: Tensor, w: int, g: int,
     node's target score [B, Q] (-inf for a node that is none of the target's beams; roots: ``score``)."""
     b, q, k = logits.shape
     logp = masked_logprobs(logits, torch.cat([a.view(b, -1, k) for a in draft.allowed], 1))   # [B, Q, K]
-    roots = _const(("roots", b, w, str(score.device)), lambda: torch.arange(w, device=score.device).expand(b, w))
+    roots = _const(("roots", b, w, score.device), lambda: torch.arange(w, device=score.device).expand(b, w))
     cur, cur_score, first = roots, score, 0
     scores, oks, hits, tops, flats, curs = [score], [], [], [], [], []
     for i in range(g + 1):
         lp = logp[:, first:first + w] if i == 0 else logp[:, first:first + draft.key[i - 1].shape[1]]
         if i:                                                     # the target's beams' rows, in beam order
-            lp = lp.gather(1, cur[..., None].expand(-1, -1, k))                      # [B, W, K]
-        cand = (cur_score[..., None] + lp).view(b, w * k)
+            lp = lp.gather(1, cur.unsqueeze(2).expand(-1, -1, k))                    # [B, W, K]
+        cand = (cur_score.unsqueeze(2) + lp).view(b, w * k)
         if relaxed and i < g:
             vals, idx = cand.topk(min(int(relax_factor * w), w * k), dim=1)
             top, flat = vals[:, :w], idx[:, :w]
@@ -251,11 +269,11 @@ def verify_tree(draft: BeamDraft, logits: Tensor, score: Tensor, w: int, g: int,
         if not relaxed:
             tkey = flat                                           # [B, W] node key (parent node·K + code)
             if i:                                                 # of each beam: parent beam -> its node
-                codes = _const(("codes", k, str(score.device)), lambda: torch.arange(k, device=score.device))
-                tkey = ((cur * k)[..., None] + codes).view(b, w * k).gather(1, flat)
-            eq = tkey[:, :, None] == key[:, None, :]                                 # [B, W, WD]
+                codes = _const(("codes", k, score.device), lambda: torch.arange(k, device=score.device))
+                tkey = ((cur * k).unsqueeze(2) + codes).view(b, w * k).gather(1, flat)
+            eq = tkey.unsqueeze(2) == key.unsqueeze(1)                               # [B, W, WD]
             hits.append(eq)
-            node = torch.where(eq, top[..., None], NEG_INF).amax(1)                  # [B, WD]
+            node = torch.where(eq, top.unsqueeze(2), NEG_INF).amax(1)                # [B, WD]
             cur = eq.to(torch.uint8).argmax(2)                                       # node id of each beam
         else:                                   # WD = W: every drafted node is a beam, re-scored by the target
             dead = key < 0
@@ -313,6 +331,8 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
     pending = torch.full((B, W), BOS, dtype=torch.long, device=dev)
     hidden = None                                                               # [B, W, d]
     step = head_step(heads) if heads is not None else None
+    tables = model.tree_tables(n_tok) if hasattr(model, "tree_tables") else None   # the tree forward's lookups
+    extend = getattr(constraint, "extend_at", None)                             # the engine's one-op advance
     dtype = heads.out.weight.dtype if heads is not None else None             # the heads' input dtype
     gamma, n = spec.gamma, 0
     draft_steps = 0
@@ -329,7 +349,8 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
             draft = BeamDraft([], [], [], [state], [constraint.mask_at(state, lvl)])
         # ---- score: ONE target forward over the whole tree (tree attention mask) ----------------
         tree = tree_layout(draft, pending, B, wd, g, W, n)
-        out = model.decode_tree(tree.tokens, tree.depth, n, cache, tree.mask)
+        out = (model.decode_tree(tree.tokens, tree.depth, n, cache, tree.mask) if tables is None
+               else model.decode_tree(tree.tokens, tree.depth, n, cache, tree.mask, tables))
         stats.target_forwards += 1
         # ---- verify every step on the device; read back how many were accepted ----------------
         flags, tops, flats, curs, node_score = verify_tree(draft, out.logits, score, W, g, relaxed, relax_factor)
@@ -340,13 +361,13 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
         for j in range(a, 0, -1):
             nodes.append(draft.parent[j - 1].gather(1, nodes[-1]))
         src = nodes[-1]                                                             # [B, W] source beam
-        first = _const(("first", a, W, wd, str(dev)),                               # column of step 0..a's node 0
+        first = _const(("first", a, W, wd, dev),                               # column of step 0..a's node 0
                        lambda: torch.tensor([0] + [W + i * wd for i in range(a)], device=dev))
         cols = torch.stack(nodes[::-1], 2) + first                                  # [B, W, a+1] path columns
         cache = commit_cache(out.cache, src, cols, W, n)
         if step is not None:                            # the state that predicted each new beam's code
             hidden = out.hidden.gather(1, cols[..., -1:].expand(-1, -1, out.hidden.shape[2])).to(dtype)  # [B, W, d]
-        rows = (src + base).view(-1)
+        rows = (src if B == 1 else src + base).view(-1)                            # one request: no offsets
         code, top = flat % K, tops[a]
         done, done_cum = [codes.index_select(0, rows)], [cum.index_select(0, rows)]
         if a:                                           # the accepted drafts' codes and target scores
@@ -355,8 +376,10 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
             done_cum.append(node_score.gather(1, on_path).view(N, a))
         codes = torch.cat(done + [code.view(N, 1)], 1)
         cum = torch.cat(done_cum + [top.reshape(N, 1)], 1)
-        parents = (nodes[0] + _offsets(B, wd if a else W, dev)).view(-1)          # rows of draft.states[a]
-        state = constraint.advance_at(draft.states[a].select(parents), code.view(-1), (n + a) % D)
+        parents = (nodes[0] if B == 1 else nodes[0] + _offsets(B, wd if a else W, dev)).view(-1)  # draft.states[a] rows
+        # a live beam's code is allowed; a dead beam (-inf) stays dead whatever its state (extend_at's premise)
+        state = (extend(draft.states[a], parents, code.view(-1), (n + a) % D) if extend is not None
+                 else constraint.advance_at(draft.states[a].select(parents), code.view(-1), (n + a) % D))
         pending, score = code, top
         n += a + 1
         stats.rounds += 1

@@ -92,7 +92,7 @@ def accepted_length(row_accepted: Tensor) -> int:
     """THE one host read of a speculative round: how many drafts are committed (lock-step, the fewest any row
     accepted; ``row_accepted`` [B] or a scalar count). Everything before it in a round is tensor work on the
     device; the KV cache is then cut to the committed length, a host integer (decision 028)."""
-    return int(row_accepted.min())
+    return int(row_accepted.min() if row_accepted.dim() else row_accepted)   # a count needs no reduction
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,19 @@ class DecoderOutput:
     position_logits: Tensor | None = None  # [N, D, K_max]: the position head's next-item codes (training)
 
 
+@dataclass
+class TreeTables:
+    """:meth:`GenerativeRecommender.decode_tree`'s lookups per decode (:meth:`GenerativeRecommender.tree_tables`):
+    rows of the model's own tables, so using them changes no value, only the number of ops per tree."""
+
+    inputs: Tensor     # [(D+1)*K, d] input embedding of code c after level l at row l*K + c (clamped); then K BOS rows
+    row_base: Tensor   # [P] row of code 0 of position p's input level (p = 0: the first BOS row)
+    level_pos: Tensor  # [P, d] level embedding of position p
+    slot_pos: Tensor   # [P, d] slot embedding of position p
+    out_rows: Tensor   # [D, K] shared code-table row of (level, code)
+    out_bias: Tensor   # [D, K] output bias, -inf beyond a level
+
+
 # ---- building blocks ------------------------------------------------------------------------
 
 class Attention(nn.Module):
@@ -419,8 +432,24 @@ class GenerativeRecommender(CodeTableModule):
         hidden = self.dec_norm(x)
         return DecoderOutput(self.project(hidden, start), hidden, cache, aux)
 
+    @torch.no_grad()
+    def tree_tables(self, n_pos: int) -> "TreeTables":
+        """The position- and level-dependent lookups of :meth:`decode_tree` for positions ``0 .. n_pos-1``,
+        built once per decode (they depend on the weights, so never across a weight update): rows copied
+        from the embedding tables, so a tree forward with them computes the same values as without."""
+        D, K, dev = self.cfg.sid_len, self.cfg.k_max, self.code_emb.weight.device
+        pos = torch.arange(n_pos, device=dev)
+        codes = torch.minimum(torch.arange(K, device=dev)[None, :], self.level_sizes_t[:, None] - 1)   # [D, K]
+        # [(D+1)*K, d]; K BOS rows last: position 0 is BOS whatever its token, as in _embed_at
+        inputs = torch.cat([self.code_emb.weight[(codes + self.level_offsets[:, None]).reshape(-1)],
+                            self.bos[0].expand(K, -1)])
+        row_base = torch.where(pos == 0, D * K, ((pos - 1) % D) * K)           # [P] row of code 0 of p's input
+        slot = (pos // D).clamp(max=self.cfg.session_len - 1)
+        return TreeTables(inputs, row_base, self.level_pos.weight[pos % D], self.slot_pos.weight[slot],
+                          self.out_rows, torch.where(self.code_valid, self.out_bias, float("-inf")))
+
     def decode_tree(self, tokens: Tensor, depth: Tensor, start: int, cache: KVCache,
-                    self_mask: Tensor) -> DecoderOutput:
+                    self_mask: Tensor, tables: "TreeTables | None" = None) -> DecoderOutput:
         """Run the decoder on a token *tree* per row: every new token sees only the cached columns and new
         tokens ``self_mask`` allows (its ancestors and itself), so one forward scores many branches.
 
@@ -428,25 +457,36 @@ class GenerativeRecommender(CodeTableModule):
         ``cache`` (group 1, B rows) holds C columns; ``self_mask`` [B, Q, C+Q] bool, True = visible.
         The Q new K/V columns are appended to ``cache`` (positions are the tree's, not the columns').
         Speculative beam verification (SpecInfer, Miao et al. 2024, "tree-based speculative inference").
+        ``self_mask`` may also be additive already (float: 0 visible, -inf not). ``tables``
+        (:meth:`tree_tables`, covering every position of the tree; codes then in ``0 .. K_max-1``): the
+        embedding and output lookups in a few index ops instead of recomputing them per call, same values.
         Returns logits [B, Q, K_max] and hidden [B, Q, d]."""
-        t = tokens.shape[1]
-        if depth.shape != (t,) or self_mask.shape != (tokens.shape[0], t, cache.length + t):
+        b, t = tokens.shape
+        if depth.shape != (t,) or self_mask.shape != (b, t, cache.length + t):
             raise ValueError(f"decode_tree: depth {tuple(depth.shape)} / self_mask {tuple(self_mask.shape)} do "
                              f"not fit tokens {tuple(tokens.shape)} on a cache of {cache.length} columns")
-        pos = (start + depth)[None, :]                                         # [1, Q]
+        pos = start + depth                                                    # [Q]
         D = self.cfg.sid_len
-        x = self.drop(self._embed_at(tokens, pos))                            # [B, Q, d]
+        if tables is None:
+            x = self._embed_at(tokens, pos[None, :])                          # [B, Q, d]
+            lv = pos % D                                                       # [Q] one level per column
+            rows = self.out_rows[lv]                                           # [Q, K]
+            bias = torch.where(self.code_valid, self.out_bias, float("-inf"))[lv]  # [Q, K], -inf beyond a level
+        else:                            # the same sums as _embed_at, in its order: code, level, slot
+            idx = (tokens + tables.row_base[pos]).view(-1)
+            x = tables.inputs.index_select(0, idx).view(b, t, -1) + tables.level_pos[pos] + tables.slot_pos[pos]
+            lv = pos % D
+            rows, bias = tables.out_rows[lv], tables.out_bias[lv]
+        x = self.drop(x)
         # additive float mask, built once for every layer (SDPA on CPU is slower with a boolean one)
-        mask = torch.where(self_mask[:, None], x.new_zeros(()), float("-inf"))  # [B, 1, Q, C+Q]
+        mask = (self_mask.to(x.dtype) if self_mask.is_floating_point()
+                else torch.where(self_mask, x.new_zeros(()), float("-inf")))[:, None]  # [B, 1, Q, C+Q]
         for i, layer in enumerate(self.dec_layers):
             x, _ = layer(x, cache, i, mask)
         hidden = self.dec_norm(x)                                              # [B, Q, d]
-        lv = pos[0] % D                                                        # [Q] one level per column
         # tied output layer against every code of every level at once, then each column's level picked out
         every = self.out_proj(hidden) @ self.code_emb.weight.T                 # [B, Q, sum K_l]
-        rows = self.out_rows[lv][None].expand(tokens.shape[0], -1, -1)         # [B, Q, K]
-        bias = torch.where(self.code_valid, self.out_bias, float("-inf"))[lv]  # [Q, K], -inf beyond a level
-        return DecoderOutput(every.gather(2, rows) + bias, hidden, cache, x.new_zeros(()))
+        return DecoderOutput(every.gather(2, rows[None].expand(b, -1, -1)) + bias, hidden, cache, x.new_zeros(()))
 
     def project(self, hidden: Tensor, start: int | Tensor) -> Tensor:
         """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max].

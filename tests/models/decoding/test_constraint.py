@@ -3,6 +3,8 @@ over random catalogs, exclusions, code choices and catalog retire / add between 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,10 @@ def test_engine_equals_reference(seed, levels, n, b, steps, no_repeat, churn, of
     for _ in range(steps):
         m = fast.mask(fs)
         assert torch.equal(m, ref.mask(rs))
+        based = fast.rebase(fs)                      # the same banned set in any order: the scatter count
+        assert based.keys_sorted and torch.equal(based.banned_keys, based.banned_keys.sort(1).values)
+        perm = torch.as_tensor(rng.permutation(based.banned_keys.shape[1]))
+        assert torch.equal(fast.mask(replace(based, banned_keys=based.banned_keys[:, perm], keys_sorted=False)), m)
         # mostly an allowed code, sometimes a disallowed or off-codebook one (dead paths must agree too)
         noise = torch.as_tensor(rng.random((b, K)))
         codes = torch.where(m, noise + 1, noise).argmax(1)
@@ -129,7 +135,9 @@ def test_empty_catalog_allows_nothing_and_level_mismatch_is_a_clear_error():
        churn=st.floats(0.0, 0.5), offbook=st.floats(0.0, 0.3))
 def test_one_level_fast_paths_equal_the_engine(seed, levels, n, b, steps, no_repeat, churn, offbook):
     """mask_at / advance_at (rows all at one level, a host int) and masked_logprobs give exactly mask / advance /
-    logprobs: allowed codes, prefixes, exclusions, completed items as seen by the next mask, dead rows."""
+    logprobs: allowed codes, prefixes, exclusions, completed items as seen by the next mask, dead rows; with
+    sorted banned keys (binary search) and in any order; extend_at is advance_at of the selected rows on every
+    row whose code was allowed."""
     from models.decoding.constraint import masked_log_softmax, masked_logprobs
     rng = np.random.default_rng(seed)
     sids, items = _random_catalog(rng, levels, max(n, 1))
@@ -145,6 +153,11 @@ def test_one_level_fast_paths_equal_the_engine(seed, levels, n, b, steps, no_rep
         lv = t % D
         m = con.mask(slow)
         assert torch.equal(con.mask_at(fast, lv), m)
+        keys = con.rebase(fast).banned_keys
+        assert fast.keys_sorted and torch.equal(keys, keys.sort(1).values)   # the binary-search path's premise
+        perm = torch.as_tensor(rng.permutation(keys.shape[1]))             # the same set, in any order
+        shuffled = replace(con.rebase(fast), banned_keys=keys[:, perm], keys_sorted=False)
+        assert torch.equal(con.mask_at(shuffled, lv), m)
         logits = torch.as_tensor(rng.normal(size=(b, K)))
         fast_lp = masked_logprobs(logits, con.mask_at(fast, lv))
         torch.testing.assert_close(fast_lp, con.logprobs(logits, slow), rtol=0, atol=0)
@@ -153,6 +166,12 @@ def test_one_level_fast_paths_equal_the_engine(seed, levels, n, b, steps, no_rep
         codes = torch.where(m, noise + 1, noise).argmax(1)
         wild = torch.as_tensor(rng.random(b) < offbook)
         codes = torch.where(wild, torch.as_tensor(rng.integers(-1, K + 1, b)), codes)
+        rows = torch.as_tensor(rng.integers(0, b, b))                    # a draft step: rows re-picked, then advanced
+        ext, ref = con.extend_at(fast, rows, codes[rows], lv), con.advance_at(fast.select(rows), codes[rows], lv)
+        live = m[rows].gather(1, codes[rows].clamp(0, K - 1)[:, None])[:, 0] & (codes[rows] >= 0) & (codes[rows] < K)
+        assert torch.equal(ext.prefix[live], ref.prefix[live]) and torch.equal(ext.level, ref.level)
+        assert torch.equal(con.mask_at(ext, (lv + 1) % D)[live], con.mask_at(ref, (lv + 1) % D)[live])
+        assert ext.keys_sorted == ref.keys_sorted and ext.shared_level == ref.shared_level
         slow, _ = con.advance(slow, codes)
         fast = con.advance_at(fast, codes, lv)
         assert torch.equal(fast.prefix, slow.prefix) and torch.equal(fast.level, slow.level)

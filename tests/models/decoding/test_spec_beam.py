@@ -193,6 +193,9 @@ def test_tree_forward_equals_one_decode_per_path(seed, b, width, extra, g, lengt
     out = model.decode_tree(tree.tokens, tree.depth, length, _tree_cache(cache, b, width), tree.mask)
     q = width + g * wd
     assert tree.tokens.shape == (b, q) and tree.mask.shape == (b, q, width * length + q)
+    fast = model.decode_tree(tree.tokens, tree.depth, length, _tree_cache(cache, b, width), tree.mask,
+                             model.tree_tables(length + g + 1))              # per-decode lookup tables
+    assert torch.equal(fast.logits, out.logits) and torch.equal(fast.hidden, out.hidden)
     for i in range(g + 1):                                                   # check every node by its path
         cols = _path_columns(draft, i, width, wd, b)                         # [B, n_i, i+1]
         n_i = cols.shape[1]
@@ -262,3 +265,28 @@ def test_backoff_schedule():
     assert SpecConfig(adaptive=False).plain_rounds(5) == 0
     with pytest.raises(ValueError, match="backoff_max=-1 must be >= 0"):
         SpecConfig(backoff_max=-1)
+
+
+def test_tree_tables_give_the_same_forward_from_position_zero():
+    """The first round's tree (the roots at position 0, BOS whatever their token) and a later one: the tree
+    forward with the per-decode tables equals the one without, exactly."""
+    w = random_world(3, b=2, session_len=4)
+    model, k = w.model, w.model.cfg.k_max
+    tables = model.tree_tables(12)
+    for start, depth in ((0, torch.zeros(3, dtype=torch.long)), (5, torch.tensor([0, 0, 1, 1, 2]))):
+        q = depth.shape[0]
+        tokens = torch.randint(0, k, (2, q), generator=torch.Generator().manual_seed(start))
+        cache = model.start_cache(w.memory)
+        if start:
+            model.decode(torch.randint(0, 3, (2, start)), None, cache, 0)
+        mask = torch.rand(2, q, start + q, generator=torch.Generator().manual_seed(1)) < 0.7
+        mask[:, torch.arange(q), start + torch.arange(q)] = True                 # every node sees itself
+        plain = model.decode_tree(tokens, depth, start, _copy(cache), mask)
+        fast = model.decode_tree(tokens, depth, start, _copy(cache), mask, tables)
+        assert torch.equal(plain.logits, fast.logits) and torch.equal(plain.hidden, fast.hidden)
+
+
+def _copy(cache):
+    from models.generator.kv_cache import KVCache
+    return KVCache(list(cache.cross_k), list(cache.cross_v), cache.cross_mask, list(cache.self_k),
+                   list(cache.self_v), cache.group, cache.self_pad)
