@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from models.config_fields import config_from_dict
+
 MODES = ("greedy", "beam", "mtp", "spec_greedy", "spec_beam", "spec_beam_relaxed", "sample", "spec_sample")
 LOSSY_MODES = frozenset({"mtp", "spec_beam_relaxed"})
 PROPOSERS = ("mtp", "draft_model")
@@ -71,7 +73,4 @@ class DecodeSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecodeSettings":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown decode settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "decode settings")

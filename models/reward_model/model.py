@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ingest.contract import ENGAGED_TYPES, EVENT_TYPES  # constants only
+from models.config_fields import config_from_dict
 from models.reward_model.data import EMPTY, HEADS
 from models.reward_model.features import RewardHistory
 from models.sid.levels import code_table_layout
@@ -133,13 +134,9 @@ class RewardModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RewardModelConfig":
         d = dict(d)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown RewardModelConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
         if "level_sizes" in d:
             d["level_sizes"] = tuple(d["level_sizes"])
-        return cls(**d)
+        return config_from_dict(cls, d, "RewardModelConfig field(s)")
 
 
 class HistoryMemory(NamedTuple):
