@@ -140,11 +140,16 @@ class AlignJobConfig:
         self.gate_config()
 
     def align_config(self):
-        """The round's :class:`AlignConfig` (``round`` fields, ``mode`` from this config)."""
+        """The round's :class:`AlignConfig` (``round`` fields, ``mode`` from this config). The round's NDCG guard
+        holds the gate's bound (``gate.gate.max_ndcg_drop``) unless ``round.guard_max_drop`` names its own, so
+        the round keeps the last snapshot the gate's NDCG check would pass."""
         from models.alignment.config import AlignConfig
 
+        d = {**self.round, "mode": self.mode}
+        if "guard_max_drop" not in d:
+            d["guard_max_drop"] = self.gate_config().gate.max_ndcg_drop
         try:
-            return AlignConfig.from_dict({**self.round, "mode": self.mode})
+            return AlignConfig.from_dict(d)
         except (TypeError, ValueError) as e:
             raise ValueError(f"align.round: {e}") from None
 

@@ -12,7 +12,9 @@ OneRec's IPA (Deng et al. 2025, arXiv 2502.18965) with DPO (Rafailov et al. 2023
    simulator, the world's true value), takes chosen = best, rejected = worst (or one of the bottom k);
    in ``feedback`` mode it uses served sessions' real rewards as ±1 advantages instead (OneRec-V2);
 4. trains NTP on fresh data + λ·DPO through Ray Train (``TorchTrainer``, ``num_workers`` data-parallel
-   workers; one on this machine) or in-process;
+   workers; one on this machine) or in-process; the narrowing guard (:mod:`models.alignment.guard`)
+   snapshots the policy every ``guard_every`` steps and keeps the last snapshot whose NDCG@10 on the
+   split's held-out users stays within ``guard_max_drop`` of the parent's (none holding: not published);
 5. measures: NTP / DPO loss, reward margin, KL to the reference, validity, coverage@10, HR@50 and
    NDCG@10 on the held-out split for parent and candidate, and the scorer's predicted gain beside the
    true gain when a ``true_scorer`` (the simulator) is given. A predicted gain without a true gain is
@@ -34,6 +36,7 @@ import torch
 
 from actors.ray_train import RayTrainConfig, RayTrainError, Worker, run_ray_training  # RayTrainConfig: re-exported
 from models.alignment.config import AlignConfig
+from models.alignment.guard import GuardResult, is_checkpoint, keep_checkpoint
 from models.alignment.logprob import session_logprob, token_kl, token_logprobs
 from models.alignment.pairs import feedback_advantages, select_pairs
 from models.alignment.train import AlignData, FeedbackData, PairData, train_alignment
@@ -106,12 +109,18 @@ class RoundReport:
     published: bool = False
     refused: str = ""                  # why the round did not publish ("" when it did)
     reward_hacking: bool = False
+    guard_refused: bool = False        # the narrowing guard found no snapshot within its bound
     backend: str = "inprocess"         # "ray" (Ray Train) or "inprocess"
     n_users: int = 0
     n_candidates: int = 0
     n_pairs: int = 0
     eval_heldout: bool = False         # parent vs candidate compared on users the round did not train on
     steps: int = 0
+    guard_step: int = 0                # the step the narrowing guard kept (0: no guard, or none held)
+    guard_users: int = 0               # held-out users the guard ranked
+    guard_ndcg_parent: float = float("nan")
+    guard_ndcg: float = float("nan")   # NDCG@10 of the kept snapshot on the guard's users
+    guard_checked: list = field(default_factory=list)   # [step, NDCG@10] of the snapshots evaluated, newest first
     ntp_examples: int = 0              # fresh NTP examples the round trained on (RoundData.ntp_split's, else split's)
     ntp_loss: float = float("nan")     # mean over the last quarter of steps
     dpo_loss: float = float("nan")     # same (feedback mode: the bounded loss)
@@ -147,7 +156,9 @@ class RoundReport:
                 f"margin {self.reward_margin:+.4f} kl {self.kl_ref:.4f}; validity {self.validity:.3f}; "
                 f"ndcg@10 {self.ndcg10_parent:.4f}->{self.ndcg10:.4f} hr@50 {self.hr50_parent:.4f}->{self.hr50:.4f} "
                 f"cov@10 {self.coverage10_parent:.3f}->{self.coverage10:.3f}; "
-                f"predicted gain {self.predicted_gain:+.4f}, true gain {tg}; "
+                + (f"guard kept step {self.guard_step}/{self.steps} (ndcg@10 {self.guard_ndcg_parent:.4f}->"
+                   f"{self.guard_ndcg:.4f} on {self.guard_users} held-out users); " if self.guard_users else "")
+                + f"predicted gain {self.predicted_gain:+.4f}, true gain {tg}; "
                 + ("published" if self.published else f"NOT published: {self.refused}"))
 
 
@@ -276,6 +287,51 @@ def offline_metrics(model: GenerativeRecommender, split: LeaveOneOut, item_sids:
             "invalid_rate": m["invalid_rate"], "ndcg10_per_user": ndcg_per_case(target_ranks(ranked, cases.targets), 10)}
 
 
+@torch.no_grad()
+def guard_ndcg(model: GenerativeRecommender, cases, item_sids: np.ndarray, trie, beam: int = 50) -> float:
+    """NDCG@10 of ``model`` on held-out ``cases`` (:class:`models.evaluation.splits.Cases`), full ranking by
+    constrained beam search of width ``beam`` (the narrowing guard's measure, as :func:`offline_metrics`)."""
+    from models.evaluation.generator_ranker import GeneratorRanker
+    from models.evaluation.metrics import ndcg_per_case, target_ranks
+
+    ranked = GeneratorRanker(model.eval(), item_sids, beam_width=beam, trie=trie).rank(cases.histories, beam)
+    return float(ndcg_per_case(target_ranks(ranked.cpu().numpy(), cases.targets), 10).mean())
+
+
+def train_guarded(model, core: GenerativeRecommender, data: AlignData, cfg: AlignConfig, guard_cases=None, *,
+                  rank: int = 0, world_size: int = 1, device="cpu") -> tuple[list[dict], GuardResult | None]:
+    """:func:`models.alignment.train.train_alignment` with the narrowing guard: rank 0 snapshots the policy at
+    :func:`~models.alignment.guard.is_checkpoint` steps (in host memory: ``steps / guard_every`` copies of
+    the weights), and after the last step loads the snapshot :func:`~models.alignment.guard.keep_checkpoint`
+    keeps (the last step's when none held: the round measures and refuses it). Every worker takes all
+    ``cfg.steps`` steps (data-parallel workers must); only rank 0's weights come back.
+    ``guard_cases`` None or ``cfg.guard_every`` 0: no guard (the last step is kept)."""
+    if guard_cases is None or not cfg.guard_every or rank != 0:
+        return train_alignment(model, core, data, cfg, rank=rank, world_size=world_size, device=device), None
+    from models.evaluation.generator_ranker import build_trie
+
+    trie = build_trie(data.item_sids, core.cfg.level_sizes)
+    snap = lambda: {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()}  # noqa: E731
+    parent_ndcg = guard_ndcg(core, guard_cases, data.item_sids, trie)
+    core.eval()                                   # the ranker left it in eval; training keeps dropout off too
+    snaps: dict[int, dict] = {}
+
+    def on_step(i: int, _m: dict) -> None:
+        if is_checkpoint(i + 1, cfg.steps, cfg.guard_every):
+            snaps[i + 1] = snap()
+
+    hist = train_alignment(model, core, data, cfg, rank=rank, world_size=world_size, device=device, on_step=on_step)
+
+    def ndcg_at(step: int) -> float:
+        core.load_state_dict(snaps[step])
+        return guard_ndcg(core, guard_cases, data.item_sids, trie)
+
+    res = keep_checkpoint(parent_ndcg, list(snaps), ndcg_at, cfg.guard_max_drop, n_users=len(guard_cases.targets))
+    # none held: the last step comes back, to be measured (reward hacking too) and refused, never published
+    core.load_state_dict(snaps[res.kept_step if res.held else max(snaps)])
+    return hist, res
+
+
 # ---- training backends -------------------------------------------------------------------------
 
 def _tail_mean(history: list[dict], key: str) -> float:
@@ -295,23 +351,25 @@ def _align_worker(worker: Worker, core: GenerativeRecommender, payload: dict) ->
     the tail means of its step metrics."""
     # an MoE decoder leaves unrouted experts without gradients: DDP must look for unused parameters
     model = worker.wrap(core, find_unused_parameters=bool(core.cfg.moe_experts))
-    hist = train_alignment(model, core, payload["data"], payload["align_cfg"], rank=worker.rank,
-                           world_size=worker.world_size, device=worker.device)
+    hist, guard = train_guarded(model, core, payload["data"], payload["align_cfg"], payload.get("guard"),
+                                rank=worker.rank, world_size=worker.world_size, device=worker.device)
     metrics = {k: _tail_mean(hist, k) for k in _METRIC_KEYS}
     metrics["steps"] = len(hist)
+    if guard is not None:
+        metrics["guard"] = guard.to_dict()
     return metrics
 
 
 def train_with_ray(policy: GenerativeRecommender, data: AlignData, cfg: AlignConfig,
-                   ray_cfg: RayTrainConfig) -> tuple[GenerativeRecommender, dict]:
-    """Run :func:`models.alignment.train.train_alignment` through Ray Train's ``TorchTrainer``
+                   ray_cfg: RayTrainConfig, guard_cases=None) -> tuple[GenerativeRecommender, dict]:
+    """Run :func:`train_guarded` through Ray Train's ``TorchTrainer``
     (:func:`actors.ray_train.run_ray_training`); returns the trained policy (read back from rank 0's
-    safetensors checkpoint) and rank 0's metrics."""
+    safetensors checkpoint) and rank 0's metrics (``guard``: the guard's result, when it ran)."""
     import functools
 
     try:
         res = run_ray_training(_align_worker, functools.partial(GenerativeRecommender, policy.cfg), policy,
-                               {"data": data, "align_cfg": cfg}, ray_cfg, name="align")
+                               {"data": data, "align_cfg": cfg, "guard": guard_cases}, ray_cfg, name="align")
     except RayTrainError as e:
         raise AlignmentError(str(e)) from None
     out = GenerativeRecommender(policy.cfg)
@@ -319,12 +377,14 @@ def train_with_ray(policy: GenerativeRecommender, data: AlignData, cfg: AlignCon
     return out.eval(), res.metrics
 
 
-def train_in_process(policy: GenerativeRecommender, data: AlignData,
-                     cfg: AlignConfig) -> tuple[GenerativeRecommender, dict]:
+def train_in_process(policy: GenerativeRecommender, data: AlignData, cfg: AlignConfig,
+                     guard_cases=None) -> tuple[GenerativeRecommender, dict]:
     """The same loop in this process (unit tests, quick runs)."""
-    hist = train_alignment(policy, policy, data, cfg)
+    hist, guard = train_guarded(policy, policy, data, cfg, guard_cases)
     m = {k: _tail_mean(hist, k) for k in _METRIC_KEYS}
     m["steps"] = len(hist)
+    if guard is not None:
+        m["guard"] = guard.to_dict()
     return policy.eval(), m
 
 
@@ -358,6 +418,18 @@ def _user_histories(split: LeaveOneOut, users: np.ndarray) -> UserHistories:
     tr = split.train()
     return UserHistories([tr.items[u] for u in users], [tr.ts[u] for u in users], [tr.types[u] for u in users],
                          user_ids=[split.user_ids[u] for u in users])
+
+
+def _guard_cases(split: LeaveOneOut, cfg: AlignConfig):
+    """The narrowing guard's held-out users: the split's test cases (their last item is never trained on),
+    ``guard_users`` of them at most (seeded), or None when the split has none."""
+    cases = split.test()
+    if not len(cases):
+        return None
+    if cfg.guard_users and len(cases) > cfg.guard_users:
+        cases = cases.subset(np.sort(np.random.default_rng([cfg.seed, 2]).choice(len(cases), cfg.guard_users,
+                                                                                   replace=False)))
+    return cases
 
 
 def _ntp_examples(split: LeaveOneOut, n_items: int, session_len: int):
@@ -462,13 +534,25 @@ def run_round(config: AlignConfig, registry, data: RoundData, scorer: Scorer | N
     policy = copy.deepcopy(ref)
     for p_ in policy.parameters():
         p_.requires_grad_(True)
+    guard_cases = _guard_cases(split, cfg) if cfg.guard_every else None
+    if cfg.guard_every and guard_cases is None:
+        say(f"round {version}: no held-out user in the split, so the NDCG guard cannot run; the last step is kept")
     t_train = time.time()
     if ray_train is not None:
-        policy, tm = train_with_ray(policy, adata, cfg, ray_train)
+        policy, tm = train_with_ray(policy, adata, cfg, ray_train, guard_cases)
     else:
-        policy, tm = train_in_process(policy, adata, cfg)
+        policy, tm = train_in_process(policy, adata, cfg, guard_cases)
     report.train_s = time.time() - t_train
     report.steps = int(tm.get("steps", cfg.steps))
+    guard = tm.get("guard")
+    if guard:
+        report.guard_step, report.guard_users = int(guard["kept_step"]), int(guard["n_users"])
+        report.guard_ndcg_parent, report.guard_ndcg = float(guard["parent_ndcg"]), float(guard["kept_ndcg"])
+        report.guard_checked = [list(c) for c in guard["checked"]]
+        say(f"round {version}: NDCG guard on {report.guard_users} held-out users, parent "
+            f"{report.guard_ndcg_parent:.4f}, snapshots (step, NDCG@10) "
+            f"{[(int(a), round(b, 4)) for a, b in report.guard_checked]}: "
+            + (f"kept step {report.guard_step}" if report.guard_step else "none held"))
     report.ntp_loss = float(tm.get("ntp_loss", float("nan")))
     report.dpo_loss = float(tm.get("dpo_loss" if cfg.mode == "reward_model" else "feedback_loss", float("nan")))
 
@@ -516,6 +600,12 @@ def run_round(config: AlignConfig, registry, data: RoundData, scorer: Scorer | N
                               f"({report.predicted_value_parent:.4f} -> {report.predicted_value:.4f}) but the true "
                               f"value changes by {report.true_gain:+.4f}; the round stops without publishing")
             log.warning(report.refused)
+    if guard and not report.guard_step:
+        report.guard_refused = True
+    if report.guard_refused and not report.refused:
+        report.refused = (f"NDCG GUARD: no snapshot of the round kept NDCG@10 on {report.guard_users} held-out users "
+                          f"within {cfg.guard_max_drop:.1%} of the parent's {report.guard_ndcg_parent:.4f} (checked "
+                          f"{report.guard_checked}); the candidate would narrow the list, not publishing")
     if report.validity < 1.0 and not report.refused:
         report.refused = (f"validity {report.validity:.4f} < 100%: a generated item is not in the catalog; "
                           "the constraint is broken, not publishing")

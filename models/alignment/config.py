@@ -14,8 +14,9 @@ class AlignConfig:
 
     ``user_share`` — share of the split's users sampled for candidate generation (OneRec: ~1%
     of samples reach most of the gain); ``max_users`` caps their number (0 = no cap). The defaults
-    (every user, at most 256, 50 steps) were chosen on validation users of the ``alignment`` suite
-    (docs/decisions/036-alignment-settings.md); at product scale ``max_users`` is what bounds a round.
+    (every user, at most 256; 100 steps at ``dpo_weight`` 0.25 under the NDCG guard) were chosen on
+    validation users of the ``alignment`` suite (docs/decisions/036-alignment-settings.md,
+    037-alignment-ndcg-guard.md); at product scale ``max_users`` is what bounds a round.
     ``n_candidates`` — N sessions per user: the final beam of a constrained beam search of width N
     (``generation="beam"``, OneRec's choice) or N constrained samples (``"sample"``, at ``temperature``).
     ``beta`` — DPO temperature; ``dpo_weight`` — λ in L = L_NTP + λ·L_DPO.
@@ -30,6 +31,11 @@ class AlignConfig:
     ``hack_tolerance`` — relative gain (share of the parent's mean value) the scorer may predict without a
     true gain before the round calls it reward hacking and refuses to publish
     (:func:`actors.aligner.reward_hacking`).
+    ``guard_every`` — the narrowing guard (:mod:`models.alignment.guard`, decision 037): the policy is
+    snapshotted every ``guard_every`` steps (and at the last), and the round keeps the last snapshot whose
+    NDCG@10 on the round's held-out users is at most ``guard_max_drop`` (relative) below the parent's;
+    none holding refuses the round. 0 = no guard (the last step is kept). ``guard_users`` caps the
+    held-out users it ranks (0 = all of the round's split).
     """
 
     user_share: float = 1.0
@@ -38,9 +44,9 @@ class AlignConfig:
     generation: str = "beam"
     temperature: float = 1.0
     beta: float = 0.1
-    dpo_weight: float = 1.0
+    dpo_weight: float = 0.25
     lr: float = 2e-4
-    steps: int = 50
+    steps: int = 100
     pair_batch: int = 32
     ntp_batch: int = 64
     later_item_weight: float = 0.3
@@ -51,6 +57,9 @@ class AlignConfig:
     eval_beam: int = 4
     eval_users: int = 200
     hack_tolerance: float = 0.01
+    guard_every: int = 10
+    guard_max_drop: float = 0.02
+    guard_users: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,8 +74,14 @@ class AlignConfig:
         if self.bottom_k > self.n_candidates - 1:
             raise ValueError(f"bottom_k={self.bottom_k} must be < n_candidates={self.n_candidates} "
                              "(the rejected session is drawn from the k worst, never the best)")
-        if self.max_users < 0 or self.eval_users < 0:
-            raise ValueError("max_users and eval_users must be >= 0 (0 = no cap)")
+        if self.max_users < 0 or self.eval_users < 0 or self.guard_users < 0:
+            raise ValueError("max_users, eval_users and guard_users must be >= 0 (0 = no cap)")
+        if isinstance(self.guard_every, bool) or not isinstance(self.guard_every, int) or self.guard_every < 0:
+            raise ValueError(f"guard_every={self.guard_every!r} must be an int >= 0 (steps between the NDCG guard's "
+                             "snapshots, e.g. 10; 0 turns the guard off)")
+        if not 0.0 <= self.guard_max_drop < 1.0:
+            raise ValueError(f"guard_max_drop={self.guard_max_drop} must be in [0, 1), e.g. 0.02 (the gate's "
+                             "max_ndcg_drop)")
         if self.generation not in GENERATION:
             raise ValueError(f"generation={self.generation!r}: use 'beam' (constrained beam of width "
                              "n_candidates) or 'sample'")

@@ -109,7 +109,7 @@ def test_one_round_trains_the_reward_model_gates_and_assigns_the_arm(deployment,
     # a second round reuses the latest reward model when asked, from the promoted parent by default
     cfg2 = AlignJobConfig(**{**cfg.__dict__, "reward_model": "latest", "experiment": "", "arm": "",
                              "experiments_file": "", "round": {**ROUND, "steps": 2},
-                             "gate": {"max_users": 20, "world": "none"}})
+                             "gate": {"max_users": 20, "world": "none", "gate": LOOSE}})
     res2 = run_align_round(cfg2, version="cand2", say=lines.append)
     assert res2.reward_model == "cand1" and store.names() == ["cand1"] and res2.round.published
     assert reg.info("cand2").data_window["reward_model"] == "cand1"
@@ -168,6 +168,11 @@ def test_config_and_durations_are_validated():
         AlignJobConfig(gate={"canary_users": 1})
     with pytest.raises(ValueError, match="reward_model"):
         AlignJobConfig(reward_model="maybe")
+    # the round's NDCG guard holds the gate's bound unless the round names its own
+    assert AlignJobConfig().align_config().guard_max_drop == 0.02
+    assert AlignJobConfig(gate={"gate": {"max_ndcg_drop": 0.05}}).align_config().guard_max_drop == 0.05
+    assert AlignJobConfig(round={"guard_max_drop": 0.01},
+                          gate={"gate": {"max_ndcg_drop": 0.05}}).align_config().guard_max_drop == 0.01
     assert default_version("v1", 0).startswith("v1-a19700101T")
 
 

@@ -29,8 +29,6 @@ from tiny_generator import tiny_base
 
 torch.set_num_threads(1)
 
-ROUND = AlignConfig(user_share=1.0, max_users=110, n_candidates=8, steps=40, pair_batch=16, ntp_batch=32, beta=0.5,
-                    lr=1e-3, eval_users=48, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +37,9 @@ def base():
     return tb.world, tb.data, tb.bundle
 
 
+# the NDCG guard off: these tests are about the round's other parts (the guard's own tests are at the end)
 ROUND = AlignConfig(user_share=1.0, max_users=110, n_candidates=8, steps=40, pair_batch=16, ntp_batch=32, beta=0.5,
-                    lr=1e-3, eval_users=48, seed=0)
+                    lr=1e-3, eval_users=48, guard_every=0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +221,66 @@ def test_ntp_reads_the_whole_fresh_window_while_pairs_come_from_the_sampled_user
     with pytest.raises(AlignmentError, match="same catalog"):
         run_round(cfg, registry, RoundData(sub, ntp_split=other), truth, parent="base", version="ntp-bad",
                   say=lambda _: None)
+
+
+# ---- the narrowing guard (models/alignment/guard.py, decision 037) ------------------------------
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_guard_keeps_the_last_snapshot_within_the_bound(base, registry, monkeypatch):
+    """The guard sees NDCG fall below the bound at steps 40 and 30 and hold at 20: the published candidate is
+    exactly the policy after 20 steps (the same round without a guard, 20 steps), not the last step."""
+    import actors.aligner as aligner
+
+    world, data, _ = base
+    truth = WorldValueScorer(world, data.split.item_ids, draws=16)
+    seen = []
+    schedule = iter([0.100, 0.050, 0.060, 0.099])            # parent, then steps 40, 30, 20 (newest first)
+
+    def fake_ndcg(model, cases, item_sids, trie, beam=50):
+        seen.append(len(cases))
+        return next(schedule)
+
+    monkeypatch.setattr(aligner, "guard_ndcg", fake_ndcg)
+    guarded = AlignConfig(**{**ROUND.to_dict(), "guard_every": 10, "guard_max_drop": 0.02})
+    rep = run_round(guarded, registry, RoundData(data.split), truth, parent="base", version="g20", say=lambda _: None)
+    assert rep.published and rep.guard_step == 20 and rep.steps == 40
+    assert [s for s, _ in rep.guard_checked] == [40, 30, 20] and rep.guard_ndcg == pytest.approx(0.099)
+    assert rep.guard_users == len(data.split.test()) == seen[0] and len(seen) == 4   # step 10 never evaluated
+    monkeypatch.undo()
+    plain = run_round(AlignConfig(**{**ROUND.to_dict(), "steps": 20}), registry, RoundData(data.split), truth,
+                      parent="base", version="p20", say=lambda _: None)
+    last = run_round(ROUND, registry, RoundData(data.split), truth, parent="base", version="p40", say=lambda _: None)
+    assert plain.published and last.published
+    assert _same_weights(registry.load("g20").model, registry.load("p20").model)
+    assert not _same_weights(registry.load("g20").model, registry.load("p40").model)
+
+
+def test_guard_refuses_the_round_when_no_snapshot_holds(base, registry, monkeypatch):
+    import actors.aligner as aligner
+
+    world, data, _ = base
+    truth = WorldValueScorer(world, data.split.item_ids, draws=16)
+    schedule = iter([0.100, 0.050, 0.050])                   # parent, then steps 20 and 10: both narrowed
+    monkeypatch.setattr(aligner, "guard_ndcg", lambda model, cases, item_sids, trie, beam=50: next(schedule))
+    before = _names(registry)
+    cfg = AlignConfig(**{**ROUND.to_dict(), "guard_every": 10, "steps": 20})
+    rep = run_round(cfg, registry, RoundData(data.split), truth, parent="base", version="narrow", say=lambda _: None)
+    assert not rep.published and "NDCG GUARD" in rep.refused and rep.guard_step == 0
+    assert [s for s, _ in rep.guard_checked] == [20, 10]
+    assert rep.reward_margin > 0          # the last step was measured (it trained), just not published
+    assert _names(registry) == before
+
+
+def test_guard_runs_inside_the_ray_train_worker(base, registry, local_ray):
+    world, data, _ = base
+    truth = WorldValueScorer(world, data.split.item_ids, draws=16)
+    cfg = AlignConfig(**{**ROUND.to_dict(), "steps": 10, "eval_users": 24, "guard_every": 5, "guard_max_drop": 0.99,
+                         "guard_users": 50})
+    rep = run_round(cfg, registry, RoundData(data.split), truth, parent="base", version="ray-guard",
+                    ray_train=RayTrainConfig(num_workers=1, use_gpu=False), say=lambda _: None)
+    assert rep.backend == "ray" and rep.published and rep.guard_users == 50
+    assert rep.guard_step == 10 and rep.guard_checked[0][0] == 10 and rep.guard_ndcg_parent > 0

@@ -35,20 +35,23 @@ with one seed, in one process:
    alone made the policy forget everyone else.
    One round (:func:`actors.aligner.run_round`, ``reward_model`` mode, the world's value as
    ``true_scorer``, training through Ray Train with one worker as the product runs it) with
-   :class:`models.alignment.config.AlignConfig`'s defaults; ``round_s`` is its wall time on the device
-   named in ``round_device``. Then the gate job on a published candidate (verdict in ``gate_passed``).
-   When the round refuses to publish for reward hacking, the same round is trained again without the
-   true-value check (in process) and measured anyway (``aligned_measured_unpublished`` = 1), so the
-   figures say what publishing it would have done. Beside it, ``aligned_truth``: the same round with the
-   world's value as the scorer (a perfect reward model) — it separates "the round cannot help" from "the
-   reward model is the bottleneck" (``aligned_truth_gain_p``, ``oracle_gap_closed_truth``). And
+   :class:`models.alignment.config.AlignConfig`'s defaults, the narrowing guard included (the round keeps
+   the last of its snapshots whose NDCG@10 on the align users' held-out items stays within 2% of the base:
+   ``round_guard_step``, ``round_guard_ndcg_ratio``; docs/decisions/037-alignment-ndcg-guard.md);
+   ``round_s`` is its wall time on the device named in ``round_device``. Then the gate job on a published
+   candidate against the base on **every** test user (verdict in ``gate_passed``).
+   When the round refuses to publish for reward hacking (or the guard finds no snapshot within its
+   bound), the same round is trained again without that check (in process) and measured anyway
+   (``aligned_measured_unpublished`` = 1), so the figures say what publishing it would have done.
+   Beside it, ``aligned_truth``: the same round with the world's value as the scorer (a perfect reward
+   model) — it separates "the round cannot help" from "the reward model is the bottleneck" (``aligned_truth_gain_p``, ``oracle_gap_closed_truth``). And
    ``aligned_feedback``: OneRec-V2's alternative, ``feedback`` mode — the align users' served sessions with
    their real rewards as ±1 advantages, no reward model (``aligned_feedback_gain_p``,
    ``ndcg10_aligned_feedback_over_base``; in process, the same arithmetic as one Ray Train worker).
    A size's ``grid`` (overrides of the defaults) is first tried on the validation users and the winner
    by :func:`pick` runs the reported round (``chosen_on_validation``); FULL re-checks the defaults against
-   the previous ones on the validation users, QUICK uses ``[{}]`` (the search is
-   docs/decisions/036-alignment-settings.md).
+   ``dpo_weight`` 0.5 and the previous 1.0 (both under the guard) on the validation users, QUICK uses
+   ``[{}]`` (the search is docs/decisions/036-alignment-settings.md and 037-alignment-ndcg-guard.md).
 4. **closed loop on the test users** — base, aligned, popularity and oracle sessions of the same length,
    for the same users at the same time (the end of the log), each answered ``answers`` times by the
    world under the same request ids for every policy (common random numbers,
@@ -68,6 +71,8 @@ A plot of the closed-loop reward per policy with its interval is written beside 
 (``bench_alignment.png``) when the suite is written there.
 
 Sizes: :data:`FULL`, :data:`QUICK`; :data:`TINY` is the size ``tests/infra/test_bench_alignment.py`` runs.
+``python tests/bench/bench_alignment.py --curve`` prints the NDCG / value trajectory along a round at every
+snapshot (:func:`curve`, ``GENREC_TUNE_GRID``, ``GENREC_TUNE_SEED``; decision 037).
 ``python tests/bench/bench_alignment.py --tune [--quick]`` runs the validation-side settings search
 (``GENREC_TUNE_GRID``: a JSON list of AlignConfig overrides; ``GENREC_TUNE_SIZE``: size overrides, e.g.
 ``{"serve_group": 1, "rm_rank_weight": 1.0}`` for the reward model's data and loss; ``GENREC_TUNE_RM``: a
@@ -91,17 +96,19 @@ SUITE = "alignment"
 #: ``serve_group``: base-model sessions served per request (within-user contrast, default 1);
 #: ``rm_slot_weight`` / ``rm_session_weight`` / ``rm_session_on_labelled`` / ``rm_rank_weight`` /
 #: ``rm_seed``: overrides of the reward model's RewardTrainConfig (absent = its defaults); ``rm_d_model``
-#: its width (32); ``rm_watch_minutes`` (True): item lengths in its value.
+#: its width (32); ``rm_watch_minutes`` (True): item lengths in its value. ``gate_users``: test users the gate
+#: ranks (0 = every one). TINY's guard bound is loose: a tiny world's few held-out users make NDCG noise.
 FULL = dict(world="default", budget_cpu_s=45.0, epochs=40, served=4000, rm_epochs=8, answers=6,
-            shares=(0.5, 0.2, 0.3), gate_users=300, canary_users=200, eval_beam_offline=50,
+            shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=200, eval_beam_offline=50,
             serve_group=4,
-            grid=[{}, {"user_share": 0.05, "steps": 50}, {"steps": 150}])
+            grid=[{}, {"dpo_weight": 0.5}, {"dpo_weight": 1.0}])
 QUICK = dict(world="small", budget_cpu_s=30.0, epochs=40, served=2500, rm_epochs=8, answers=4,
-             shares=(0.5, 0.2, 0.3), gate_users=150, canary_users=100, eval_beam_offline=50,
+             shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=100, eval_beam_offline=50,
              serve_group=4)
 TINY = dict(world="tiny", budget_cpu_s=3.0, epochs=2, served=300, rm_epochs=2, answers=2,
             shares=(0.5, 0.2, 0.3), gate_users=40, canary_users=20, eval_beam_offline=20,
-            align=dict(user_share=1.0, steps=10, eval_users=20), truth_round=False)
+            align=dict(user_share=1.0, steps=10, eval_users=20, guard_every=5, guard_max_drop=0.5),
+            truth_round=False)
 
 #: The generator's sizes (two CPU cores; a GPU run can scale them up).
 GENERATOR = dict(d_model=48, heads=2, enc_layers=1, dec_layers=1, dropout=0.1, max_history=30, session_len=4)
@@ -544,11 +551,16 @@ def run_pipeline(size: dict, *, seed: int = SEED, align=None, use_ray: bool = Tr
         say(f"the round did not publish: {rep.refused}")
     aligned = reg.load("aligned").model.eval() if rep.published else None
     measured_unpublished = False
-    if aligned is None and rep.reward_hacking:
-        # what the refused candidate would have done: the same round without the true-value check (in
-        # process, same seed), measured on the test users below and flagged; the product never publishes it
-        rep_u = run_round(align, reg, data, scorer, parent="base", version="aligned-unchecked", say=say)
-        aligned, measured_unpublished = reg.load("aligned-unchecked").model.eval(), rep_u.published
+    if aligned is None and (rep.reward_hacking or rep.guard_refused):
+        # what the refused candidate would have done: the same round without the check that refused it (in
+        # process, same seed; a reward-hacking refusal keeps the guard, then drops it if the guard refuses
+        # too), measured on the test users below and flagged; the product never publishes it
+        for j, over in enumerate(([{}] if rep.reward_hacking else []) + [{"guard_every": 0}]):
+            rep_u = run_round(AlignConfig(**{**align.to_dict(), **over}), reg, data, scorer, parent="base",
+                              version=f"aligned-unchecked{j}", say=say)
+            if rep_u.published:
+                aligned, measured_unpublished = reg.load(f"aligned-unchecked{j}").model.eval(), True
+                break
     truth_model = None
     if size.get("truth_round", True):
         # the same round with a perfect reward model (the world's value scores the candidates): separates
@@ -638,10 +650,18 @@ def run_pipeline(size: dict, *, seed: int = SEED, align=None, use_ray: bool = Tr
     metrics.update({"round_s": rep.round_s, "round_train_s": rep.train_s, "round_pairs": float(rep.n_pairs),
                     "round_users": float(rep.n_users), "round_published": float(rep.published),
                     "round_reward_hacking": float(rep.reward_hacking), "round_kl_ref": rep.kl_ref,
+                    "round_guard_refused": float(rep.guard_refused), "round_guard_step": float(rep.guard_step),
+                    "round_guard_users": float(rep.guard_users),
+                    "round_guard_ndcg_ratio": rep.guard_ndcg / rep.guard_ndcg_parent if rep.guard_ndcg_parent > 0
+                    else float("nan"),
                     "round_pair_accuracy": rep.pair_accuracy, **gate_metrics,
                     "test_users": float(len(groups["test"])), "base_train_cpu_s": base.train_cpu_s,
                     "base_epochs": float(base.epochs)})
     tables = [_table(metrics, fig, ev, len(groups["test"]), size["answers"])]
+    if metrics.get("aligned_measured_unpublished") and rep.guard_refused:
+        tables.append("**The round refused to publish (NDCG guard: no snapshot kept NDCG@10 within the bound).** "
+                      "`aligned` above is the same round without the guard (its last step), measured so the "
+                      "figures show what publishing it would have done.")
     if metrics.get("aligned_measured_unpublished") is not None and rep.reward_hacking:
         tables.append("**The round refused to publish (reward hacking).** `aligned` above is the same round's "
                       "candidate trained again without the true-value check, measured so the figures show what "
@@ -725,15 +745,20 @@ def validate_settings(base: Base, reg, data, scorer, truth, valid_users: np.ndar
         t = time.time()
         rep = run_round(cfg, reg, data, scorer if cfg.mode == "reward_model" else None, parent="base",
                         version=f"{prefix}valid{j}", true_scorer=truth, say=lambda _: None)
-        row = {"setting": over, "pairs": rep.n_pairs, "published": rep.published, "round_s": time.time() - t}
+        row = {"setting": over, "pairs": rep.n_pairs, "published": rep.published, "round_s": time.time() - t,
+               "guard_step": rep.guard_step}
         if rep.published:
             m = reg.load(f"{prefix}valid{j}").model.eval()
             ev = evaluate_group(base, {"aligned": m}, valid_users, size["answers"], with_baselines=False,
                                 beam_offline=size["eval_beam_offline"])
             ev["per_user"]["base"], ev["value"]["base"] = ev0["per_user"]["base"], ev0["value"]["base"]
             c = compare(ev)
+            va, vb, nv = ev["offline"]["aligned"]["ndcg10"], ev0["offline"]["base"]["ndcg10"], len(valid_users)
+            ga, gb, ng = rep.guard_ndcg, rep.guard_ndcg_parent, rep.guard_users
+            # the guard's held-out align users and the validation users together: more users per NDCG check
+            pooled = (va * nv + ga * ng) / max(vb * nv + gb * ng, 1e-12) if ng else va / max(vb, 1e-12)
             row.update(gain=c["gain"], p=c["p"], value_gain=c["value_gain"], value_p=c["value_p"],
-                       ndcg_ratio=ev["offline"]["aligned"]["ndcg10"] / max(ev0["offline"]["base"]["ndcg10"], 1e-12),
+                       ndcg_ratio=va / max(vb, 1e-12), ndcg_ratio_pooled=pooled, ndcg_users_pooled=nv + ng,
                        hr50=ev["offline"]["aligned"]["hr50"], hr50_base=ev0["offline"]["base"]["hr50"])
         else:
             row["refused"] = rep.refused
@@ -744,29 +769,33 @@ def validate_settings(base: Base, reg, data, scorer, truth, valid_users: np.ndar
 
 
 def pick(rows: list[dict]) -> dict | None:
-    """The rule, fixed before looking: among settings that published, kept NDCG@10 on the validation users
-    within 2% of the base (ratio >= 0.98) and raised the closed-loop reward, the one with the largest
-    expected-value gain; None when no setting meets it (the round then runs on the defaults)."""
-    ok = [r for r in rows if r.get("published") and r.get("ndcg_ratio", 0.0) >= 0.98 and r.get("gain", 0.0) > 0
-          and r.get("value_gain", 0.0) > 0]
+    """The rule: among settings that published, kept NDCG@10 within 2% of the base (ratio >= 0.98) on the
+    validation users and the round's guard users together (``ndcg_ratio_pooled``: one 270-user check alone
+    spans about ±13%, decision 037; the validation users alone when a row has no pooled figure) and raised
+    the closed-loop reward, the one with the largest expected-value gain; None when no setting meets it
+    (the round then runs on the defaults)."""
+    ok = [r for r in rows if r.get("published") and r.get("ndcg_ratio_pooled", r.get("ndcg_ratio", 0.0)) >= 0.98
+          and r.get("gain", 0.0) > 0 and r.get("value_gain", 0.0) > 0]
     return dict(max(ok, key=lambda r: r["value_gain"])["setting"]) if ok else None
 
 
 def settings_table(rows: list[dict], chosen: dict | None, n_valid: int) -> str:
     f = lambda r, k: f"{r[k]:.4g}" if isinstance(r.get(k), float) else "—"  # noqa: E731
-    out = ["| setting (over the defaults) | pairs | closed-loop gain | p (paired t) | expected-value gain | p | "
-           "NDCG@10 ratio | HR@50 / base | round_s |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| setting (over the defaults) | pairs | guard kept step | closed-loop gain | p (paired t) | "
+           "expected-value gain | p | NDCG@10 ratio | pooled with the guard's users | HR@50 / base | round_s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "defaults"
         hr = f"{f(r, 'hr50')} / {f(r, 'hr50_base')}" if "hr50" in r else "—"
         gain = f(r, "gain") if r.get("published") else "not published: " + r.get("refused", "")[:60]
         out.append(f"| {name}{' **(chosen)**' if r['setting'] == chosen and r.get('published') else ''} | {r['pairs']} "
-                   f"| {gain} | {f(r, 'p')} | {f(r, 'value_gain')} | {f(r, 'value_p')} | {f(r, 'ndcg_ratio')} | {hr} "
+                   f"| {r.get('guard_step') or '—'} | {gain} | {f(r, 'p')} | {f(r, 'value_gain')} | {f(r, 'value_p')} | {f(r, 'ndcg_ratio')} "
+                   f"| {f(r, 'ndcg_ratio_pooled')} | {hr} "
                    f"| {r['round_s']:.0f} |")
     verdict = "" if chosen is not None else "\n\nNo setting met the rule: the reported round ran on the defaults."
     return (f"**Settings tried on the {n_valid} validation users** (not the test users; one in-process round each "
-            "from the same base and reward model; rule: NDCG ratio >= 0.98, positive gains, largest expected-value "
-            "gain)\n\n" + "\n".join(out) + verdict)
+            "from the same base and reward model; rule: NDCG ratio >= 0.98 on these and the round's guard users "
+            "together, positive gains, largest expected-value gain)\n\n" + "\n".join(out) + verdict)
 
 
 def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say, rm_grid: list[dict] | None = None) -> list[dict]:
@@ -803,10 +832,82 @@ def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say, rm_grid: list
     return rows
 
 
+def curve(size: dict, grid: list[dict], seed: int = SEED, say=_say) -> list[dict]:
+    """The narrowing along a round (validation side, decision 037): for each setting of ``grid`` (overrides
+    of AlignConfig's defaults) one in-process round from the same base and reward model, snapshotted every
+    ``guard_every`` steps; at **every** snapshot (the guard itself stops at the first that holds) the
+    NDCG@10 ratio to the base on the guard's held-out align users (``ndcg_align``) and on the validation users
+    (``ndcg_valid``), and the world's expected value of the served session on the validation users (gain and
+    paired-t p). The test users are never looked at."""
+    import torch
+    from scipy import stats
+
+    import actors.aligner as aligner
+    from actors.aligner import WorldValueScorer, generate_candidates, run_round
+    from actors.model_registry import ModelRegistry
+    from models.alignment.config import AlignConfig
+
+    torch.set_num_threads(1)
+    base = train_base(size, seed, say)
+    reg = ModelRegistry(tempfile.mkdtemp(prefix="bench-align-curve-"))
+    publish_base(base, reg)
+    kept: dict = {}
+    scorer, _ = train_reward(base, size, seed, say, keep=kept)
+    groups = user_groups(base.split, size["shares"], seed)
+    data, truth, split = round_data(base, groups, kept), WorldValueScorer(base.world, base.split.item_ids), base.split
+    vcases, vu = sub_split(split, groups["valid"]).test(), groups["valid"]
+    uids = [str(split.user_ids[u]) for u in vu]
+    ts = int(max(int(t[-1]) for t in split.ts if len(t))) + 60_000
+    vh = _user_histories([split.items[u] for u in vu], [split.ts[u] for u in vu], [split.types[u] for u in vu], uids)
+
+    def value(model) -> np.ndarray:
+        s, _ = generate_candidates(model, vh, base.item_sids, base.trie, AlignConfig(), n=4)
+        return np.asarray(base.world.expected_values(uids, [[str(split.item_ids[i]) for i in r if i >= 0]
+                                                            for r in s[:, 0]], ts), dtype=np.float64)
+
+    real_ndcg, real_keep, points = aligner.guard_ndcg, aligner.keep_checkpoint, []
+
+    def recording_ndcg(model, cases, item_sids, trie, beam=50):
+        a = real_ndcg(model, cases, item_sids, trie, beam)
+        points.append((a, real_ndcg(model, vcases, item_sids, trie, beam), value(model)))
+        return a
+
+    def every_snapshot(parent_ndcg, steps, ndcg_at, max_drop, n_users=0):
+        at = {}
+        for st in sorted(steps):
+            ndcg_at(st)
+            at[st] = points[-1]
+        points.append(at)
+        return real_keep(parent_ndcg, steps, lambda st: at[st][0], max_drop, n_users)
+
+    rows = []
+    aligner.guard_ndcg, aligner.keep_checkpoint = recording_ndcg, every_snapshot
+    try:
+        for j, over in enumerate(grid):
+            points.clear()
+            cfg = AlignConfig(**{**AlignConfig().to_dict(), "eval_users": 50, **over})
+            rep = run_round(cfg, reg, data, scorer, parent="base", version=f"curve{j}", true_scorer=truth,
+                            say=lambda _: None)
+            a0, v0, val0 = points[0]
+            for st, (a, v, val) in points[-1].items():
+                rows.append({"setting": over, "step": st, "kept": st == rep.guard_step, "ndcg_align": a / a0,
+                             "ndcg_valid": v / v0, "value_gain": float((val - val0).mean()),
+                             "value_p": float(stats.ttest_rel(val, val0).pvalue), "base_epochs": base.epochs})
+                say(f"{over} step {st}{' (kept)' if st == rep.guard_step else ''}: " + ", ".join(
+                    f"{k} {rows[-1][k]:.3g}" for k in ("ndcg_align", "ndcg_valid", "value_gain", "value_p")))
+    finally:
+        aligner.guard_ndcg, aligner.keep_checkpoint = real_ndcg, real_keep
+    return rows
+
+
 if __name__ == "__main__":
     import json
 
-    if "--tune" in sys.argv[1:]:
+    if "--curve" in sys.argv[1:]:
+        grid = json.loads(os.environ.get("GENREC_TUNE_GRID", "[{}]"))
+        size = {**(QUICK if "--quick" in sys.argv[1:] else FULL), **json.loads(os.environ.get("GENREC_TUNE_SIZE", "{}"))}
+        print(json.dumps(curve(size, grid, seed=int(os.environ.get("GENREC_TUNE_SEED", SEED))), indent=1, default=str))
+    elif "--tune" in sys.argv[1:]:
         grid = json.loads(os.environ.get("GENREC_TUNE_GRID", "[{}]"))
         size = {**(QUICK if "--quick" in sys.argv[1:] else FULL), **json.loads(os.environ.get("GENREC_TUNE_SIZE", "{}"))}
         rm_grid = json.loads(os.environ.get("GENREC_TUNE_RM", "[{}]"))
