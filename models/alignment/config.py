@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from models.config_fields import config_from_dict
+
 MODES = ("reward_model", "feedback")
 GENERATION = ("beam", "sample")
 
@@ -103,7 +105,4 @@ class AlignConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlignConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown AlignConfig fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "AlignConfig fields")

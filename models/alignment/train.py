@@ -27,7 +27,7 @@ from models.alignment.dpo import dpo_loss, gbpo_loss
 from models.alignment.logprob import token_logprobs
 from models.generator.model import HistoryBatch
 from models.generator.sessions import SessionExamples
-from models.generator.training import _loss
+from models.generator.training import session_ntp_loss
 
 
 @dataclass
@@ -107,7 +107,7 @@ def align_step(model, core, opt: torch.optim.Optimizer, ntp: tuple, cfg: AlignCo
     out = model(_cat_hist([p[0] for p in parts]), all_tgt)                       # logits [ΣB, K*D, K_max]
     chunks = list(torch.split(out.logits, sizes, 0))
     ntp_out = SimpleNamespace(logits=chunks[0], aux_loss=out.aux_loss, position_logits=None)
-    loss, ce = _loss(ntp_out, tgt, tmask, cfg.later_item_weight, core.cfg.moe_aux_weight)
+    loss, ce = session_ntp_loss(ntp_out, tgt, tmask, cfg.later_item_weight, core.cfg.moe_aux_weight)
     m: dict[str, float] = {"ntp_loss": float(ce)}
     if pairs is not None:
         lp_c = (token_logprobs(chunks[1], all_tgt[sizes[0]:sizes[0] + sizes[1]]).sum(-1) * pairs.chosen_mask).sum(-1)

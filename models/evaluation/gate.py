@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from models.config_fields import config_from_dict
+
 
 @dataclass(frozen=True)
 class GateConfig:
@@ -75,12 +77,7 @@ class GateConfig:
     @staticmethod
     def from_dict(d: Mapping | None) -> "GateConfig":
         """From a mapping (YAML, CLI); unknown keys are an error that lists the known ones."""
-        d = dict(d or {})
-        unknown = set(d) - set(GateConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"gate config: unknown keys {sorted(unknown)}; use some of "
-                             f"{sorted(GateConfig.__dataclass_fields__)}")
-        return GateConfig(**d)
+        return config_from_dict(GateConfig, d, "gate config keys")
 
 
 @dataclass(frozen=True)

@@ -178,8 +178,9 @@ def lr_factor(step: int, total: int, warmup: int, min_frac: float) -> float:
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _loss(out, tgt: torch.Tensor, tmask: torch.Tensor, later_item_weight: float, aux_weight: float,
-          position_weight: float = 0.0, decode_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def session_ntp_loss(out, tgt: torch.Tensor, tmask: torch.Tensor, later_item_weight: float, aux_weight: float,
+                     position_weight: float = 0.0,
+                     decode_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, token CE) from a teacher-forced output. ``tgt`` [B, K, D], ``tmask`` [B, K].
 
     With ``out.position_logits`` (the every-position head, over all B examples), its next-item
@@ -209,7 +210,7 @@ def session_loss(model: GenerativeRecommender, hist, tgt: torch.Tensor, tmask: t
                  later_item_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total loss, token CE, aux) of a batch of separate histories. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
     out = model(hist, tgt)
-    loss, ce = _loss(out, tgt, tmask, later_item_weight, model.cfg.moe_aux_weight)
+    loss, ce = session_ntp_loss(out, tgt, tmask, later_item_weight, model.cfg.moe_aux_weight)
     return loss, ce, out.aux_loss.detach()
 
 
@@ -348,8 +349,8 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     out = step_fn(wb.window.to(dev), wb.anchor_row.to(dev), wb.anchor_len.to(dev),
                                   wb.targets.to(dev), decode_idx=sel)
-                    loss, ce = _loss(out, wb.targets.to(dev), wb.target_mask.to(dev), cfg.later_item_weight,
-                                     gen_cfg.moe_aux_weight, cfg.position_loss_weight, decode_idx=sel)
+                    loss, ce = session_ntp_loss(out, wb.targets.to(dev), wb.target_mask.to(dev), cfg.later_item_weight,
+                                                gen_cfg.moe_aux_weight, cfg.position_loss_weight, decode_idx=sel)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:

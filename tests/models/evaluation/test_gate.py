@@ -73,7 +73,7 @@ def test_config_is_validated_and_missing_metrics_are_named():
                 {"canary_tolerance": "x"}, {"require_canary": 1}):
         with pytest.raises(ValueError, match="GateConfig"):
             GateConfig(**bad)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown gate config keys"):
         GateConfig.from_dict({"max_drop": 0.1})
     assert GateConfig.from_dict({"max_ndcg_drop": 0.1}).max_ndcg_drop == 0.1
     with pytest.raises(ValueError, match="no 'ndcg@10'"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.generator.model import GeneratorConfig, GenerativeRecommender, HistoryBatch
-from models.generator.training import TrainConfig, _loss, fit_generator
+from models.generator.training import TrainConfig, fit_generator, session_ntp_loss
 
 SIZES = (5, 4, 3)
 
@@ -41,8 +41,8 @@ def test_position_loss_is_added_and_head_is_optional():
     tgt = torch.stack([torch.randint(0, k, (4, 2)) for k in SIZES], -1)
     out = m.forward_anchors(win, torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 5, 8]), tgt)
     mask = torch.ones(4, 2, dtype=torch.bool)
-    plain, ce = _loss(out, tgt, mask, 0.3, 0.0, 0.0)
-    both, ce2 = _loss(out, tgt, mask, 0.3, 0.0, 1.0)
+    plain, ce = session_ntp_loss(out, tgt, mask, 0.3, 0.0, 0.0)
+    both, ce2 = session_ntp_loss(out, tgt, mask, 0.3, 0.0, 1.0)
     assert float(both.detach()) > float(plain.detach()) and torch.equal(ce, ce2)
     with pytest.raises(ValueError, match="position_head=True"):
         GenerativeRecommender(GeneratorConfig(level_sizes=SIZES)).position_logits(torch.zeros(1, 64), tgt[:1, 0])
