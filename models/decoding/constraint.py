@@ -325,6 +325,41 @@ class SidConstraint:
         return ConstraintState(prefix, lvl, state.banned_items.index_select(0, rows),
                                state.banned_keys.index_select(0, rows), state.tables, level + 1, state.keys_sorted)
 
+    def advance_rows(self, state: ConstraintState, codes: Tensor, completes: bool = True) -> ConstraintState:
+        """:meth:`advance` of rows at their own SID levels (ragged requests of a per-row speculative beam), the
+        state only: the same prefixes, levels and excluded set. Sorted banned keys stay sorted by inserting
+        each row's completed key at its binary-search position (no sort of the row). ``completes=False`` (the
+        caller knows on the host that no row is at the last level): the prefixes only extend, no column is
+        added. ``codes`` [B] long."""
+        state = self.rebase(state)
+        t, D = self.tables, self.depth
+        lvl = state.level
+        ok = (codes >= 0) & (codes < t.sizes[lvl]) & (state.prefix >= 0)
+        prefix = torch.where(ok, state.prefix + codes * t.mult[lvl], DEAD)
+        if not completes:
+            return ConstraintState(prefix, lvl + 1, state.banned_items, state.banned_keys, t, None, state.keys_sorted)
+        done = lvl + 1 == D
+        bk, e = state.banned_keys, state.banned_keys.shape[1]
+        if state.keys_sorted:           # the key equal to the prefix, if any, is at the prefix's search position
+            at = torch.searchsorted(bk, prefix[:, None]).clamp_(max=e - 1)                         # [B, 1]
+            excluded = (bk.gather(1, at) == prefix[:, None])[:, 0]
+        else:
+            excluded = (bk == prefix[:, None]).any(1)
+        item = torch.where(done & ~excluded, t.item_at(prefix), -1)                             # [B]
+        items, keys = state.banned_items, bk
+        if self.config.no_repeat:
+            items = torch.cat([items, item[:, None]], 1)
+            new = torch.where(item >= 0, prefix, SENTINEL)[:, None]                                 # [B, 1]
+            if state.keys_sorted:       # insert at the first key >= new: keys before it, new, keys after it
+                at = torch.searchsorted(bk, new)                                                   # [B, 1]
+                j = torch.arange(e + 1, device=self.device)
+                keys = torch.where(j == at, new, bk.gather(1, (j - (j > at).long()).clamp_(max=e - 1)))
+            else:
+                keys = torch.cat([bk, new], 1)
+        zero = torch.zeros_like(prefix)
+        return ConstraintState(torch.where(done, zero, prefix), torch.where(done, zero, lvl + 1), items, keys,
+                               t, None, state.keys_sorted)
+
     # ---- shared per-step bookkeeping --------------------------------------------------------
 
     def masked_logits(self, logits: Tensor, state: ConstraintState) -> Tensor:

@@ -76,7 +76,7 @@ class DecodeStats:
     rounds: int = 0
     drafted: int = 0           # draft tokens sent to verification, summed over rows
     accepted: int = 0          # draft tokens committed, summed over rows
-    row_accepted: int = 0      # drafts each row's verifier accepted before lock-step, summed
+    row_accepted: int = 0      # drafts each row's verifier accepted before lock-step, summed (per-row: = accepted)
 
     @property
     def acceptance_rate(self) -> float:
@@ -93,6 +93,12 @@ def accepted_length(row_accepted: Tensor) -> int:
     accepted; ``row_accepted`` [B] or a scalar count). Everything before it in a round is tensor work on the
     device; the KV cache is then cut to the committed length, a host integer (decision 028)."""
     return int(row_accepted.min() if row_accepted.dim() else row_accepted)   # a count needs no reduction
+
+
+def accepted_lengths(row_accepted: Tensor) -> list[int]:
+    """THE one host read of a per-row speculative beam round: each row's committed drafts ``row_accepted``
+    [B] as host ints (rows are not in lock-step: each one's KV cache and SID level move by its own count)."""
+    return row_accepted.tolist()
 
 
 @dataclass(frozen=True)

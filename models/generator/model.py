@@ -448,12 +448,16 @@ class GenerativeRecommender(CodeTableModule):
         return TreeTables(inputs, row_base, self.level_pos.weight[pos % D], self.slot_pos.weight[slot],
                           self.out_rows, torch.where(self.code_valid, self.out_bias, float("-inf")))
 
-    def decode_tree(self, tokens: Tensor, depth: Tensor, start: int, cache: KVCache,
+    #: decode_tree takes one start per row (a [B] tensor): the per-row speculative beam may use it
+    ragged_tree = True
+
+    def decode_tree(self, tokens: Tensor, depth: Tensor, start: int | Tensor, cache: KVCache,
                     self_mask: Tensor, tables: "TreeTables | None" = None) -> DecoderOutput:
         """Run the decoder on a token *tree* per row: every new token sees only the cached columns and new
         tokens ``self_mask`` allows (its ancestors and itself), so one forward scores many branches.
 
-        ``tokens`` [B, Q] at positions ``start + depth`` (``depth`` [Q] long, the same for every row);
+        ``tokens`` [B, Q] at positions ``start + depth`` (``depth`` [Q] long, the same for every row; ``start``
+        an int, or a long tensor [B] of per-row starts, rows then at their own positions and SID levels);
         ``cache`` (group 1, B rows) holds C columns; ``self_mask`` [B, Q, C+Q] bool, True = visible.
         The Q new K/V columns are appended to ``cache`` (positions are the tree's, not the columns').
         Speculative beam verification (SpecInfer, Miao et al. 2024, "tree-based speculative inference").
@@ -465,10 +469,11 @@ class GenerativeRecommender(CodeTableModule):
         if depth.shape != (t,) or self_mask.shape != (b, t, cache.length + t):
             raise ValueError(f"decode_tree: depth {tuple(depth.shape)} / self_mask {tuple(self_mask.shape)} do "
                              f"not fit tokens {tuple(tokens.shape)} on a cache of {cache.length} columns")
-        pos = start + depth                                                    # [Q]
+        # one start for every row, or one per row (ragged rows of a per-row speculative beam)
+        pos = start.unsqueeze(1) + depth if isinstance(start, Tensor) else start + depth   # [Q] or [B, Q]
         D = self.cfg.sid_len
         if tables is None:
-            x = self._embed_at(tokens, pos[None, :])                          # [B, Q, d]
+            x = self._embed_at(tokens, pos if pos.dim() == 2 else pos[None, :])  # [B, Q, d]
             lv = pos % D                                                       # [Q] one level per column
             rows = self.out_rows[lv]                                           # [Q, K]
             bias = torch.where(self.code_valid, self.out_bias, float("-inf"))[lv]  # [Q, K], -inf beyond a level
@@ -486,7 +491,8 @@ class GenerativeRecommender(CodeTableModule):
         hidden = self.dec_norm(x)                                              # [B, Q, d]
         # tied output layer against every code of every level at once, then each column's level picked out
         every = self.out_proj(hidden) @ self.code_emb.weight.T                 # [B, Q, sum K_l]
-        return DecoderOutput(every.gather(2, rows[None].expand(b, -1, -1)) + bias, hidden, cache, x.new_zeros(()))
+        rows = rows if rows.dim() == 3 else rows[None].expand(b, -1, -1)      # [B, Q, K]
+        return DecoderOutput(every.gather(2, rows) + bias, hidden, cache, x.new_zeros(()))
 
     def project(self, hidden: Tensor, start: int | Tensor) -> Tensor:
         """Tied output layer: hidden [B, T, d] at positions start.. -> logits [B, T, K_max].

@@ -7,7 +7,8 @@ Every search keeps its per-step work in named step functions (``search.beam_step
 ``cpu``, ``numpy``, ``bool``/``int``/``float``/``index`` of a tensor, ``nonzero``, ``torch.equal``) raises,
 and on CUDA ``torch.cuda.set_sync_debug_mode("error")`` turns any other synchronisation into an error.
 Only the sanctioned reads are let through: the accepted length of a speculative round
-(``spec_types.accepted_length``) and the generator's own ``decode_ragged`` (models/generator, not decoding).
+(``spec_types.accepted_length``; the per-row beam reads ``accepted_lengths`` between its guarded steps) and
+the generator's own ``decode_ragged`` (models/generator, not decoding).
 The test also checks that each guarded function really ran, so inlining a step out of its function fails.
 """
 
@@ -92,7 +93,8 @@ def _switch(fn, on: bool, calls: dict, key: str):
 
 STEPS = [(search, "beam_step"), (search, "topn_step"), (search, "greedy_item"), (continuous, "continuous_step"),
          (spec_beam, "_draft_beams"), (spec_beam, "tree_layout"),
-         (spec_beam, "verify_tree"), (spec_beam, "commit_cache"), (GenerativeRecommender, "decode_tree"),
+         (spec_beam, "verify_tree"), (spec_beam, "commit_cache"), (spec_beam, "_ragged_commit_index"),
+         (GenerativeRecommender, "decode_tree"),
          (proposer_mtp.MTPProposer, "propose"), (verifiers.GreedyVerifier, "verify"),
          (verifiers.SamplingVerifier, "verify"), (verifiers.AcceptAllVerifier, "verify")]
 ALLOWED = [(verifiers, "accepted_length"), (spec_beam, "accepted_length")]
@@ -168,6 +170,7 @@ def test_real_generator_beam_topn_and_spec_beam_without_host_sync(guard, dev):
                  mtp_heads=_heads(w).to(dev))
     assert guard["topn_step"] and guard["beam_step"] and guard["verify_tree"] and guard["propose"]
     assert guard["decode_tree"] and guard["commit_cache"]          # the tree forward and its KV commit
+    assert guard["_ragged_commit_index"]                            # batch 2: the per-row (ragged) rounds
 
 
 def test_continuous_batching_step_without_host_sync(guard):
