@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from models.config_fields import config_from_dict
 from models.generator.kv_cache import KVCache
 from models.generator.moe import DenseFeedForward, MoEFeedForward
 from models.sid.levels import CodeTableModule, SidShape
@@ -118,11 +119,7 @@ class GeneratorConfig(SidShape):
     def from_dict(cls, d: dict) -> "GeneratorConfig":
         d = dict(d)
         d["level_sizes"] = tuple(d["level_sizes"])
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GeneratorConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "GeneratorConfig fields")
 
 
 class HistoryBatch(NamedTuple):
