@@ -9,12 +9,14 @@ OneRec's IPA (Deng et al. 2025, arXiv 2502.18965) with DPO (Rafailov et al. 2023
    the final beam of a **constrained** beam search of width N (:func:`models.decoding.beam_all.beam_candidates`),
    or N constrained samples; every generated item is checked against the catalog (validity must be 100%);
 3. scores them with a *scorer* (``score(histories, sessions) -> [U, N]``, the reward model or, on the
-   simulator, the world's true value), takes chosen = best, rejected = worst (or one of the bottom k);
+   simulator, the world's true value), takes chosen = best, rejected = worst (or one of the bottom k),
+   and keeps the ``pair_keep_share`` of the pairs with the largest relative score gap;
    in ``feedback`` mode it uses served sessions' real rewards as ±1 advantages instead (OneRec-V2);
 4. trains NTP on fresh data + λ·DPO through Ray Train (``TorchTrainer``, ``num_workers`` data-parallel
    workers; one on this machine) or in-process; the narrowing guard (:mod:`models.alignment.guard`)
    snapshots the policy every ``guard_every`` steps and keeps the last snapshot whose NDCG@10 on the
-   split's held-out users stays within ``guard_max_drop`` of the parent's (none holding: not published);
+   split's held-out users not sampled for pairs stays within ``guard_max_drop`` of the parent's (none
+   holding: not published);
 5. measures: NTP / DPO loss, reward margin, KL to the reference, validity, coverage@10, HR@50 and
    NDCG@10 on the held-out split for parent and candidate, and the scorer's predicted gain beside the
    true gain when a ``true_scorer`` (the simulator) is given. A predicted gain without a true gain is
@@ -420,12 +422,18 @@ def _user_histories(split: LeaveOneOut, users: np.ndarray) -> UserHistories:
                          user_ids=[split.user_ids[u] for u in users])
 
 
-def _guard_cases(split: LeaveOneOut, cfg: AlignConfig):
-    """The narrowing guard's held-out users: the split's test cases (their last item is never trained on),
-    ``guard_users`` of them at most (seeded), or None when the split has none."""
+def _guard_cases(split: LeaveOneOut, cfg: AlignConfig, sampled: np.ndarray | None = None):
+    """The narrowing guard's held-out users: the split's test cases (their last item is never trained on)
+    of users the round did not sample for pairs (DPO trains on their histories, so they would read
+    higher than users the round never saw; all of them when every user was sampled), ``guard_users`` of
+    them at most (seeded), or None when the split has none."""
     cases = split.test()
     if not len(cases):
         return None
+    if sampled is not None and len(sampled):
+        rest = np.flatnonzero(~np.isin(cases.users, sampled))
+        if len(rest):
+            cases = cases.subset(rest)
     if cfg.guard_users and len(cases) > cfg.guard_users:
         cases = cases.subset(np.sort(np.random.default_rng([cfg.seed, 2]).choice(len(cases), cfg.guard_users,
                                                                                    replace=False)))
@@ -501,7 +509,7 @@ def run_round(config: AlignConfig, registry, data: RoundData, scorer: Scorer | N
         scores = _score(scorer, hist, cand)                                             # [U, N]
         full = (cand >= 0).all(-1)
         p = select_pairs(scores, full, bottom_k=cfg.bottom_k, min_gap=cfg.min_score_gap,
-                         rng=np.random.default_rng(cfg.seed))
+                         keep_share=cfg.pair_keep_share, rng=np.random.default_rng(cfg.seed))
         report.n_pairs = len(p)
         say(f"round {version}: {len(users)} users x {cfg.n_candidates} candidates, {len(p)} pairs "
             f"(mean score gap {float(p.gap.mean()) if len(p) else 0.0:.4f})")
@@ -534,7 +542,7 @@ def run_round(config: AlignConfig, registry, data: RoundData, scorer: Scorer | N
     policy = copy.deepcopy(ref)
     for p_ in policy.parameters():
         p_.requires_grad_(True)
-    guard_cases = _guard_cases(split, cfg) if cfg.guard_every else None
+    guard_cases = _guard_cases(split, cfg, users if cfg.mode == "reward_model" else None) if cfg.guard_every else None
     if cfg.guard_every and guard_cases is None:
         say(f"round {version}: no held-out user in the split, so the NDCG guard cannot run; the last step is kept")
     t_train = time.time()

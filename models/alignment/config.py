@@ -16,14 +16,20 @@ class AlignConfig:
 
     ``user_share`` — share of the split's users sampled for candidate generation (OneRec: ~1%
     of samples reach most of the gain); ``max_users`` caps their number (0 = no cap). The defaults
-    (every user, at most 256; 100 steps at ``dpo_weight`` 0.25 under the NDCG guard) were chosen on
-    validation users of the ``alignment`` suite (docs/decisions/036-alignment-settings.md,
-    037-alignment-ndcg-guard.md); at product scale ``max_users`` is what bounds a round.
+    (every user, at most 256, every pair kept; 100 steps at ``dpo_weight`` 0.25 under the NDCG guard)
+    were chosen on validation users of the ``alignment`` suite
+    (docs/decisions/036-alignment-settings.md, 037-alignment-ndcg-guard.md); at product scale
+    ``max_users`` is what bounds a round.
     ``n_candidates`` — N sessions per user: the final beam of a constrained beam search of width N
     (``generation="beam"``, OneRec's choice) or N constrained samples (``"sample"``, at ``temperature``).
     ``beta`` — DPO temperature; ``dpo_weight`` — λ in L = L_NTP + λ·L_DPO.
+    ``chosen_ntp_weight`` — μ of an extra μ·NLL of the chosen session per code (RPO, Pang et al. 2024: it
+    anchors the chosen session's likelihood, which DPO alone lets fall); 0 = plain DPO.
     ``bottom_k`` — 1: rejected = the worst candidate; k > 1: a random one of the k worst (robust to false
     negatives). ``min_score_gap`` — users whose best and worst scores differ by no more skip the round.
+    ``pair_keep_share`` — the share of the pairs kept, those with the largest score gap relative to the
+    user's mean score (the scorer's surest; 1.0 = every pair; :func:`models.alignment.pairs.select_pairs`):
+    the reward model's least sure pairs are the ones it orders wrongly most often (decision 037).
     ``mode`` — ``"reward_model"`` (pairs scored by a scorer) or ``"feedback"`` (±1 advantages from served
     sessions' real rewards, the bounded loss of OneRec-V2).
     ``steps`` — optimizer steps; each takes ``pair_batch`` pairs and ``ntp_batch`` fresh NTP examples.
@@ -47,6 +53,7 @@ class AlignConfig:
     temperature: float = 1.0
     beta: float = 0.1
     dpo_weight: float = 0.25
+    chosen_ntp_weight: float = 0.0
     lr: float = 2e-4
     steps: int = 100
     pair_batch: int = 32
@@ -55,6 +62,7 @@ class AlignConfig:
     grad_clip: float = 1.0
     bottom_k: int = 1
     min_score_gap: float = 1e-6
+    pair_keep_share: float = 1.0
     mode: str = "reward_model"
     eval_beam: int = 4
     eval_users: int = 200
@@ -84,6 +92,9 @@ class AlignConfig:
         if not 0.0 <= self.guard_max_drop < 1.0:
             raise ValueError(f"guard_max_drop={self.guard_max_drop} must be in [0, 1), e.g. 0.02 (the gate's "
                              "max_ndcg_drop)")
+        if not 0.0 < self.pair_keep_share <= 1.0:
+            raise ValueError(f"pair_keep_share={self.pair_keep_share} must be in (0, 1], e.g. 0.5 (keep the half "
+                             "of the pairs the scorer is surest of); 1.0 keeps every pair")
         if self.generation not in GENERATION:
             raise ValueError(f"generation={self.generation!r}: use 'beam' (constrained beam of width "
                              "n_candidates) or 'sample'")
@@ -93,6 +104,9 @@ class AlignConfig:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if not self.beta > 0:
             raise ValueError(f"beta={self.beta} must be > 0 (DPO's temperature, e.g. 0.1)")
+        if self.chosen_ntp_weight < 0:
+            raise ValueError(f"chosen_ntp_weight={self.chosen_ntp_weight} must be >= 0 (μ of the chosen session's "
+                             "NLL, e.g. 1.0; 0 = plain DPO)")
         if self.dpo_weight < 0:
             raise ValueError(f"dpo_weight={self.dpo_weight} must be >= 0 (λ of L_NTP + λ·L_DPO)")
         if not self.lr > 0:

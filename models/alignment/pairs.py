@@ -29,12 +29,17 @@ class Pairs:
 
 
 def select_pairs(scores: np.ndarray, valid: np.ndarray | None = None, *, bottom_k: int = 1,
-                 min_gap: float = 1e-6, rng: np.random.Generator | None = None) -> Pairs:
+                 min_gap: float = 1e-6, keep_share: float = 1.0, rng: np.random.Generator | None = None) -> Pairs:
     """Pairs from ``scores`` [U, N] (higher = better); ``valid`` [U, N] bool candidates that may be used
     (default: finite scores). ``bottom_k`` = 1 takes the worst; k > 1 a uniform draw from the k worst
     valid candidates that score below ``best − min_gap``. A user is skipped when fewer than two valid
     candidates remain or best − worst ≤ ``min_gap`` (a tie). Ties for best go to the lower index (the
-    more likely beam)."""
+    more likely beam). ``keep_share`` < 1 keeps only that share of the pairs (at least one), those with the
+    largest gap relative to the user's mean score: the pairs the scorer is surest of (decision 037);
+    the pairs stay in user order."""
+    if not 0.0 < keep_share <= 1.0:
+        raise ValueError(f"keep_share={keep_share} must be in (0, 1], e.g. 0.5 (the half of the pairs with the "
+                         "largest relative score gap)")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
         raise ValueError(f"scores must be [U, N], got shape {scores.shape}")
@@ -63,7 +68,15 @@ def select_pairs(scores: np.ndarray, valid: np.ndarray | None = None, *, bottom_
         rejected.append(rej)
         gaps.append(top - scores[u, rej])
     as_i = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    return Pairs(as_i(users), as_i(chosen), as_i(rejected), np.asarray(gaps, dtype=np.float64))
+    out = Pairs(as_i(users), as_i(chosen), as_i(rejected), np.asarray(gaps, dtype=np.float64))
+    if keep_share < 1.0 and len(out):
+        # relative gap: a user with large values gets large absolute gaps for the same confidence
+        scale = np.array([abs(np.mean(scores[u, ok[u]])) for u in out.user]) + 1e-9
+        rel = out.gap / scale
+        n = max(1, int(np.ceil(keep_share * len(out))))
+        top = np.sort(np.argsort(-rel, kind="stable")[:n])
+        out = Pairs(out.user[top], out.chosen[top], out.rejected[top], out.gap[top])
+    return out
 
 
 def feedback_advantages(users: np.ndarray, rewards: np.ndarray, disliked: np.ndarray | None = None,

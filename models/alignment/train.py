@@ -1,5 +1,9 @@
 """The alignment training step and loop: L = L_NTP + λ·L_DPO (OneRec IPA), or + λ·L_GBPO (feedback).
 
+With ``chosen_ntp_weight`` μ > 0 the pairs' term is λ·L_DPO + μ·NLL(chosen) (RPO, Pang et al. 2024,
+"Iterative Reasoning Preference Optimization"): the chosen session's likelihood is held up while DPO
+widens the margin.
+
 OneRec (Deng et al. 2025) trains the next model M_{t+1}, initialised from M_t, on next-token loss over
 fresh data plus λ·DPO on the chosen / rejected sessions of sampled users, with M_t frozen as the
 reference. The reference's log-probabilities are computed once, before training (the reference never
@@ -115,6 +119,12 @@ def align_step(model, core, opt: torch.optim.Optimizer, ntp: tuple, cfg: AlignCo
         lp_r = (token_logprobs(chunks[2], all_tgt[lo:lo + sizes[2]]).sum(-1) * pairs.rejected_mask).sum(-1)
         d = dpo_loss(lp_c, lp_r, pairs.ref_chosen, pairs.ref_rejected, cfg.beta)
         loss = loss + cfg.dpo_weight * d.loss
+        if cfg.chosen_ntp_weight > 0:
+            # mean NLL per code of the chosen session (RPO): same scale as the NTP term
+            n_codes = (pairs.chosen_mask.sum(-1) * pairs.chosen.shape[-1]).clamp(min=1)
+            c_nll = (-lp_c / n_codes).mean()
+            loss = loss + cfg.chosen_ntp_weight * c_nll
+            m["chosen_nll"] = float(c_nll.detach())
         m.update(dpo_loss=float(d.loss.detach()), reward_margin=float(d.reward_margin), pair_accuracy=float(d.accuracy),
                  chosen_reward=float(d.chosen_reward), rejected_reward=float(d.rejected_reward))
     if feedback is not None:

@@ -249,7 +249,11 @@ def test_guard_keeps_the_last_snapshot_within_the_bound(base, registry, monkeypa
     rep = run_round(guarded, registry, RoundData(data.split), truth, parent="base", version="g20", say=lambda _: None)
     assert rep.published and rep.guard_step == 20 and rep.steps == 40
     assert [s for s, _ in rep.guard_checked] == [40, 30, 20] and rep.guard_ndcg == pytest.approx(0.099)
-    assert rep.guard_users == len(data.split.test()) == seen[0] and len(seen) == 4   # step 10 never evaluated
+    # the guard ranks the held-out users the round did not sample for pairs (all of them when none is left)
+    cases = data.split.test()
+    unsampled = int((~np.isin(cases.users, aligner._sample_users(data.split, guarded))).sum())
+    assert 0 < unsampled < len(cases)
+    assert rep.guard_users == unsampled == seen[0] and len(seen) == 4   # step 10 never evaluated
     monkeypatch.undo()
     plain = run_round(AlignConfig(**{**ROUND.to_dict(), "steps": 20}), registry, RoundData(data.split), truth,
                       parent="base", version="p20", say=lambda _: None)
@@ -279,8 +283,8 @@ def test_guard_runs_inside_the_ray_train_worker(base, registry, local_ray):
     world, data, _ = base
     truth = WorldValueScorer(world, data.split.item_ids, draws=16)
     cfg = AlignConfig(**{**ROUND.to_dict(), "steps": 10, "eval_users": 24, "guard_every": 5, "guard_max_drop": 0.99,
-                         "guard_users": 50})
+                         "guard_users": 20})
     rep = run_round(cfg, registry, RoundData(data.split), truth, parent="base", version="ray-guard",
                     ray_train=RayTrainConfig(num_workers=1, use_gpu=False), say=lambda _: None)
-    assert rep.backend == "ray" and rep.published and rep.guard_users == 50
+    assert rep.backend == "ray" and rep.published and rep.guard_users == 20
     assert rep.guard_step == 10 and rep.guard_checked[0][0] == 10 and rep.guard_ndcg_parent > 0

@@ -1,7 +1,9 @@
 """Suite ``alignment``: does one round of preference alignment make served sessions better (issue 16)?
 
-``genrec bench alignment [--quick]``. On the synthetic world (default world; ``--quick`` the small one),
-with one seed, in one process:
+``genrec bench alignment [--quick]``. On the synthetic world (the default world's config with 6,000 users
+instead of 2,000, so the test and validation groups hold about 1,200 and 800 users and a 2% NDCG bound and
+the closed-loop gain are resolved by more than noise — decision 037; ``--quick`` the small world), with one
+seed, in one process:
 
 1. **base** — a generator trained on the world's log through the training job
    (:func:`actors.train_job.run_train_job`, a CPU-seconds budget), published as ``base`` in a temporary
@@ -50,8 +52,8 @@ with one seed, in one process:
    ``ndcg10_aligned_feedback_over_base``; in process, the same arithmetic as one Ray Train worker).
    A size's ``grid`` (overrides of the defaults) is first tried on the validation users and the winner
    by :func:`pick` runs the reported round (``chosen_on_validation``); FULL re-checks the defaults against
-   ``dpo_weight`` 0.5 and the previous 1.0 (both under the guard) on the validation users, QUICK uses
-   ``[{}]`` (the search is docs/decisions/036-alignment-settings.md and 037-alignment-ndcg-guard.md).
+   ``dpo_weight`` 0.5 and the pair filter (the surer half of the pairs of 512 users) on the validation
+   users, QUICK uses ``[{}]`` (the search is docs/decisions/036-alignment-settings.md and 037-alignment-ndcg-guard.md).
 4. **closed loop on the test users** — base, aligned, popularity and oracle sessions of the same length,
    for the same users at the same time (the end of the log), each answered ``answers`` times by the
    world under the same request ids for every policy (common random numbers,
@@ -98,10 +100,12 @@ SUITE = "alignment"
 #: ``rm_seed``: overrides of the reward model's RewardTrainConfig (absent = its defaults); ``rm_d_model``
 #: its width (32); ``rm_watch_minutes`` (True): item lengths in its value. ``gate_users``: test users the gate
 #: ranks (0 = every one). TINY's guard bound is loose: a tiny world's few held-out users make NDCG noise.
-FULL = dict(world="default", budget_cpu_s=45.0, epochs=40, served=4000, rm_epochs=8, answers=6,
+#: ``world_users`` (absent = the world config's own) overrides the world's number of users: FULL's world is
+#: larger than the default one so each test and validation estimate covers more users (served scales with it).
+FULL = dict(world="default", world_users=6000, budget_cpu_s=45.0, epochs=40, served=12000, rm_epochs=8, answers=6,
             shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=200, eval_beam_offline=50,
             serve_group=4,
-            grid=[{}, {"dpo_weight": 0.5}, {"dpo_weight": 1.0}])
+            grid=[{}, {"dpo_weight": 0.5}, {"pair_keep_share": 0.5, "max_users": 512}])
 QUICK = dict(world="small", budget_cpu_s=30.0, epochs=40, served=2500, rm_epochs=8, answers=4,
              shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=100, eval_beam_offline=50,
              serve_group=4)
@@ -140,11 +144,13 @@ class Base:
     epochs: int
 
 
-def make_world(kind: str, seed: int):
+def make_world(kind: str, seed: int, n_users: int | None = None):
+    """The suite's world: ``kind`` names the config, ``n_users`` (when given) overrides its number of users."""
     from ingest.synthetic import SyntheticWorld, WorldConfig
 
-    cfg = {"default": lambda: WorldConfig(seed=seed), "small": lambda: WorldConfig.small(seed=seed),
-           "tiny": lambda: WorldConfig.small(seed=seed, n_users=150, n_items=240)}[kind]()
+    over = {} if n_users is None else {"n_users": int(n_users)}
+    cfg = {"default": lambda: WorldConfig(seed=seed, **over), "small": lambda: WorldConfig.small(seed=seed, **over),
+           "tiny": lambda: WorldConfig.small(seed=seed, **{"n_users": 150, **over}, n_items=240)}[kind]()
     return SyntheticWorld(cfg)
 
 
@@ -156,7 +162,7 @@ def train_base(size: dict, seed: int, say=_say) -> Base:
     from models.evaluation.generator_ranker import build_trie
     from models.generator.training import TrainConfig
 
-    world = make_world(size["world"], seed)
+    world = make_world(size["world"], seed, size.get("world_users"))
     ds = world.dataset()
     data = interactions_from_records("synthetic", ds.user_events, ds.item_events)
     content = np.stack([world.item_topics(i) for i in world.item_ids])                 # [n_world, T]

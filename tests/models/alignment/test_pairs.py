@@ -39,6 +39,20 @@ def test_select_pairs_refuses_bad_shapes():
         select_pairs(np.zeros((2, 3)), bottom_k=0)
 
 
+def test_keep_share_keeps_the_largest_relative_gaps_in_user_order():
+    scores = np.array([[1.0, 0.0, 0.5],      # gap 1.0, mean 0.5: relative 2.0
+                       [10.0, 9.0, 9.5],     # gap 1.0, mean 9.5: relative 0.105 (largest absolute, least sure)
+                       [0.4, 0.1, 0.2],      # gap 0.3, mean 0.233: relative 1.29
+                       [2.0, 1.9, 1.95]])    # gap 0.1, mean 1.95: relative 0.05
+    assert select_pairs(scores).user.tolist() == [0, 1, 2, 3]
+    p = select_pairs(scores, keep_share=0.5)
+    assert p.user.tolist() == [0, 2]
+    assert np.allclose(p.gap, [1.0, 0.3])
+    assert select_pairs(scores, keep_share=0.01).user.tolist() == [0]      # at least one pair
+    with pytest.raises(ValueError, match="keep_share"):
+        select_pairs(scores, keep_share=0.0)
+
+
 def test_feedback_advantages_by_the_users_own_mean():
     users = np.array(["a", "a", "a", "b", "b", "c"])
     rewards = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 7.0])
