@@ -83,7 +83,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from models.decoding.constraint import NEG_INF, SENTINEL, Constraint, ConstraintState, masked_logprobs, pad_columns
+from models.decoding.constraint import NEG_INF, SENTINEL, ConstraintState, SidConstraint, masked_logprobs, pad_columns
 from models.decoding.proposer_mtp import FusedHeadStep, head_step
 from models.decoding.spec_types import DecodeStats, SpecConfig, accepted_length, accepted_lengths
 from models.generator.kv_cache import KVCache
@@ -127,7 +127,7 @@ def _offsets(b: int, w: int, dev) -> Tensor:
     return _const(("base", b, w, dev), lambda: (torch.arange(b, device=dev) * w)[:, None])
 
 
-def _draft_beams(step, constraint: Constraint, hidden: Tensor, pending: Tensor, level: int | Tensor,
+def _draft_beams(step, constraint: SidConstraint, hidden: Tensor, pending: Tensor, level: int | Tensor,
                  state: ConstraintState, score: Tensor, wd: int, gamma: int,
                  host_levels: list[int] | None = None) -> BeamDraft:
     """Constrained beam search of the MTP chain for ``gamma`` steps from the current ``W`` beams, keeping
@@ -138,16 +138,14 @@ def _draft_beams(step, constraint: Constraint, hidden: Tensor, pending: Tensor, 
     the beams' next code (host int: every row of a beam is at the same level); ``state`` the beams'
     constraint state, ``score`` [B, W] their scores. Each step: the constraint mask of the step's parents
     (kept for verification), the head step, constrained log-probs, top-``wd``, one state advance
-    (``extend_at`` where the engine has it: exact on every live node, which is all verification reads).
+    (``extend_at``: exact on every live node, which is all verification reads).
     Ragged requests: ``level`` [B] each request's level and ``host_levels`` the same as host ints (they say
     which steps complete an item somewhere: ``advance_rows`` adds an exclusion column only at those)."""
     b, width = score.shape
     K, D = constraint.k_max, constraint.depth
     s, code, dscore = hidden, pending, score
     out = BeamDraft([], [], [], [state], [])
-    extend = getattr(constraint, "extend_at", None)
     ragged = isinstance(level, Tensor)          # per-row levels [B]: the states' own levels, general mask / advance
-    rows_adv = getattr(constraint, "advance_rows", None)
     for i in range(gamma):
         if ragged:
             ok = constraint.mask(out.states[-1])                                     # [B*width, K]
@@ -169,11 +167,9 @@ def _draft_beams(step, constraint: Constraint, hidden: Tensor, pending: Tensor, 
         # live nodes took allowed codes; a dead node's (-inf) state is never read for a live one
         if ragged:
             sel = out.states[-1].select(rows)
-            out.states.append(constraint.advance(sel, code)[0] if rows_adv is None else
-                              rows_adv(sel, code, any((x + i) % D == D - 1 for x in host_levels)))
+            out.states.append(constraint.advance_rows(sel, code, any((x + i) % D == D - 1 for x in host_levels)))
         else:
-            out.states.append(extend(out.states[-1], rows, code, lv) if extend is not None
-                              else constraint.advance_at(out.states[-1].select(rows), code, lv))
+            out.states.append(constraint.extend_at(out.states[-1], rows, code, lv))
         s, width = s.index_select(0, rows), wd
     out.allowed.append(constraint.mask(out.states[-1]) if ragged
                        else constraint.mask_at(out.states[-1], (level + gamma) % D))
@@ -393,7 +389,7 @@ def _ragged_commit_index(src: Tensor, cols: Tensor, nv: Tensor, w: int, length: 
     return torch.where(t < nr, old, path).view(b, -1)
 
 
-def _ragged_beam(model, cache: KVCache, constraint: Constraint, n_tok: int, W: int, WD: int, state: ConstraintState,
+def _ragged_beam(model, cache: KVCache, constraint: SidConstraint, n_tok: int, W: int, WD: int, state: ConstraintState,
                  heads, step, spec: SpecConfig, stats: DecodeStats, dtype) -> BeamSession:
     """Strict speculative beam where every request keeps its own committed length (no lock-step).
 
@@ -493,9 +489,8 @@ def _ragged_beam(model, cache: KVCache, constraint: Constraint, n_tok: int, W: i
             hist.scatter_(1, where, code.view(nb, 1))
             hcum.scatter_(1, where, top.reshape(nb, 1))
             parent_state = draft.states[0].select(rows)
-        rows_adv = getattr(constraint, "advance_rows", None)
-        state = (constraint.advance(parent_state, code.view(-1))[0] if rows_adv is None else
-                 rows_adv(parent_state, code.view(-1), any((x + a) % D == D - 1 for x, a in zip(n, a_list))))
+        state = constraint.advance_rows(parent_state, code.view(-1),
+                                        any((x + a) % D == D - 1 for x, a in zip(n, a_list)))
         pending, score, n, length, nv = code, top, n2, new_len, nv + a_vec + 1
         stats.rounds += 1
         stats.drafted += g * b
@@ -546,7 +541,7 @@ def _trim_blocks(cache: KVCache, w: int, old: int, new: int) -> KVCache:
 
 
 @torch.no_grad()
-def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_width: int, *,
+def speculative_beam(model, memory, constraint: SidConstraint, n_items: int, beam_width: int, *,
                      heads=None, spec: SpecConfig = SpecConfig(), seen=None, relaxed: bool = False,
                      relax_factor: float = 2.0, mode: str = "", draft_width: int | None = None) -> BeamSession:
     """Session beam search, speculative when ``heads`` (MTP) is given, plain KV-cached otherwise.
@@ -582,7 +577,6 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
     hidden = None                                                               # [B, W, d]
     step = head_step(heads) if heads is not None else None
     tables = model.tree_tables(n_tok) if hasattr(model, "tree_tables") else None   # the tree forward's lookups
-    extend = getattr(constraint, "extend_at", None)                             # the engine's one-op advance
     dtype = heads.out.weight.dtype if heads is not None else None             # the heads' input dtype
     if B > 1 and step is not None and not relaxed and getattr(model, "ragged_tree", False):
         return _ragged_beam(model, cache, constraint, n_tok, W, WD, state, heads, step, spec, stats, dtype)
@@ -630,8 +624,7 @@ def speculative_beam(model, memory, constraint: Constraint, n_items: int, beam_w
         cum = torch.cat(done_cum + [top.reshape(N, 1)], 1)
         parents = (nodes[0] if B == 1 else nodes[0] + _offsets(B, wd if a else W, dev)).view(-1)  # draft.states[a] rows
         # a live beam's code is allowed; a dead beam (-inf) stays dead whatever its state (extend_at's premise)
-        state = (extend(draft.states[a], parents, code.view(-1), (n + a) % D) if extend is not None
-                 else constraint.advance_at(draft.states[a].select(parents), code.view(-1), (n + a) % D))
+        state = constraint.extend_at(draft.states[a], parents, code.view(-1), (n + a) % D)
         pending, score = code, top
         n += a + 1
         stats.rounds += 1
