@@ -70,7 +70,7 @@ class Constraint(Protocol):
     def check_levels(self, level_sizes) -> None: ...               # raise unless the model's are the catalog's
     def init(self, batch: int, seen=None): ...                    # -> S at an item boundary
     def mask(self, state) -> Tensor: ...                           # -> [B, K_max] bool allowed codes
-    def advance(self, state, codes: Tensor): ...                   # [B] -> (S, item [B], -1 = none completed)
+    def advance(self, state, codes: Tensor, completes=None): ...   # [B] -> (S, item [B], -1 = none completed)
     def logprobs(self, logits: Tensor, state) -> Tensor: ...       # [B, K] -> constrained float32 log-probs
     def logprobs_along(self, logits: Tensor, states: list) -> Tensor: ...  # [B, P, K], P states
     def masked_logits(self, logits: Tensor, state) -> Tensor: ...  # [B, K], disallowed codes at -inf
@@ -155,6 +155,12 @@ def initial_state(batch: int, seen=None, device="cpu") -> ConstraintState:
     return ConstraintState(zero, zero.clone(), items, torch.full_like(items, SENTINEL), None, 0)
 
 
+def _free_children(live_below: Tensor, banned_keys: Tensor, bounds: Tensor) -> Tensor:
+    """Live, not banned items per child [B, K] from the live keys below each child bound [B, K+1]: with the
+    row's banned keys sorted [B, E], the banned ones below each bound are one binary search too."""
+    return torch.diff(live_below - torch.searchsorted(banned_keys, bounds), dim=1)
+
+
 def masked_log_softmax(masked: Tensor) -> Tensor:
     """log_softmax over the last dim; rows that are all -inf stay all -inf (no NaN)."""
     none = ~torch.isfinite(masked).any(dim=-1, keepdim=True)
@@ -233,10 +239,10 @@ class SidConstraint:
         base = state.prefix[:, None]                                           # [B, 1]
         bounds = base + self.edges[None, :] * m                                # [B, K+1]: child c is [c, c+1)
         in_book = self.codes[None, :] < t.sizes[state.level][:, None]
-        if state.keys_sorted:           # banned keys per child by the same binary search (see mask_at)
-            free = torch.diff(torch.searchsorted(t.keys, bounds) - torch.searchsorted(state.banned_keys, bounds), dim=1)
-            return in_book & (base >= 0) & (free > 0)
-        live = torch.diff(torch.searchsorted(t.keys, bounds), dim=1)           # [B, K] live items per child
+        live = torch.searchsorted(t.keys, bounds)                              # [B, K+1] live keys below each bound
+        if state.keys_sorted:
+            return in_book & (base >= 0) & (_free_children(live, state.banned_keys, bounds) > 0)
+        live = torch.diff(live, dim=1)                                         # [B, K] live items per child
         bk = state.banned_keys                                                 # [B, E]
         inside = (bk >= base) & (bk < bounds[:, -1:])
         child = torch.where(inside, (bk - base) // m, torch.full_like(bk, K))  # [B, E], K = not under the row
@@ -244,30 +250,50 @@ class SidConstraint:
             1, child, torch.ones_like(bk))[:, :K]                              # [B, K] banned live items per child
         return in_book & (base >= 0) & (live > banned)
 
-    def advance(self, state: ConstraintState, codes: Tensor) -> tuple[ConstraintState, Tensor]:
-        """Apply ``codes`` [B] at each row's level. Returns the new state and the item each row completed
-        [B] (-1 where the row did not finish an item, or finished on no live un-excluded item)."""
+    def advance(self, state: ConstraintState, codes: Tensor, completes: bool | None = None
+                ) -> tuple[ConstraintState, Tensor]:
+        """Apply ``codes`` [B] at each row's own level (rows need not be in lock-step). Returns the new state
+        and the item each row completed [B] (-1 where the row did not finish an item, or finished on no live
+        un-excluded item).
+
+        ``completes``: whether a row may be at the last level. None: known from the state (its shared level,
+        else yes); False, when the caller knows on the host that none is: the prefixes only extend and no
+        exclusion column is added. Sorted banned keys stay sorted: a completed key is inserted at its
+        binary-search position (no sort of the row), and the exclusion check reads that one position.
+        """
         state = self.rebase(state)
         t, D = self.tables, self.depth
         codes = codes.to(self.device).long()
         lvl = state.level
         ok = (codes >= 0) & (codes < t.sizes[lvl]) & (state.prefix >= 0)
-        prefix = torch.where(ok, state.prefix + codes * t.mult[lvl], torch.full_like(codes, DEAD))
-        done = lvl + 1 == D                                                    # [B]
-        bk = state.banned_keys
-        excluded = (bk == prefix[:, None]).any(1)
-        item = torch.where(done & ~excluded, t.item_at(prefix), torch.full_like(prefix, -1))   # [B]
-        items, keys = state.banned_items, bk
-        if self.config.no_repeat and (state.shared_level is None or state.shared_level == D - 1):
-            items = torch.cat([items, item[:, None]], 1)
-            new = torch.where(item >= 0, prefix, torch.full_like(prefix, SENTINEL))
-            keys = torch.cat([bk, new[:, None]], 1)
-            if state.keys_sorted:       # kept ascending: mask_at's binary-search path
-                keys = keys.sort(1).values
-        zero = torch.zeros_like(prefix)
+        prefix = torch.where(ok, state.prefix + codes * t.mult[lvl], DEAD)
         shared = None if state.shared_level is None else (state.shared_level + 1) % D
+        if completes is None:
+            completes = state.shared_level is None or state.shared_level == D - 1
+        if not completes:
+            return (ConstraintState(prefix, lvl + 1, state.banned_items, state.banned_keys, t, shared,
+                                    state.keys_sorted), torch.full_like(prefix, -1))
+        done = lvl + 1 == D                                                    # [B]
+        bk, e = state.banned_keys, state.banned_keys.shape[1]
+        if state.keys_sorted:           # the key equal to the prefix, if any, is at the prefix's search position
+            at = torch.searchsorted(bk, prefix[:, None]).clamp_(max=e - 1)                         # [B, 1]
+            excluded = (bk.gather(1, at) == prefix[:, None])[:, 0]
+        else:
+            excluded = (bk == prefix[:, None]).any(1)
+        item = torch.where(done & ~excluded, t.item_at(prefix), -1)                             # [B]
+        items, keys = state.banned_items, bk
+        if self.config.no_repeat:
+            items = torch.cat([items, item[:, None]], 1)
+            new = torch.where(item >= 0, prefix, SENTINEL)[:, None]                                 # [B, 1]
+            if state.keys_sorted:       # insert at the first key >= new: keys before it, new, keys after it
+                at = torch.searchsorted(bk, new)                                                   # [B, 1]
+                j = torch.arange(e + 1, device=self.device)
+                keys = torch.where(j == at, new, bk.gather(1, (j - (j > at).long()).clamp_(max=e - 1)))
+            else:
+                keys = torch.cat([bk, new], 1)
+        zero = torch.zeros_like(prefix)
         return ConstraintState(torch.where(done, zero, prefix), torch.where(done, zero, lvl + 1), items, keys,
-                               self.tables, shared, state.keys_sorted), item
+                               t, shared, state.keys_sorted), item
 
     # ---- one-level fast paths (every row at the same SID level, a host int) ---------------------
 
@@ -279,8 +305,8 @@ class SidConstraint:
         base = state.prefix[:, None]                                           # [B, 1]
         bounds = base + self._edges_at[level]                                  # [B, K+1]: child c is [c, c+1)
         live = torch.searchsorted(self.tables.keys, bounds)                    # [B, K+1] live keys below each bound
-        if state.keys_sorted:       # banned keys below each bound by the same binary search: live - banned per child
-            return (torch.diff(live - torch.searchsorted(state.banned_keys, bounds), dim=1) > 0) & self._in_book[level]
+        if state.keys_sorted:
+            return (_free_children(live, state.banned_keys, bounds) > 0) & self._in_book[level]
         # child of each banned key: -1 below the row's prefix, K above its K children (both dropped)
         child = torch.div(state.banned_keys - base, m, rounding_mode="floor").clamp_(-1, K) + 1      # [B, E]
         banned = torch.zeros(child.shape[0], K + 2, dtype=torch.long, device=self.device).scatter_add_(
@@ -324,41 +350,6 @@ class SidConstraint:
         prefix = state.prefix.index_select(0, rows).add_(codes, alpha=self._mult[level])
         return ConstraintState(prefix, lvl, state.banned_items.index_select(0, rows),
                                state.banned_keys.index_select(0, rows), state.tables, level + 1, state.keys_sorted)
-
-    def advance_rows(self, state: ConstraintState, codes: Tensor, completes: bool = True) -> ConstraintState:
-        """:meth:`advance` of rows at their own SID levels (ragged requests of a per-row speculative beam), the
-        state only: the same prefixes, levels and excluded set. Sorted banned keys stay sorted by inserting
-        each row's completed key at its binary-search position (no sort of the row). ``completes=False`` (the
-        caller knows on the host that no row is at the last level): the prefixes only extend, no column is
-        added. ``codes`` [B] long."""
-        state = self.rebase(state)
-        t, D = self.tables, self.depth
-        lvl = state.level
-        ok = (codes >= 0) & (codes < t.sizes[lvl]) & (state.prefix >= 0)
-        prefix = torch.where(ok, state.prefix + codes * t.mult[lvl], DEAD)
-        if not completes:
-            return ConstraintState(prefix, lvl + 1, state.banned_items, state.banned_keys, t, None, state.keys_sorted)
-        done = lvl + 1 == D
-        bk, e = state.banned_keys, state.banned_keys.shape[1]
-        if state.keys_sorted:           # the key equal to the prefix, if any, is at the prefix's search position
-            at = torch.searchsorted(bk, prefix[:, None]).clamp_(max=e - 1)                         # [B, 1]
-            excluded = (bk.gather(1, at) == prefix[:, None])[:, 0]
-        else:
-            excluded = (bk == prefix[:, None]).any(1)
-        item = torch.where(done & ~excluded, t.item_at(prefix), -1)                             # [B]
-        items, keys = state.banned_items, bk
-        if self.config.no_repeat:
-            items = torch.cat([items, item[:, None]], 1)
-            new = torch.where(item >= 0, prefix, SENTINEL)[:, None]                                 # [B, 1]
-            if state.keys_sorted:       # insert at the first key >= new: keys before it, new, keys after it
-                at = torch.searchsorted(bk, new)                                                   # [B, 1]
-                j = torch.arange(e + 1, device=self.device)
-                keys = torch.where(j == at, new, bk.gather(1, (j - (j > at).long()).clamp_(max=e - 1)))
-            else:
-                keys = torch.cat([bk, new], 1)
-        zero = torch.zeros_like(prefix)
-        return ConstraintState(torch.where(done, zero, prefix), torch.where(done, zero, lvl + 1), items, keys,
-                               t, None, state.keys_sorted)
 
     # ---- shared per-step bookkeeping --------------------------------------------------------
 

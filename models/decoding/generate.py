@@ -38,6 +38,7 @@ from models.decoding.settings import DecodeSettings
 from models.decoding.proposer_draft_model import DraftModelProposer
 from models.decoding.proposer_mtp import MTPProposer
 from models.decoding.spec_beam import speculative_beam
+from models.decoding.step_graphs import graphed
 from models.decoding.spec_types import Proposer, SpecConfig, Verifier
 from models.decoding.speculative import speculative_session
 from models.decoding.verifiers import AcceptAllVerifier, GreedyVerifier, SamplingVerifier
@@ -91,7 +92,8 @@ def generate(model, memory: Memory | HistoryBatch, constraint: Constraint, setti
     ``constraint``: the catalog's (``SidConstraint.of(trie, device)``). ``seen``: None, a bool mask
     [B, n_items] or B lists of item indices to exclude (ignored unless ``settings.exclude_seen``).
     ``mtp_heads`` are required by the MTP modes, ``draft_model`` (and the histories) by
-    ``proposer='draft_model'``.
+    ``proposer='draft_model'``. ``settings.step_graphs`` other than ``"eager"`` decodes with the model's
+    compiled step forwards (:func:`models.decoding.step_graphs.graphed`; same output).
     """
     model.eval()
     if isinstance(memory, HistoryBatch):
@@ -100,6 +102,7 @@ def generate(model, memory: Memory | HistoryBatch, constraint: Constraint, setti
     elif not isinstance(memory, Memory):
         raise TypeError(f"expected a Memory or HistoryBatch, got {type(memory).__name__}")
     s = settings
+    model = graphed(model, s.step_graphs)
     constraint.check_levels(model.cfg.level_sizes)
     K = s.session_len or model.cfg.session_len
     D = model.cfg.sid_len

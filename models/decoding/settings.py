@@ -13,6 +13,7 @@ from models.config_fields import config_from_dict
 MODES = ("greedy", "beam", "mtp", "spec_greedy", "spec_beam", "spec_beam_relaxed", "sample", "spec_sample")
 LOSSY_MODES = frozenset({"mtp", "spec_beam_relaxed"})
 PROPOSERS = ("mtp", "draft_model")
+STEP_GRAPHS = ("eager", "compile", "cuda_graphs")   # models/decoding/step_graphs.py
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DecodeSettings:
     seed: int | None = None         # sampling modes
     session_len: int | None = None  # items per session (None = the model's)
     exclude_seen: bool = True       # never recommend the user's history items
+    step_graphs: str = "eager"      # one of STEP_GRAPHS: the decoder's step forwards compiled (not per request:
+                                    # made once per model and process, so a server's setting)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -42,6 +45,9 @@ class DecodeSettings:
             raise ValueError(f"proposer={self.proposer!r}: use 'mtp' or 'draft_model'")
         if self.proposer == "draft_model" and self.mode in ("spec_beam", "spec_beam_relaxed", "mtp"):
             raise ValueError(f"mode {self.mode!r} drafts with MTP heads only; set proposer='mtp'")
+        if self.step_graphs not in STEP_GRAPHS:
+            raise ValueError(f"step_graphs={self.step_graphs!r} is unknown; use one of {', '.join(STEP_GRAPHS)} "
+                             "('compile' pays for a long-running server, not for a short job)")
         if self.beam_width < 1:
             raise ValueError(f"beam_width={self.beam_width} must be >= 1 (e.g. 4)")
         if not 1 <= self.draft_min <= self.draft_len <= self.draft_max:

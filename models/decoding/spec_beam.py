@@ -140,7 +140,7 @@ def _draft_beams(step, constraint: SidConstraint, hidden: Tensor, pending: Tenso
     (kept for verification), the head step, constrained log-probs, top-``wd``, one state advance
     (``extend_at``: exact on every live node, which is all verification reads).
     Ragged requests: ``level`` [B] each request's level and ``host_levels`` the same as host ints (they say
-    which steps complete an item somewhere: ``advance_rows`` adds an exclusion column only at those)."""
+    which steps complete an item somewhere: ``advance`` adds an exclusion column only at those)."""
     b, width = score.shape
     K, D = constraint.k_max, constraint.depth
     s, code, dscore = hidden, pending, score
@@ -167,7 +167,7 @@ def _draft_beams(step, constraint: SidConstraint, hidden: Tensor, pending: Tenso
         # live nodes took allowed codes; a dead node's (-inf) state is never read for a live one
         if ragged:
             sel = out.states[-1].select(rows)
-            out.states.append(constraint.advance_rows(sel, code, any((x + i) % D == D - 1 for x in host_levels)))
+            out.states.append(constraint.advance(sel, code, any((x + i) % D == D - 1 for x in host_levels))[0])
         else:
             out.states.append(constraint.extend_at(out.states[-1], rows, code, lv))
         s, width = s.index_select(0, rows), wd
@@ -395,7 +395,7 @@ def _ragged_beam(model, cache: KVCache, constraint: SidConstraint, n_tok: int, W
 
     After one batched tree forward, request ``r`` commits its own ``a_r + 1`` steps; requests then sit at
     different lengths ``n_r`` — per-row positions (``decode_tree`` with a [B] start), SID levels (the general
-    ``mask``, ``advance_rows`` on each row's level, head steps by row level) and beam caches laid side by side
+    ``mask``, ``advance`` on each row's level, head steps by row level) and beam caches laid side by side
     in blocks of the longest row's width, padding masked in the tree mask (:func:`tree_layout` ``valid``). A
     request that completes its session leaves the batch. Every request's committed steps are plain beam
     search's on the same scores (each one's verification is its own), so the output is plain beam search's.
@@ -489,8 +489,8 @@ def _ragged_beam(model, cache: KVCache, constraint: SidConstraint, n_tok: int, W
             hist.scatter_(1, where, code.view(nb, 1))
             hcum.scatter_(1, where, top.reshape(nb, 1))
             parent_state = draft.states[0].select(rows)
-        state = constraint.advance_rows(parent_state, code.view(-1),
-                                        any((x + a) % D == D - 1 for x, a in zip(n, a_list)))
+        state, _ = constraint.advance(parent_state, code.view(-1),
+                                      any((x + a) % D == D - 1 for x, a in zip(n, a_list)))
         pending, score, n, length, nv = code, top, n2, new_len, nv + a_vec + 1
         stats.rounds += 1
         stats.drafted += g * b

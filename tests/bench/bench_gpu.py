@@ -25,6 +25,11 @@ Figures (``{dev}`` = ``cpu`` / ``cuda``):
   ``advance``, 16 rows, 100 excluded items each) on synthetic catalogs (the ``decode`` suite's
   micro-benchmark, on the device); ``constraint_bytes_per_item``; ``{dev}_constraint_step_ratio_top_10k``
   (largest size over 10k).
+* ``{dev}_step_graphs_{compile,cuda_graphs}_{beam,spec_beam,greedy64}_speedup`` — the same decode with the
+  decoder's step forwards compiled (``DecodeSettings.step_graphs``, :mod:`models.decoding.step_graphs`) over
+  eager: beam and speculative beam at batch 1, a static greedy batch of 64 requests; sessions must be
+  identical (``{dev}_step_graphs_identical_fraction``); ``{dev}_step_graphs_{mode}_warmup_s`` — the one-off
+  compile time those decodes cost. ``cuda_graphs`` runs on CUDA only.
 * ``{dev}_catalog_update_ms_{size}`` / ``{dev}_catalog_rebuild_ms_{size}`` — bringing the device tables
   up to date after 1,000 adds + 1,000 retirements: the delta merge
   (:meth:`models.sid.catalog_keys.CatalogKeys.updated`) vs a full build.
@@ -190,6 +195,55 @@ def _rows_figures(dev: str, sids, trie, rng, models: tuple[str, ...], reps: int)
     return out
 
 
+def _step_graph_figures(dev: str, sids, trie, model, heads, rng, n_req: int, quick: bool) -> dict:
+    """Eager vs compiled step forwards on the same requests (alternating), sessions compared."""
+    import copy
+
+    import torch
+
+    from models.decoding.constraint import SidConstraint
+    from models.decoding.generate import generate
+    from models.decoding.settings import DecodeSettings
+    from models.generator.features import history_batch
+
+    model, heads = copy.deepcopy(model).to(dev), copy.deepcopy(heads).to(dev)
+    con = SidConstraint.of(trie, dev)
+    cases = {"beam": (1, dict(mode="beam", beam_width=BEAM)),
+             "spec_beam": (1, dict(mode="spec_beam", beam_width=BEAM, draft_len=3, draft_max=6,
+                                   draft_width=DRAFT_WIDTH)),
+             "greedy64": (64, dict(mode="greedy"))}
+    if quick:
+        cases = {"beam": cases["beam"]}
+    graph_modes = ("compile", "cuda_graphs") if dev == "cuda" else ("compile",)
+    out, same, total = {}, 0, 0
+    for gm in graph_modes:
+        warm = 0.0
+        for case, (rows, kw) in cases.items():
+            s = {"eager": DecodeSettings(session_len=SESSION, **kw),
+                 gm: DecodeSettings(session_len=SESSION, step_graphs=gm, **kw)}
+            lat = {k: [] for k in s}
+            for r in range(n_req + 2):
+                hist = [rng.integers(0, len(sids), HISTORY) for _ in range(rows)]
+                with torch.no_grad():
+                    memory = model.encode(history_batch(hist, sids, model.cfg.max_history, 16).to(dev))
+                    res = {}
+                    for k in (list(s) if r % 2 else list(s)[::-1]):
+                        t = _timed(lambda: res.__setitem__(k, generate(model, memory, con, s[k], seen=hist,
+                                                                       mtp_heads=heads)), dev)
+                        if r < 2 and k == gm:                              # the first two requests compile
+                            warm += t / 1e3
+                        elif r >= 2:
+                            lat[k].append(t)
+                same += int(torch.equal(res["eager"].sids, res[gm].sids))
+                total += 1
+            ratio = statistics.median(lat["eager"]) / statistics.median(lat[gm])
+            out[f"{dev}_step_graphs_{gm}_{case}_speedup"] = round(ratio, 3)
+            _progress(f"{dev} step graphs {gm} {case}: {ratio:.2f}x eager")
+        out[f"{dev}_step_graphs_{gm}_warmup_s"] = round(warm, 1)
+    out[f"{dev}_step_graphs_identical_fraction"] = same / total
+    return out
+
+
 def _constraint_figures(dev: str, sizes: dict, reps: int) -> dict:
     """The decode suite's constraint micro-benchmark on ``dev``, plus delta update vs rebuild of the tables."""
     import torch
@@ -254,6 +308,8 @@ def run(quick: bool = False, dataset: str | None = None, devices: tuple[str, ...
             metrics.update(_rows_figures(dev, sids, trie, rng, ("serving",) if quick else ("serving", "large"),
                                          2 if quick else 7))
             metrics.update(_constraint_figures(dev, sizes, 5 if quick else 50))
+            _progress(f"{dev}: step graphs (compiled decoder steps) vs eager")
+            metrics.update(_step_graph_figures(dev, sids, trie, model, heads, rng, 2 if quick else 12, quick))
         main = "cuda" if "cuda" in devices else "cpu"
         metrics["spec_beam_speedup"] = metrics[f"{main}_spec_beam_speedup"]
         metrics["lossless_identical_fraction"] = metrics[f"{main}_lossless_identical_fraction"]

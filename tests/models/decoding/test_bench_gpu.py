@@ -32,6 +32,8 @@ def test_bench_gpu_quick_writes_every_figure(tmp_path):
             assert f"{dev}_{key}" in m, f"missing {dev}_{key}"
             assert m[f"{dev}_{key}"] > 0
         assert m[f"{dev}_lossless_identical_fraction"] == 1.0                # spec_beam is lossless
+        assert m[f"{dev}_step_graphs_compile_beam_speedup"] > 0 and m[f"{dev}_step_graphs_compile_warmup_s"] > 0
+        assert m[f"{dev}_step_graphs_identical_fraction"] == 1.0             # compiled steps decode the same
     assert m["spec_beam_speedup"] > 0 and m["lossless_identical_fraction"] == 1.0
     assert m["constraint_bytes_per_item"] > 0
     if "cuda" in devices:

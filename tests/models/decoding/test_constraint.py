@@ -198,10 +198,11 @@ def test_masked_logprobs_rows_with_nothing_allowed_are_all_minus_inf():
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), b=st.integers(1, 6), steps=st.integers(1, 12), no_repeat=st.booleans(),
        offbook=st.sampled_from([0.0, 0.3, 0.8]))
-def test_advance_rows_equals_advance_at_any_levels(seed, b, steps, no_repeat, offbook):
-    """advance_rows (rows at their own levels, completed keys inserted in order) leaves the same prefixes,
-    levels and excluded set as advance, with banned keys kept sorted; completes=False where no row is at the
-    last level. Rows start 0..D+1 steps apart (each picked from its own step of one lock-step run)."""
+def test_advance_on_sorted_keys_equals_advance_on_unsorted_any_levels(seed, b, steps, no_repeat, offbook):
+    """advance on sorted banned keys (rows at their own levels, completed keys inserted in order) leaves the
+    same prefixes, levels, excluded set and completed items as on unsorted keys (appended), with the keys kept
+    sorted; completes=False where no row is at the last level. Rows start 0..D+1 steps apart (each picked
+    from its own step of one lock-step run)."""
     from models.decoding.constraint import pad_columns
     rng = np.random.default_rng(seed)
     levels = (4, 3, 3)
@@ -219,18 +220,20 @@ def test_advance_rows_equals_advance_at_any_levels(seed, b, steps, no_repeat, of
     e = max(x.banned_keys.shape[1] for x in run)
     def pick(f, pad):                                                      # row r of step lag[r]
         return torch.stack([f(x) if pad is None else pad_columns(f(x), e, pad) for x in run])[lag, torch.arange(b)]
-    slow = fast = ConstraintState(pick(lambda x: x.prefix, None), pick(lambda x: x.level, None),
-                                  pick(lambda x: x.banned_items, -1),
-                                  pick(lambda x: con.rebase(x).banned_keys, SENTINEL).sort(1).values,
-                                  con.tables, None, True)
+    fast = ConstraintState(pick(lambda x: x.prefix, None), pick(lambda x: x.level, None),
+                           pick(lambda x: x.banned_items, -1),
+                           pick(lambda x: con.rebase(x).banned_keys, SENTINEL).sort(1).values, con.tables, None, True)
+    shuffled = fast.banned_keys[:, torch.randperm(fast.banned_keys.shape[1])]
+    slow = ConstraintState(fast.prefix, fast.level, fast.banned_items, shuffled, con.tables, None, False)
     for _ in range(steps):
         m = con.mask(slow)
         assert torch.equal(con.mask(fast), m)
         codes = torch.where(m, torch.as_tensor(rng.random((b, K))) + 1, 0.0).argmax(1)
         wild = torch.as_tensor(rng.random(b) < offbook)         # codes the mask forbids: excluded items too
         codes = torch.where(wild, torch.as_tensor(rng.integers(-1, K + 1, b)), codes)
-        fast = con.advance_rows(fast, codes, bool((fast.level == D - 1).any()))
-        slow = con.advance(slow, codes)[0]
+        fast, got = con.advance(fast, codes, bool((fast.level == D - 1).any()))
+        slow, want = con.advance(slow, codes)
+        assert torch.equal(got, want)
         assert torch.equal(fast.prefix, slow.prefix) and torch.equal(fast.level, slow.level)
         assert fast.keys_sorted and torch.equal(fast.banned_keys, fast.banned_keys.sort(1).values)
         for r in range(b):
