@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 
 MODELS = ("generator", "sasrec", "popularity")
 
+#: Every model's best settings measured by the ``quality`` suite at equal CPU budgets (BENCHMARKS.md;
+#: decisions 012, 026). ``genrec eval`` and the suite both start from them; ``EvalConfig.generator`` /
+#: ``train`` / ``sasrec`` override single fields on top.
+GENERATOR_DEFAULTS = {"d_model": 64, "heads": 2, "dec_layers": 1, "session_len": 2}
+#: The generator validates on every validation user each epoch and does not stop early: its learning rate
+#: follows a cosine over the budget, so the low-rate last epochs are usually the best, and a noisy
+#: validation sample with patience stopped some seeds at a high-rate epoch.
+TRAIN_DEFAULTS = {"val_max_users": 0, "val_beam": 10, "patience": 0}
+#: SASRec reads the last 50 events (random 50-event windows of longer histories during training).
+SASREC_DEFAULTS = {"max_len": 50, "lr": 2e-3, "eval_every": 2, "patience": 3}
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -50,7 +61,8 @@ class EvalConfig:
     engaged_only: keep only engaged event types (click, like, watch, rating, …) in the log.
     n: length of every ranked list (≥ 50 for HR@50 / NDCG@50).
     sasrec: SASRecConfig overrides; generator: GeneratorConfig overrides; train: TrainConfig
-        overrides of the generator's training loop.
+        overrides of the generator's training loop — each on top of the best measured settings
+        (``SASREC_DEFAULTS``, ``GENERATOR_DEFAULTS``, ``TRAIN_DEFAULTS``).
     tokenizer: ``rq_kmeans`` or ``rq_vae``; levels / codebook_size: SID shape (0 = auto).
     embeddings: what the SIDs quantise, as in ``genrec train``: ``collab`` (PPMI-SVD of
         in-sequence co-occurrence), ``content`` (MiniLM on item text) or ``fusion`` (both;
@@ -72,11 +84,11 @@ class EvalConfig:
     tokenizer: str = "rq_kmeans"
     levels: int = 3
     codebook_size: int = 0
-    embeddings: str = "fusion"
+    embeddings: str = "collab"
     beam_width: int = 50
     budget_s: float = 0.0
-    budget_clock: str = "wall"
-    init_codes: bool = False
+    budget_clock: str = "cpu"
+    init_codes: bool = True
     device: str = "auto"
     dataset_kw: dict = field(default_factory=dict)
 
@@ -227,10 +239,16 @@ def run_popularity(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]
     return model, {"train_s": time.perf_counter() - t0}
 
 
+def effective_config(cfg: EvalConfig) -> dict:
+    """``cfg`` as a dict with the model sections as run: the best measured settings under its overrides."""
+    return {**asdict(cfg), "sasrec": {**SASREC_DEFAULTS, **cfg.sasrec},
+            "generator": {**GENERATOR_DEFAULTS, **cfg.generator}, "train": {**TRAIN_DEFAULTS, **cfg.train}}
+
+
 def run_sasrec(split, seed: int, cfg: EvalConfig, say: Callable[[str], None]):
     from models.baselines.sasrec import SASRec, SASRecConfig
 
-    kw = {**cfg.sasrec, "seed": seed}
+    kw = {**SASREC_DEFAULTS, **cfg.sasrec, "seed": seed}
     if cfg.budget_s and not kw.get("max_seconds"):
         kw.update(max_seconds=cfg.budget_s, budget_clock=cfg.budget_clock)
     model = SASRec(split.n_items, SASRecConfig(**kw), device=cfg.resolved_device())
@@ -256,8 +274,8 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     sid_s = time.perf_counter() - t0
     say(f"  generator seed {seed}: SIDs {cfg.tokenizer} over {cfg.embeddings} embeddings, level sizes "
         f"{sizes} ({sid_s:.1f} s)")
-    gcfg = GeneratorConfig(level_sizes=sizes, **cfg.generator)
-    tkw = {"device": cfg.resolved_device(), "seed": seed, "progress": False, **cfg.train}
+    gcfg = GeneratorConfig(level_sizes=sizes, **{**GENERATOR_DEFAULTS, **cfg.generator})
+    tkw = {"device": cfg.resolved_device(), "seed": seed, "progress": False, **TRAIN_DEFAULTS, **cfg.train}
     if cfg.budget_s and not tkw.get("max_seconds"):
         tkw.update(max_seconds=cfg.budget_s, budget_clock=cfg.budget_clock)
     tcfg = TrainConfig(**tkw)
@@ -310,7 +328,7 @@ def run_eval(cfg: EvalConfig, say: Callable[[str], None] = lambda s: None, log_:
             say(f"{name} seed {seed}: NDCG@10 {m['ndcg@10']:.4f} HR@10 {m['hr@10']:.4f} "
                 f"train {m['train_s']:.0f} s, invalid {m['invalid_rate']:.4f}, seen {m['seen_rate']:.4f}")
     summary = summarize(runs)
-    return {"config": _jsonable(asdict(cfg)), "data": data, "runs": runs, "summary": summary,
+    return {"config": _jsonable(effective_config(cfg)), "data": data, "runs": runs, "summary": summary,
             "table": comparison_table(summary)}
 
 

@@ -26,11 +26,12 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", choices=("rq_kmeans", "rq_vae"), default="rq_kmeans")
     p.add_argument("--levels", type=int, default=3, help="residual SID levels (a dedup level is added)")
     p.add_argument("--codebook-size", type=int, default=0, help="codes per level (0 = sized from the catalog)")
-    p.add_argument("--embeddings", choices=("collab", "content", "fusion"), default="fusion",
-                   help="item embeddings the SIDs quantise, as in genrec train (fusion: text + co-occurrence; "
+    p.add_argument("--embeddings", choices=("collab", "content", "fusion"), default="collab",
+                   help="item embeddings the SIDs quantise (default collab, the quality suite's: co-occurrence "
+                        "of the training sequences; fusion: text + co-occurrence, as genrec train; "
                         "co-occurrence alone when items have no text)")
     p.add_argument("--budget-s", type=float, default=0.0, help="time cap per training run in seconds (0 = none)")
-    p.add_argument("--budget-clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--budget-clock", choices=("wall", "cpu"), default="cpu",
                    help="what --budget-s counts: wall time, or this process's CPU time (equal compute for "
                         "every model on a shared machine)")
     p.add_argument("--epochs", type=int, default=0, help="cap on training epochs of both models (0 = defaults)")

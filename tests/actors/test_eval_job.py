@@ -132,3 +132,19 @@ def test_seeds_run_side_by_side_in_worker_processes_and_merge(csv_file):
     assert "| sasrec (n=2) |" in merged["table"]
     with pytest.raises(ValueError, match="at least one"):
         merge_runs([])
+
+
+def test_genrec_eval_defaults_are_the_best_measured_settings():
+    """`genrec eval` with no options runs what EvalConfig (and so the quality suite) defaults to: the same
+    embeddings, SID shape, tokenizer and budget clock, and every model at its best measured settings."""
+    from actors.eval_job import GENERATOR_DEFAULTS, SASREC_DEFAULTS, TRAIN_DEFAULTS, effective_config
+    from infra.cli import build_parser
+
+    args = build_parser().parse_args(["eval"])
+    cfg = EvalConfig()
+    for cli, field_name in (("embeddings", "embeddings"), ("levels", "levels"), ("tokenizer", "tokenizer"),
+                            ("codebook_size", "codebook_size"), ("budget_clock", "budget_clock")):
+        assert getattr(args, cli) == getattr(cfg, field_name), field_name
+    run = effective_config(EvalConfig(generator={"d_model": 32}))
+    assert run["generator"] == {**GENERATOR_DEFAULTS, "d_model": 32}          # one field overridden, rest kept
+    assert run["sasrec"] == SASREC_DEFAULTS and run["train"] == TRAIN_DEFAULTS

@@ -32,6 +32,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parents[2]) not in sys.path:       # run as a script: the project on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from actors.eval_job import GENERATOR_DEFAULTS, SASREC_DEFAULTS, TRAIN_DEFAULTS, EvalConfig  # noqa: E402
 
 SUITE = "quality"
 DATASETS = ("ml100k", "synthetic")
@@ -52,17 +58,10 @@ SID_GRID_FULL = [("rq_kmeans", 3, 0, True), ("rq_kmeans", 3, 0, False), ("rq_kme
                  ("rq_kmeans", 3, 16, True), ("rq_vae", 3, 0, True)]
 SID_GRID_QUICK = [("rq_kmeans", 3, 0, True), ("rq_vae", 3, 0, True)]
 
-#: Sizes for the shared 2-core CPU machines (scale up on a GPU): SASRec reads the last 50
-#: events (random 50-event windows of longer histories during training).
-SASREC = dict(max_len=50, lr=2e-3, eval_every=2, patience=3)
-GENERATOR: dict = dict(d_model=64, heads=2, dec_layers=1, session_len=2)
-#: The generator validates on every validation user each epoch and does not stop early: its
-#: learning rate follows a cosine over the budget, so the low-rate last epochs are usually the
-#: best, and a noisy validation sample with patience stopped some seeds at a high-rate epoch.
-TRAIN = dict(val_max_users=0, val_beam=10, patience=0)
-LEVELS = 3
-INIT_CODES = True
-EMBEDDINGS = "collab"  # co-occurrence only: MiniLM on titles costs minutes of CPU per run here
+#: Every model runs at ``genrec eval``'s defaults, the best settings measured (actors/eval_job.py), so the
+#: table shows what a user of ``genrec eval`` gets.
+SASREC, GENERATOR, TRAIN = dict(SASREC_DEFAULTS), dict(GENERATOR_DEFAULTS), dict(TRAIN_DEFAULTS)
+LEVELS, INIT_CODES, EMBEDDINGS = EvalConfig.levels, EvalConfig.init_codes, EvalConfig.embeddings
 
 
 def _say(s: str) -> None:
@@ -75,7 +74,7 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
 
     from dataclasses import replace
 
-    from actors.eval_job import EvalConfig, merge_runs, run_eval_many
+    from actors.eval_job import merge_runs, run_eval_many
 
     dataset = dataset or "ml100k"
     torch.set_num_threads(THREADS)
