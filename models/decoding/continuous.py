@@ -175,9 +175,10 @@ class ContinuousGreedy:
         if n_rows == 0:
             return []
         constraint.check_levels(self.model.cfg.level_sizes)
-        self.token, self.state = continuous_step(self.model, self.cache, self.token, constraint, self.state,
-                                                 self.gen)
         r = self.rows                                       # host bookkeeping: no tensor is read
+        ragged = len(set(r.done)) > 1                       # rows at different items are at different positions
+        self.token, self.state = continuous_step(self.model, self.cache, self.token, constraint, self.state,
+                                                 self.gen, ragged)
         done = []
         for i in range(n_rows):
             r.remaining[i] -= 1
@@ -220,14 +221,15 @@ class ContinuousGreedy:
 
 
 def continuous_step(model, cache: KVCache, token: Tensor, constraint: SidConstraint, state: ConstraintState,
-                    gen: _Generated) -> tuple[Tensor, ConstraintState]:
+                    gen: _Generated, ragged: bool | None = None) -> tuple[Tensor, ConstraintState]:
     """One item for every row of a continuous batch (``D`` ragged forwards), written into ``gen``.
 
-    ``token`` [N, 1] each row's next input. Returns the next tokens [N, 1] and the new state. Tensor ops
-    only (the decoder's own ``decode_ragged`` aside): no host synchronisation.
+    ``token`` [N, 1] each row's next input; ``ragged`` whether the rows are at different positions (known on
+    the host; None: the decoder reads it from the cache, one sync). Returns the next tokens [N, 1] and the
+    new state. Tensor ops only: no host synchronisation.
     """
     def forward(tok: Tensor) -> Tensor:
-        return model.decode_ragged(tok, cache).logits[:, -1]
+        return model.decode_ragged(tok, cache, ragged).logits[:, -1]
 
     item, item_lp, codes, state = greedy_item(forward, token, constraint, constraint.rebase(state))
     gen.record(item, item_lp, torch.stack(codes, 1))

@@ -402,7 +402,7 @@ class GenerativeRecommender(CodeTableModule):
         hidden = self.dec_norm(x)                                              # [B, T, d]
         return DecoderOutput(self.project(hidden, start), hidden, cache, aux)
 
-    def decode_ragged(self, tokens: Tensor, cache: KVCache) -> DecoderOutput:
+    def decode_ragged(self, tokens: Tensor, cache: KVCache, ragged: bool | None = None) -> DecoderOutput:
         """Run the decoder on rows that are at *different* positions (continuous batching).
 
         ``cache.self_pad`` [B] says how many leading self-attention columns of each
@@ -410,11 +410,15 @@ class GenerativeRecommender(CodeTableModule):
         is at position ``cache.length - self_pad[r]``; padding columns are masked
         out of attention, so a row's output is the one it would get decoding alone.
         ``tokens`` [B, T] are each row's next T inputs. Returns logits [B, T, K_max].
+        ``ragged``: whether any row has padding, when the caller knows it on the host (a continuous batch
+        does: its rows' item counts differ); None reads it from ``self_pad`` (a device sync).
         """
         if cache.self_pad is None:
             raise ValueError("decode_ragged needs a cache with self_pad (KVCache.concat_rows builds one)")
         b, t = tokens.shape
-        if not bool(cache.self_pad.any()):   # every row at the same position: the plain (unmasked) path
+        if ragged is None:
+            ragged = bool(cache.self_pad.any())
+        if not ragged:                       # every row at the same position: the plain (unmasked) path
             return self.decode(tokens, None, cache, cache.length)
         start = cache.length - cache.self_pad                                  # [B] position of each row
         x = self.drop(self._embed_tokens(tokens, start))

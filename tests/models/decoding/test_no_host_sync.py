@@ -7,8 +7,9 @@ Every search keeps its per-step work in named step functions (``search.beam_step
 ``cpu``, ``numpy``, ``bool``/``int``/``float``/``index`` of a tensor, ``nonzero``, ``torch.equal``) raises,
 and on CUDA ``torch.cuda.set_sync_debug_mode("error")`` turns any other synchronisation into an error.
 Only the sanctioned reads are let through: the accepted length of a speculative round
-(``spec_types.accepted_length``; the per-row beam reads ``accepted_lengths`` between its guarded steps) and
-the generator's own ``decode_ragged`` (models/generator, not decoding).
+(``spec_types.accepted_length``; the per-row beam reads ``accepted_lengths`` between its guarded steps).
+The generator's ``decode_ragged`` runs guarded too: the continuous batch tells it on the host whether its
+rows are ragged.
 The test also checks that each guarded function really ran, so inlining a step out of its function fails.
 """
 
@@ -176,8 +177,7 @@ def test_real_generator_beam_topn_and_spec_beam_without_host_sync(guard, dev):
 def test_continuous_batching_step_without_host_sync(guard):
     """A continuous batch reads nothing back inside a step (finished sessions are read once, after it)."""
     w = random_world(7, b=3, session_len=3)
-    # the generator's decode_ragged reads bool(self_pad.any()) (models/generator, outside decoding): allowed here
-    w.model.decode_ragged = _switch(w.model.decode_ragged, False, guard, "decode_ragged")
+    w.model.decode_ragged = _switch(w.model.decode_ragged, True, guard, "decode_ragged")  # the host says ragged
     cb = ContinuousGreedy(w.model)
     cb.admit(w.memory, [2, 3, 1], ["a", "b", "c"], w.seen_mask)
     got = {}
