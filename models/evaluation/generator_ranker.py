@@ -31,12 +31,25 @@ def build_trie(item_sids: np.ndarray, level_sizes: tuple[int, ...], live: np.nda
     return trie
 
 
+@torch.no_grad()
+def rerank_by_item_head(model: GenerativeRecommender, hist, items: torch.Tensor, item_sids: torch.Tensor
+                        ) -> torch.Tensor:
+    """Each row's candidates ``items`` [B, n] (-1 = none, kept last) ordered by the model's item head
+    (``GeneratorConfig.item_head``; LIGER, Yang et al. 2024: generation proposes, the dense head orders).
+    ``hist`` the rows' :class:`HistoryBatch`; ``item_sids`` [n_items, D] on the model's device. -> [B, n]."""
+    states = model.user_states(model.encode(hist))                              # [B, d]
+    scores = model.item_scores(states, item_sids[items.clamp(min=0)])            # [B, n]
+    order = scores.masked_fill(items < 0, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    return items.gather(1, order)
+
+
 class GeneratorRanker:
     """``rank(histories, n) -> LongTensor [B, n]`` item indices via ``beam_topn``.
 
     ``item_sids`` [n_items, D]: the SID of every item index (the tokenizer's
     output for the catalog). ``beam_width`` defaults to ``max(n, 20)``: a
-    wider beam than ``n`` finds better top-n lists at small extra cost.
+    wider beam than ``n`` finds better top-n lists at small extra cost. A model with an item head
+    ranks the beam's ``max(n, beam_width)`` candidates by it (:func:`rerank_by_item_head`).
     """
 
     name = "generator"
@@ -63,13 +76,18 @@ class GeneratorRanker:
         out = []
         dev = self.device
         constraint = SidConstraint.of(self.trie, dev)
+        head = cfg.item_head
+        sids = torch.from_numpy(self.item_sids).to(dev) if head else None
+        width = max(n, self.beam_width)
         for s in range(0, len(histories), self.batch_size):
             h = histories.subset(slice(s, s + self.batch_size))
             hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
                                types=h.types, ts=h.ts).to(dev)
             seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
-            res = beam_topn(self.model, hb, constraint, n, beam_width=max(n, self.beam_width), seen=seen)
-            out.append(res.items.cpu())
+            items = beam_topn(self.model, hb, constraint, width if head else n, beam_width=width, seen=seen).items
+            if head:
+                items = rerank_by_item_head(self.model, hb, items, sids)[:, :n]
+            out.append(items.cpu())
         if not out:
             return torch.zeros((0, n), dtype=torch.long)
         return torch.cat(out, 0)

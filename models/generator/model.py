@@ -47,12 +47,17 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from models.config_fields import config_from_dict
+from models.generator.hstu import HSTULayer, relative_buckets
 from models.generator.kv_cache import KVCache
 from models.generator.moe import DenseFeedForward, MoEFeedForward
 from models.sid.levels import CodeTableModule, SidShape
 
+#: Encoder layer kinds of :class:`GeneratorConfig` ``encoder``.
+ENCODERS = ("transformer", "hstu")
+
 #: Token value of the decoder's first input (position 0 is always BOS whatever the value).
 BOS = 0
+_PREFIX_HASH = 0x9E3779B1   # odd multiplier (Fibonacci hashing): spreads neighbouring prefix keys over the table
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,16 @@ class GeneratorConfig(SidShape):
     ``position_head`` — a next-item head on every encoder position (training only; see
     :meth:`GenerativeRecommender.position_logits`): each history position also predicts the next
     item's codes straight from its encoder state, as SASRec / HSTU train every position.
+    ``encoder`` — ``"transformer"`` (softmax attention + FFN layers) or ``"hstu"`` (pointwise
+    attention with a relative position / time bias, Zhai et al. 2024; :mod:`models.generator.hstu`).
+    ``item_head`` — an item-level head on every encoder position (LIGER, Yang et al. 2024): the state
+    scores catalog items by their SID vectors (:meth:`GenerativeRecommender.item_vectors`, tied with the
+    encoder's input), trained with a full-softmax next-item loss as SASRec is; ranking orders the beam's
+    candidates by it (:meth:`GenerativeRecommender.item_scores`). Generation itself is unchanged.
+    ``item_prefix_rows`` — with the item head, each SID prefix longer than one code also gets its own
+    embedding, hashed into a table of this many rows per level (prefix n-grams, Singh et al. 2024, "Better
+    Generalization with Semantic IDs"): deep prefixes become nearly item-specific while new items still get
+    vectors from their codes. 0 = code embeddings only.
     """
 
     level_sizes: tuple[int, ...]
@@ -84,6 +99,9 @@ class GeneratorConfig(SidShape):
     moe_top_k: int = 2
     moe_aux_weight: float = 0.01
     position_head: bool = False
+    encoder: str = "transformer"
+    item_head: bool = False
+    item_prefix_rows: int = 0
 
     def __post_init__(self) -> None:
         ls = tuple(int(x) for x in self.level_sizes)
@@ -109,6 +127,14 @@ class GeneratorConfig(SidShape):
             raise ValueError(f"moe_aux_weight={self.moe_aux_weight} must be >= 0")
         if not isinstance(self.position_head, bool):
             raise ValueError(f"position_head={self.position_head!r} must be True or False")
+        if not isinstance(self.item_head, bool):
+            raise ValueError(f"item_head={self.item_head!r} must be True or False")
+        if not isinstance(self.item_prefix_rows, int) or self.item_prefix_rows < 0:
+            raise ValueError(f"item_prefix_rows={self.item_prefix_rows!r} must be an int >= 0 (0 = off), e.g. 16384")
+        if self.item_prefix_rows and not self.item_head:
+            raise ValueError("item_prefix_rows needs item_head=True (the prefix embeddings belong to the item head)")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder={self.encoder!r} must be one of {ENCODERS}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -152,6 +178,7 @@ class DecoderOutput:
     cache: KVCache
     aux_loss: Tensor = field(default_factory=lambda: torch.zeros(()))  # MoE balance loss (0 if dense)
     position_logits: Tensor | None = None  # [N, D, K_max]: the position head's next-item codes (training)
+    item_logits: Tensor | None = None      # [N, M]: the item head's next-item logits over M items (training)
 
 
 @dataclass
@@ -265,7 +292,11 @@ class GenerativeRecommender(CodeTableModule):
         self.time_emb = nn.Embedding(cfg.n_time_buckets, d, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_history, d)       # position in the window, from its first event
         self.user_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.enc_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        if cfg.encoder == "hstu":
+            self.enc_layers = nn.ModuleList(HSTULayer(d, cfg.heads, cfg.max_history, cfg.dropout)
+                                            for _ in range(cfg.enc_layers))
+        else:
+            self.enc_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.enc_norm = nn.LayerNorm(d)
 
         self.bos = nn.Parameter(torch.zeros(1, 1, d))
@@ -279,6 +310,9 @@ class GenerativeRecommender(CodeTableModule):
         # every-position next-item head: encoder state -> decoder space (codes come from the tied output layer)
         self.pos_head = nn.Linear(d, d) if cfg.position_head else None
         self.pos_norm = nn.LayerNorm(d) if cfg.position_head else None
+        self.item_proj = nn.Linear(d, d) if cfg.item_head else None   # encoder state -> item-vector space
+        self.prefix_emb = nn.ModuleList(nn.Embedding(cfg.item_prefix_rows, d) for _ in range(D - 1)
+                                        ) if cfg.item_prefix_rows else None   # levels 1.. (level 0 is a code)
         self._init()
 
     def _init(self) -> None:
@@ -289,6 +323,8 @@ class GenerativeRecommender(CodeTableModule):
         with torch.no_grad():
             self.type_emb.weight[0].zero_()
             self.time_emb.weight[0].zero_()
+            for table in self.prefix_emb or ():     # the head starts from the code embeddings alone
+                table.weight.zero_()
 
     # ---- encoder ----------------------------------------------------------------------
 
@@ -326,8 +362,13 @@ class GenerativeRecommender(CodeTableModule):
         s1 = x.shape[1]
         causal = torch.ones(s1, s1, dtype=torch.bool, device=x.device).tril()      # [1+S, 1+S]
         attn_mask = causal[None, None] & full_mask[:, None, None, :]               # [B, 1, 1+S, 1+S]
-        for layer in self.enc_layers:
-            x = layer(x, attn_mask)
+        if self.cfg.encoder == "hstu":  # relative position / time buckets, once for every layer
+            rel = relative_buckets(mask, tbucket, self.cfg.max_history)
+            for layer in self.enc_layers:
+                x = layer(x, attn_mask, *rel)
+        else:
+            for layer in self.enc_layers:
+                x = layer(x, attn_mask)
         return Memory(self.enc_norm(x), full_mask)
 
     # ---- decoder ----------------------------------------------------------------------
@@ -524,7 +565,8 @@ class GenerativeRecommender(CodeTableModule):
         return self.decode(tokens, self.encode(hist))
 
     def forward_anchors(self, window: HistoryBatch, anchor_row: Tensor, anchor_len: Tensor,
-                        targets: Tensor, decode_idx: Tensor | None = None) -> DecoderOutput:
+                        targets: Tensor, decode_idx: Tensor | None = None,
+                        item_sids: Tensor | None = None) -> DecoderOutput:
         """Teacher-forced pass for many prefixes of each window at once (training).
 
         ``window`` [W, S(, D)]: W windows of events, *left-aligned* (real events
@@ -535,16 +577,19 @@ class GenerativeRecommender(CodeTableModule):
         to the user token and its first ``h`` positions, which is what this
         builds as a cross-attention mask. ``decode_idx`` [M] (optional): decode only
         these examples (the decoder is most of a step's cost); the position head, when
-        the model has one, still predicts every example's next item.
-        Returns logits [M (or N), K*D, K_max] and ``position_logits`` [N, D, K_max] (or None).
+        the model has one, still predicts every example's next item. ``item_sids`` [I, D] (``item_head``
+        models): the catalog the item head scores for every example.
+        Returns logits [M (or N), K*D, K_max], ``position_logits`` [N, D, K_max] and ``item_logits`` [N, I]
+        (or None).
         """
         n, k, D = targets.shape
         if window.sids.shape[1] > self.cfg.max_history:
             raise ValueError(f"windows of {window.sids.shape[1]} events exceed max_history={self.cfg.max_history}")
         mem = self.encode(window)                                               # [W, 1+S, d]
         pos_logits = None
-        if self.pos_head is not None:   # the state of each example's last history position (index anchor_len)
-            states = mem.states[anchor_row, anchor_len.clamp(max=mem.states.shape[1] - 1)]  # [N, d]
+        # the state of each example's last history position (index anchor_len; 0 = the user token)
+        states = mem.states[anchor_row, anchor_len.clamp(max=mem.states.shape[1] - 1)]       # [N, d]
+        if self.pos_head is not None:
             pos_logits = self.position_logits(states, targets[:, 0])
         if decode_idx is not None:
             anchor_row, anchor_len, targets = anchor_row[decode_idx], anchor_len[decode_idx], targets[decode_idx]
@@ -556,7 +601,38 @@ class GenerativeRecommender(CodeTableModule):
         tokens = torch.cat([flat.new_full((n, 1), BOS), flat[:, :-1]], dim=1)   # [N, K*D]
         out = self.decode(tokens, None, cache, 0)
         out.position_logits = pos_logits
+        if item_sids is not None:
+            out.item_logits = self.item_scores(states, item_sids)
         return out
+
+    def user_states(self, memory: Memory) -> Tensor:
+        """The state of each row's last real history position (the user token for an empty history).
+        ``memory`` [B, 1+S, d] -> [B, d]."""
+        pos = torch.arange(memory.mask.shape[1], device=memory.mask.device)
+        last = (memory.mask.long() * pos).max(1).values                         # [B]
+        return memory.states[torch.arange(memory.states.shape[0], device=last.device), last]
+
+    def item_head_vectors(self, sids: Tensor) -> Tensor:
+        """The item head's item vectors: code embeddings, plus hashed prefix embeddings when
+        ``item_prefix_rows``. ``sids`` [..., D] -> [..., d]."""
+        v = self.item_vectors(sids)
+        if self.prefix_emb is None:
+            return v
+        codes = torch.minimum(sids.clamp(min=0), self.level_sizes_t - 1)
+        key = codes[..., 0]
+        for lvl, table in enumerate(self.prefix_emb, start=1):                  # key of codes[..., :lvl+1]
+            key = key * self.cfg.level_sizes[lvl] + codes[..., lvl]
+            v = v + table(torch.remainder(key * _PREFIX_HASH, table.num_embeddings))
+        return v
+
+    def item_scores(self, states: Tensor, sids: Tensor) -> Tensor:
+        """Item-head logits (``item_head`` models): ``states`` [N, d] against items' SIDs — [M, D] (one
+        catalog for every row) -> [N, M], or [N, M, D] (per-row candidates) -> [N, M]."""
+        if self.item_proj is None:
+            raise ValueError("item_scores needs a model with GeneratorConfig(item_head=True)")
+        q = self.item_proj(states)                                               # [N, d]
+        v = self.item_head_vectors(sids)                                         # [M, d] or [N, M, d]
+        return q @ v.T if v.dim() == 2 else torch.einsum("nd,nmd->nm", q, v)
 
     def position_logits(self, states: Tensor, targets: Tensor) -> Tensor:
         """Next-item code logits from encoder states (the every-position head; teacher-forced).

@@ -81,6 +81,7 @@ class WindowBatch:
     anchor_len: torch.Tensor  # [N] history length of each example inside its window
     targets: torch.Tensor     # [N, K, D]
     target_mask: torch.Tensor  # [N, K]
+    target_items: torch.Tensor | None = None  # [N, K] item indices of the session, -1 where none
 
 
 def plan_windows(ex: SessionExamples, window: int, rng: np.random.Generator | None = None
@@ -131,7 +132,7 @@ def window_batches(ex: SessionExamples, item_sids: np.ndarray, window: int, n_ti
         tmask = tgt >= 0
         sids = np.where(tmask[..., None], item_sids[np.maximum(tgt, 0)], 0)
         yield WindowBatch(hist, torch.from_numpy(local), torch.from_numpy(alen.astype(np.int64)),
-                          torch.from_numpy(sids), torch.from_numpy(tmask))
+                          torch.from_numpy(sids), torch.from_numpy(tmask), torch.from_numpy(tgt.astype(np.int64)))
 
 
 def build_sessions(events: FlatEvents, cfg: SessionConfig, engaged: np.ndarray | None = None,

@@ -64,6 +64,7 @@ class TrainConfig:
     later_item_weight: float = 0.3
     position_loss_weight: float = 1.0  # weight of the every-position head's loss (models with position_head)
     decoder_frac: float = 1.0  # share of each batch's examples the decoder trains on (the position head sees all)
+    item_loss_weight: float = 1.0  # weight of the item head's full-softmax next-item loss (models with item_head)
     patience: int = 4          # validation passes without improvement before stopping (0 = never stop)
     eval_every: int = 1        # epochs between validation passes
     val_metric: str = "ndcg10"  # "ndcg10" (beam search on validation users) or "loss"
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"budget_clock={self.budget_clock!r}: use one of {CLOCKS}")
         if not 0.0 < self.decoder_frac <= 1.0:
             raise ValueError(f"decoder_frac={self.decoder_frac} must be in (0, 1], e.g. 0.25")
+        if self.item_loss_weight < 0:
+            raise ValueError(f"item_loss_weight={self.item_loss_weight} must be >= 0 (0 = off)")
         if self.position_loss_weight < 0:
             raise ValueError(f"position_loss_weight={self.position_loss_weight} must be >= 0 (0 = off)")
         if self.patience < 0 or self.eval_every < 1 or self.max_steps < 0:
@@ -206,6 +209,14 @@ def session_ntp_loss(out, tgt: torch.Tensor, tmask: torch.Tensor, later_item_wei
     return total, token_ce.detach()
 
 
+def item_head_loss(item_logits: torch.Tensor, target_item: torch.Tensor) -> torch.Tensor:
+    """Full-softmax next-item cross-entropy of the item head (SASRec's loss, Kang & McAuley 2018, with
+    the full softmax of Klenitskiy & Vasilev 2023). ``item_logits`` [N, I]; ``target_item`` [N], -1 = none."""
+    keep = target_item >= 0
+    ce = F.cross_entropy(item_logits.float(), target_item.clamp(min=0), reduction="none")
+    return (ce * keep).sum() / keep.sum().clamp(min=1)
+
+
 def session_loss(model: GenerativeRecommender, hist, tgt: torch.Tensor, tmask: torch.Tensor,
                  later_item_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total loss, token CE, aux) of a batch of separate histories. ``tgt`` [B, K, D], ``tmask`` [B, K]."""
@@ -220,7 +231,7 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     """Validation loss (first item) and NDCG@10 / HR@10 by constrained beam search."""
     from models.decoding.constraint import SidConstraint
     from models.decoding.search import beam_topn
-    from models.evaluation.generator_ranker import build_trie
+    from models.evaluation.generator_ranker import build_trie, rerank_by_item_head
 
     was = model.training
     model.eval()
@@ -244,7 +255,10 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
         losses.append(float(ce) * len(bi))
         if cfg.val_metric == "ndcg10":
             seen = _seen_from_history(valid, bi, n_items, dev) if exclude_seen else None
-            top = beam_topn(model, hist, constraint, 10, beam_width=cfg.val_beam, seen=seen).items
+            top = beam_topn(model, hist, constraint, max(10, cfg.val_beam), beam_width=cfg.val_beam, seen=seen).items
+            if mc.item_head:            # generation proposes, the item head orders (as GeneratorRanker ranks)
+                top = rerank_by_item_head(model, hist, top, torch.from_numpy(np.asarray(item_sids)).to(dev))
+            top = top[:, :10]
             target = valid.targets[bi, 0]
             hit = (top.cpu().numpy() == target[:, None])
             r = np.where(hit.any(1), hit.argmax(1) + 1, 0)
@@ -303,6 +317,8 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
     model = model if model is not None else GenerativeRecommender(gen_cfg)
     model.to(dev).train()
     step_fn = dp.step if dp.step is not None else model.forward_anchors
+    # the item head scores the whole catalog for every example (full softmax, as SASRec trains)
+    catalog = torch.from_numpy(item_sids).to(dev) if gen_cfg.item_head and cfg.item_loss_weight else None
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -348,9 +364,11 @@ def train_generator(train: SessionExamples, valid: SessionExamples | None, item_
                     sel = torch.from_numpy(np.sort(rng.choice(n_ex, m, replace=False))).to(dev)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                     out = step_fn(wb.window.to(dev), wb.anchor_row.to(dev), wb.anchor_len.to(dev),
-                                  wb.targets.to(dev), decode_idx=sel)
+                                  wb.targets.to(dev), decode_idx=sel, item_sids=catalog)
                     loss, ce = session_ntp_loss(out, wb.targets.to(dev), wb.target_mask.to(dev), cfg.later_item_weight,
                                                 gen_cfg.moe_aux_weight, cfg.position_loss_weight, decode_idx=sel)
+                    if out.item_logits is not None:
+                        loss = loss + cfg.item_loss_weight * item_head_loss(out.item_logits, wb.target_items[:, 0].to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
