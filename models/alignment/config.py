@@ -16,8 +16,8 @@ class AlignConfig:
 
     ``user_share`` — share of the split's users sampled for candidate generation (OneRec: ~1%
     of samples reach most of the gain); ``max_users`` caps their number (0 = no cap). The defaults
-    (every user, at most 256, every pair kept; 100 steps at ``dpo_weight`` 0.25 under the NDCG guard)
-    were chosen on validation users of the ``alignment`` suite
+    (every user, at most 256, every pair kept; 100 steps at ``dpo_weight`` 0.25 with the KL anchor
+    ``ntp_kl_weight`` 1.0, under the NDCG guard) were chosen on validation users of the ``alignment`` suite
     (docs/decisions/036-alignment-settings.md, 037-alignment-ndcg-guard.md); at product scale
     ``max_users`` is what bounds a round.
     ``n_candidates`` — N sessions per user: the final beam of a constrained beam search of width N
@@ -25,6 +25,9 @@ class AlignConfig:
     ``beta`` — DPO temperature; ``dpo_weight`` — λ in L = L_NTP + λ·L_DPO.
     ``chosen_ntp_weight`` — μ of an extra μ·NLL of the chosen session per code (RPO, Pang et al. 2024: it
     anchors the chosen session's likelihood, which DPO alone lets fall); 0 = plain DPO.
+    ``ntp_kl_weight`` — κ of an extra κ·KL(parent ‖ policy) per code on the NTP batch (the parent's
+    next-code distributions on real histories, from a frozen copy): an anchor that keeps the policy
+    covering what the parent ranks well for users the pairs never saw (decision 037 §8); 0 = off.
     ``bottom_k`` — 1: rejected = the worst candidate; k > 1: a random one of the k worst (robust to false
     negatives). ``min_score_gap`` — users whose best and worst scores differ by no more skip the round.
     ``pair_keep_share`` — the share of the pairs kept, those with the largest score gap relative to the
@@ -54,6 +57,7 @@ class AlignConfig:
     beta: float = 0.1
     dpo_weight: float = 0.25
     chosen_ntp_weight: float = 0.0
+    ntp_kl_weight: float = 1.0
     lr: float = 2e-4
     steps: int = 100
     pair_batch: int = 32
@@ -107,6 +111,9 @@ class AlignConfig:
         if self.chosen_ntp_weight < 0:
             raise ValueError(f"chosen_ntp_weight={self.chosen_ntp_weight} must be >= 0 (μ of the chosen session's "
                              "NLL, e.g. 1.0; 0 = plain DPO)")
+        if self.ntp_kl_weight < 0:
+            raise ValueError(f"ntp_kl_weight={self.ntp_kl_weight} must be >= 0 (κ of KL(parent ‖ policy) on the NTP "
+                             "batch, e.g. 1.0; 0 = no anchor)")
         if self.dpo_weight < 0:
             raise ValueError(f"dpo_weight={self.dpo_weight} must be >= 0 (λ of L_NTP + λ·L_DPO)")
         if not self.lr > 0:

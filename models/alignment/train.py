@@ -4,6 +4,11 @@ With ``chosen_ntp_weight`` μ > 0 the pairs' term is λ·L_DPO + μ·NLL(chosen)
 "Iterative Reasoning Preference Optimization"): the chosen session's likelihood is held up while DPO
 widens the margin.
 
+With ``ntp_kl_weight`` κ > 0 the loss adds κ·KL(π_parent ‖ π_θ) per code on the NTP batch: a frozen copy
+of the parent (taken when training starts) reads the same teacher-forced histories, and the forward KL
+(mass-covering) penalises the policy for dropping codes the parent gives mass to on real data, which is
+what its NDCG@10 on unseen users rests on.
+
 OneRec (Deng et al. 2025) trains the next model M_{t+1}, initialised from M_t, on next-token loss over
 fresh data plus λ·DPO on the chosen / rejected sessions of sampled users, with M_t frozen as the
 reference. The reference's log-probabilities are computed once, before training (the reference never
@@ -19,6 +24,7 @@ shard of the pairs and the NTP examples.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
@@ -28,7 +34,7 @@ import torch
 
 from models.alignment.config import AlignConfig
 from models.alignment.dpo import dpo_loss, gbpo_loss
-from models.alignment.logprob import token_logprobs
+from models.alignment.logprob import token_kl, token_logprobs
 from models.generator.model import HistoryBatch
 from models.generator.sessions import SessionExamples
 from models.generator.training import session_ntp_loss
@@ -97,9 +103,12 @@ def _cat_hist(hs: list[HistoryBatch]) -> HistoryBatch:
 
 
 def align_step(model, core, opt: torch.optim.Optimizer, ntp: tuple, cfg: AlignConfig,
-               pairs: PairData | None = None, feedback: FeedbackData | None = None) -> dict[str, float]:
-    """One optimizer step of L_NTP + λ·(L_DPO or L_GBPO). ``model`` is what is called (may be DDP),
-    ``core`` the :class:`GenerativeRecommender` inside it. ``ntp`` = (hist, tgt [B, K, D], tmask [B, K])."""
+               pairs: PairData | None = None, feedback: FeedbackData | None = None,
+               ntp_ref_logits: torch.Tensor | None = None) -> dict[str, float]:
+    """One optimizer step of L_NTP + λ·(L_DPO or L_GBPO) (+ κ·KL(parent ‖ policy) on the NTP batch when
+    ``ntp_ref_logits``, the parent's teacher-forced logits [B, K*D, K_max] on it, are given). ``model`` is
+    what is called (may be DDP), ``core`` the :class:`GenerativeRecommender` inside it.
+    ``ntp`` = (hist, tgt [B, K, D], tmask [B, K])."""
     hist, tgt, tmask = ntp
     parts = [(hist, tgt, tmask)]
     if pairs is not None:
@@ -113,6 +122,12 @@ def align_step(model, core, opt: torch.optim.Optimizer, ntp: tuple, cfg: AlignCo
     ntp_out = SimpleNamespace(logits=chunks[0], aux_loss=out.aux_loss, position_logits=None)
     loss, ce = session_ntp_loss(ntp_out, tgt, tmask, cfg.later_item_weight, core.cfg.moe_aux_weight)
     m: dict[str, float] = {"ntp_loss": float(ce)}
+    if ntp_ref_logits is not None and cfg.ntp_kl_weight > 0:
+        # per code, the NTP term's scale: KL(parent || policy) = token_kl with the roles swapped
+        n_codes = (tmask.sum() * tgt.shape[-1]).clamp(min=1)
+        kl = token_kl(ntp_ref_logits, chunks[0], tmask, tgt.shape[-1]).sum() / n_codes
+        loss = loss + cfg.ntp_kl_weight * kl
+        m["ntp_kl"] = float(kl.detach())
     if pairs is not None:
         lp_c = (token_logprobs(chunks[1], all_tgt[sizes[0]:sizes[0] + sizes[1]]).sum(-1) * pairs.chosen_mask).sum(-1)
         lo = sizes[0] + sizes[1]
@@ -169,6 +184,9 @@ def train_alignment(model, core, data: AlignData, cfg: AlignConfig, *, rank: int
     ntp_idx = np.arange(rank, len(data.ntp), world_size)
     if not len(ntp_idx):
         raise ValueError("no NTP examples on this worker: give the round fresh data (SessionExamples)")
+    ref = None
+    if cfg.ntp_kl_weight > 0:                       # the parent, frozen before the first step
+        ref = copy.deepcopy(core).eval().requires_grad_(False)
     pair_idx = np.arange(rank, len(data.pairs), world_size) if data.pairs is not None else None
     fb_idx = np.arange(rank, len(data.feedback), world_size) if data.feedback is not None else None
     history = []
@@ -195,7 +213,12 @@ def train_alignment(model, core, data: AlignData, cfg: AlignConfig, *, rank: int
         if fb_idx is not None and len(fb_idx):
             fb = data.feedback.take(torch.from_numpy(draw(fb_idx, cfg.pair_batch, s_fb)))
             fb = FeedbackData(fb.hist.to(dev), *(t.to(dev) for t in (fb.sids, fb.mask, fb.advantage, fb.old_logp)))
-        m = align_step(model, core, opt, (hist.to(dev), tgt.to(dev), tmask.to(dev)), cfg, pb, fb)
+        hist, tgt, tmask = hist.to(dev), tgt.to(dev), tmask.to(dev)
+        ref_logits = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logits = ref(hist, torch.where(tmask[..., None], tgt, torch.zeros_like(tgt))).logits
+        m = align_step(model, core, opt, (hist, tgt, tmask), cfg, pb, fb, ref_logits)
         history.append(m)
         if on_step is not None:
             on_step(step, m)

@@ -84,7 +84,10 @@ class AntiValueScorer:
 def test_round_on_true_value_raises_margin_keeps_validity_and_publishes(base, registry):
     world, data, _ = base
     truth = WorldValueScorer(world, data.split.item_ids, draws=64)
-    rep = run_round(ROUND, registry, RoundData(data.split), truth, parent="base", version="a1", true_scorer=truth,
+    # DPO's own pull on the margin: without the KL anchor, which holds the policy near the parent on purpose
+    # (its test: tests/models/alignment/test_train.py)
+    cfg = AlignConfig(**{**ROUND.to_dict(), "ntp_kl_weight": 0.0})
+    rep = run_round(cfg, registry, RoundData(data.split), truth, parent="base", version="a1", true_scorer=truth,
                     say=lambda _: None)
     assert rep.published and not rep.refused and not rep.reward_hacking
     assert rep.n_pairs > 10

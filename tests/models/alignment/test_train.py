@@ -72,6 +72,42 @@ def test_chosen_ntp_term_holds_the_chosen_likelihood_up():
     assert ends[2.0] > ends[0.0] + 0.1
 
 
+def _kl_to_parent(model, parent, data) -> float:
+    """Mean KL(parent ‖ model) per code over every NTP example (the anchor's measure, computed directly)."""
+    hist, tgt, tmask = data.ntp.batch(np.arange(len(data.ntp)), data.item_sids, 10, 16)
+    t = torch.where(tmask[..., None], tgt, torch.zeros_like(tgt))
+    with torch.no_grad():
+        lq, lp = (torch.log_softmax(m(hist, t).logits.float(), -1).clamp(min=-1e4) for m in (parent, model))
+    kl = (lq.exp() * (lq - lp)).sum(-1)                                     # [B, K*D]
+    w = tmask.float().repeat_interleave(tgt.shape[-1], 1)
+    return float((kl * w).sum() / w.sum())
+
+
+def test_ntp_kl_anchor_is_zero_at_the_start_and_keeps_the_policy_near_the_parent():
+    """κ > 0: the step reports the KL to the frozen parent (0 before the first update), and after the same
+    steps of strong DPO the policy's next-code distributions on the NTP data are closer to the parent's
+    than without the anchor; κ = 0 reports none."""
+    import copy
+
+    cfg = dict(steps=25, pair_batch=6, ntp_batch=16, beta=0.5, lr=3e-3, dpo_weight=2.0)
+    kls = {}
+    for kappa in (0.0, 5.0):
+        model, data = _setup()
+        parent = copy.deepcopy(model)
+        hist = train_alignment(model, model, data, AlignConfig(**cfg, ntp_kl_weight=kappa))
+        assert ("ntp_kl" in hist[0]) == (kappa > 0)
+        if kappa:
+            assert hist[0]["ntp_kl"] == pytest.approx(0.0, abs=1e-6)
+            assert hist[-1]["ntp_kl"] > 0
+        kls[kappa] = _kl_to_parent(model, parent, data)
+    assert kls[5.0] < 0.7 * kls[0.0]
+
+
+def test_ntp_kl_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="ntp_kl_weight"):
+        AlignConfig(ntp_kl_weight=-0.1)
+
+
 def test_feedback_step_and_sharding():
     model, data = _setup()
     p = data.pairs
