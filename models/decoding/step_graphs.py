@@ -42,8 +42,12 @@ class GraphedSteps:
     """The model with ``decode`` and ``decode_tree`` compiled (see the module docstring).
 
     Invariant: every attribute but the two forwards is the wrapped model's, so a search cannot tell the
-    difference except in speed; parameters are read at call time (an in-place weight update is seen).
+    difference except in speed; parameters are read at call time (an in-place weight update is seen). It
+    holds the model weakly (the compiled functions are the class's, called with the model), so a cached
+    wrapper never keeps a dropped model alive.
     """
+
+    _OWN = frozenset({"_model", "_decode", "_decode_tree", "step_graphs"})
 
     def __init__(self, model: torch.nn.Module, mode: str) -> None:
         if mode not in STEP_GRAPHS[1:]:
@@ -56,17 +60,31 @@ class GraphedSteps:
         dyn.recompile_limit = max(dyn.recompile_limit, _RECOMPILE_LIMIT)
         dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * _RECOMPILE_LIMIT)
         opts = {"dynamic": True, "mode": "reduce-overhead" if mode == "cuda_graphs" else "default"}
-        self._model, self.step_graphs = model, mode
-        self.decode = torch.compile(model.decode, **opts)
-        self.decode_tree = torch.compile(model.decode_tree, **opts)
+        self._model, self.step_graphs = weakref.ref(model), mode
+        self._decode = torch.compile(type(model).decode, **opts)
+        self._decode_tree = torch.compile(type(model).decode_tree, **opts)
+
+    def _live(self) -> torch.nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of these step graphs was garbage-collected; call graphed() again")
+        return model
+
+    def decode(self, *args, **kwargs):
+        return self._decode(self._live(), *args, **kwargs)
+
+    def decode_tree(self, *args, **kwargs):
+        return self._decode_tree(self._live(), *args, **kwargs)
 
     def __getattr__(self, name: str):
-        return getattr(self._model, name)
+        if name in GraphedSteps._OWN:   # not set yet (during __init__): never look it up on the model
+            raise AttributeError(name)
+        return getattr(self._live(), name)
 
 
 def graphed(model: torch.nn.Module, mode: str):
-    """``model`` itself for ``"eager"``; else its :class:`GraphedSteps`, made once per model and mode
-    (compiled graphs live as long as the model does)."""
+    """``model`` itself for ``"eager"``; else its :class:`GraphedSteps`, made once per model and mode (the
+    cache entry goes when the model does)."""
     if mode == "eager":
         return model
     if isinstance(model, GraphedSteps):

@@ -55,6 +55,20 @@ def test_graphs_are_made_once_per_model_and_reused():
                                             DecodeSettings("beam", beam_width=3, session_len=4), seen=w.seen).sids)
 
 
+def test_a_cached_wrapper_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    w = random_world(4, b=1)
+    g = graphed(w.model, "compile")
+    ref = weakref.ref(w.model)
+    del w
+    gc.collect()
+    assert ref() is None                                  # the weak-keyed cache and the wrapper let it go
+    with pytest.raises(RuntimeError, match="garbage-collected"):
+        g.decode(None, None)
+
+
 def test_bad_switch_values_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="eager, compile, cuda_graphs"):
         DecodeSettings(step_graphs="on")

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.decoding.constraint import SidConstraint
+from models.decoding.search import beam_topn
 from models.evaluation.generator_ranker import GeneratorRanker, rerank_by_item_head
+from models.evaluation.ranker import as_histories, seen_mask
 from models.generator.checkpoint import GeneratorBundle, decode, encode
 from models.generator.features import history_batch
 from models.generator.model import GeneratorConfig, GenerativeRecommender, HistoryBatch
@@ -76,10 +79,6 @@ def test_ranker_orders_the_beams_candidates_by_the_item_head():
     ranker = GeneratorRanker(m, SIDS, beam_width=12)
     got = ranker.rank(hists, 5)
     hb = history_batch(hists, SIDS, m.cfg.max_history, m.cfg.n_time_buckets)
-    from models.decoding.constraint import SidConstraint
-    from models.decoding.search import beam_topn
-    from models.evaluation.ranker import as_histories, seen_mask
-
     cand = beam_topn(m, hb, SidConstraint.of(ranker.trie), 12, beam_width=12,
                      seen=seen_mask(as_histories(hists), N_ITEMS, torch.device("cpu"))).items
     with torch.no_grad():
