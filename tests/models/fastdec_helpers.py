@@ -173,3 +173,11 @@ def bigram_world(seed: int, level_sizes=(3, 3, 2), n_items: int = 14, b: int = 3
     sids, items = catalog(rng, level_sizes, n_items)
     memory = Memory(torch.zeros(b, 1, 1, dtype=torch.float64), torch.ones(b, 1, dtype=torch.bool))
     return _finish(model, level_sizes, sids, items, memory, None, b, rng, n_seen), heads
+
+
+def random_history(level_sizes, b: int, s: int, seed: int = 0) -> HistoryBatch:
+    """``b`` full histories of ``s`` events with random codes, event types and time buckets (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    sids = torch.stack([torch.randint(0, k, (b, s), generator=g) for k in level_sizes], -1)
+    return HistoryBatch(sids, torch.randint(1, 12, (b, s), generator=g), torch.randint(1, 16, (b, s), generator=g),
+                        torch.ones(b, s, dtype=torch.bool))

@@ -11,6 +11,7 @@ import torch
 from models.generator.checkpoint import GeneratorBundle, decode, encode
 from models.generator.hstu import HSTULayer, RAB_TIME_BUCKETS, relative_buckets
 from models.generator.model import GenerativeRecommender, GeneratorConfig, HistoryBatch
+from fastdec_helpers import random_history
 
 torch.set_num_threads(1)
 
@@ -25,10 +26,7 @@ def _cfg(**kw) -> GeneratorConfig:
 
 
 def _hist(b: int, s: int, seed: int = 0) -> HistoryBatch:
-    g = torch.Generator().manual_seed(seed)
-    sids = torch.stack([torch.randint(0, k, (b, s), generator=g) for k in LEVELS], -1)
-    return HistoryBatch(sids, torch.randint(1, 12, (b, s), generator=g), torch.randint(1, 16, (b, s), generator=g),
-                        torch.ones(b, s, dtype=torch.bool))
+    return random_history(LEVELS, b, s, seed)
 
 
 def _model(**kw) -> GenerativeRecommender:

@@ -7,6 +7,7 @@ import torch
 
 from models.generator.model import GenerativeRecommender, GeneratorConfig, HistoryBatch
 from models.generator.kv_cache import KVCache
+from fastdec_helpers import random_history
 
 torch.set_num_threads(1)  # 2 shared cores: one thread each is much faster than oversubscription
 
@@ -21,10 +22,7 @@ def _cfg(**kw) -> GeneratorConfig:
 
 
 def _hist(b: int, s: int, seed: int = 0) -> HistoryBatch:
-    g = torch.Generator().manual_seed(seed)
-    sids = torch.stack([torch.randint(0, k, (b, s), generator=g) for k in LEVELS], -1)
-    return HistoryBatch(sids, torch.randint(1, 12, (b, s), generator=g), torch.randint(1, 16, (b, s), generator=g),
-                        torch.ones(b, s, dtype=torch.bool))
+    return random_history(LEVELS, b, s, seed)
 
 
 def _targets(b: int, k: int, seed: int = 1) -> torch.Tensor:
