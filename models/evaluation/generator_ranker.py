@@ -15,7 +15,7 @@ import torch
 
 from models.decoding.constraint import SidConstraint
 from models.decoding.search import beam_topn
-from models.generator.model import GenerativeRecommender
+from models.generator.model import GenerativeRecommender, Memory
 from models.generator.features import history_batch
 from models.evaluation.ranker import Histories, as_histories, seen_mask
 
@@ -32,12 +32,13 @@ def build_trie(item_sids: np.ndarray, level_sizes: tuple[int, ...], live: np.nda
 
 
 @torch.no_grad()
-def rerank_by_item_head(model: GenerativeRecommender, hist, items: torch.Tensor, item_sids: torch.Tensor
+def rerank_by_item_head(model: GenerativeRecommender, memory: Memory, items: torch.Tensor, item_sids: torch.Tensor
                         ) -> torch.Tensor:
     """Each row's candidates ``items`` [B, n] (-1 = none, kept last) ordered by the model's item head
     (``GeneratorConfig.item_head``; LIGER, Yang et al. 2024: generation proposes, the dense head orders).
-    ``hist`` the rows' :class:`HistoryBatch`; ``item_sids`` [n_items, D] on the model's device. -> [B, n]."""
-    states = model.user_states(model.encode(hist))                              # [B, d]
+    ``memory`` the rows' encoded histories (the beam's own); ``item_sids`` [n_items, D] on the model's device.
+    -> [B, n]."""
+    states = model.user_states(memory)                                          # [B, d]
     scores = model.item_scores(states, item_sids[items.clamp(min=0)])            # [B, n]
     order = scores.masked_fill(items < 0, float("-inf")).argsort(dim=1, descending=True, stable=True)
     return items.gather(1, order)
@@ -84,9 +85,10 @@ class GeneratorRanker:
             hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
                                types=h.types, ts=h.ts).to(dev)
             seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
-            items = beam_topn(self.model, hb, constraint, width if head else n, beam_width=width, seen=seen).items
+            memory = self.model.encode(hb)          # once: the beam and the head read the same states
+            items = beam_topn(self.model, memory, constraint, width if head else n, beam_width=width, seen=seen).items
             if head:
-                items = rerank_by_item_head(self.model, hb, items, sids)[:, :n]
+                items = rerank_by_item_head(self.model, memory, items, sids)[:, :n]
             out.append(items.cpu())
         if not out:
             return torch.zeros((0, n), dtype=torch.long)

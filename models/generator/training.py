@@ -246,6 +246,7 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     n_items = len(item_sids)
     trie = trie if trie is not None else build_trie(item_sids, mc.level_sizes)
     constraint = SidConstraint.of(trie, dev)
+    catalog = torch.from_numpy(np.asarray(item_sids)).to(dev) if mc.item_head else None   # the head's candidates' SIDs
     losses, ranks = [], []
     for s in range(0, len(idx), cfg.batch_size):
         bi = idx[s:s + cfg.batch_size]
@@ -255,9 +256,10 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
         losses.append(float(ce) * len(bi))
         if cfg.val_metric == "ndcg10":
             seen = _seen_from_history(valid, bi, n_items, dev) if exclude_seen else None
-            top = beam_topn(model, hist, constraint, max(10, cfg.val_beam), beam_width=cfg.val_beam, seen=seen).items
-            if mc.item_head:            # generation proposes, the item head orders (as GeneratorRanker ranks)
-                top = rerank_by_item_head(model, hist, top, torch.from_numpy(np.asarray(item_sids)).to(dev))
+            memory = model.encode(hist)
+            top = beam_topn(model, memory, constraint, max(10, cfg.val_beam), beam_width=cfg.val_beam, seen=seen).items
+            if catalog is not None:     # generation proposes, the item head orders (as GeneratorRanker ranks)
+                top = rerank_by_item_head(model, memory, top, catalog)
             top = top[:, :10]
             target = valid.targets[bi, 0]
             hit = (top.cpu().numpy() == target[:, None])

@@ -90,7 +90,7 @@ def test_ranker_orders_the_beams_candidates_by_the_item_head():
         assert not set(want) & set(hists[r])
     items = torch.tensor([[3, -1, 5]])
     hb1 = history_batch(hists[:1], SIDS, m.cfg.max_history, m.cfg.n_time_buckets)
-    out = rerank_by_item_head(m, hb1, items, torch.from_numpy(SIDS))
+    out = rerank_by_item_head(m, m.encode(hb1), items, torch.from_numpy(SIDS))
     assert out[0, -1] == -1                                                   # padding stays last
     back = decode(*encode(GeneratorBundle(m))).model                            # safetensors + JSON round trip
     assert back.cfg.item_head and torch.equal(GeneratorRanker(back.eval(), SIDS, beam_width=12).rank(hists, 5), got)
