@@ -20,8 +20,8 @@ Shapes: the cache grows by one position per step and a search changes its row co
 Dynamo still specialises sizes 0 and 1 and the request/beam grouping, which gives one graph per
 (rows = 1 / > 1, cache length 0 / 1 / longer, group) combination — about a dozen per model, all made by
 the first few requests; the recompile limit is raised so that they fit (a search hitting the default
-limit of 8 would fall back to eager and be slower than no compile at all). Compilation costs seconds to
-tens of seconds per graph on CPU, once per process: worth it for a server, not for a short job
+limit of 8 would fall back to eager and be slower than no compile at all). Compilation is paid once per
+process, on the first requests of each shape: worth it for a server, not for a short job
 (docs/decisions/040-step-graphs.md has the figures).
 """
 
