@@ -103,10 +103,10 @@ SUITE = "alignment"
 #: ranks (0 = every one). TINY's guard bound is loose: a tiny world's few held-out users make NDCG noise.
 #: ``world_users`` (absent = the world config's own) overrides the world's number of users: FULL's world is
 #: larger than the default one so each test and validation estimate covers more users (served scales with it).
-FULL = dict(world="default", world_users=6000, budget_cpu_s=45.0, epochs=40, served=12000, rm_epochs=8, answers=6,
+FULL = dict(world="default", world_users=6000, budget_cpu_s=45.0, epochs=40, served=12000, rm_epochs=8, answers=16,
             shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=200, eval_beam_offline=50,
             serve_group=4,
-            grid=[{}, {"dpo_weight": 0.5}, {"guard_max_drop": 0.0}, {"ntp_kl_weight": 0.0}])
+            grid=[{}, {"dpo_weight": 0.5}, {"ntp_kl_weight": 0.0}])
 QUICK = dict(world="small", budget_cpu_s=30.0, epochs=40, served=2500, rm_epochs=8, answers=4,
              shares=(0.5, 0.2, 0.3), gate_users=0, canary_users=100, eval_beam_offline=50,
              serve_group=4)
@@ -172,7 +172,7 @@ def train_base(size: dict, seed: int, say=_say) -> Base:
     s2w = np.array([world.item_index(str(i)) for i in data.split.item_ids], dtype=np.int64)
     sids = world_sids[s2w]
     out = tempfile.mkdtemp(prefix="bench-align-gen-")
-    cfg = TrainJobConfig(data="synthetic", out=os.path.join(out, "gen.pt"), generator=dict(GENERATOR),
+    cfg = TrainJobConfig(data="synthetic", out=os.path.join(out, "gen.safetensors"), generator=dict(GENERATOR),
                          train=TrainConfig(epochs=size["epochs"], batch_size=128, lr=3e-3, patience=0,
                                            eval_every=1000, val_max_users=0, progress=False,
                                            max_seconds=size["budget_cpu_s"], budget_clock="cpu", seed=seed),
@@ -778,17 +778,21 @@ def validate_settings(base: Base, reg, data, scorer, truth, valid_users: np.ndar
 #: :func:`pick`'s NDCG@10 floor on the validation side: half the gate's 2% bound, the other half a margin for
 #: the gap between validation and test users (decision 037 §8).
 PICK_MIN_NDCG_RATIO = 0.99
+#: :func:`pick`'s significance bar: the closed-loop gain on the validation users (paired t-test over users).
+PICK_MAX_P = 0.05
 
 
 def pick(rows: list[dict]) -> dict | None:
     """The rule: among settings that published, kept NDCG@10 within 1% of the base (ratio >=
     :data:`PICK_MIN_NDCG_RATIO`) on the validation users and the round's guard users together
     (``ndcg_ratio_pooled``: one 270-user check alone spans about ±13%, decision 037; the validation users alone
-    when a row has no pooled figure) and raised the closed-loop reward, the one with the largest
-    expected-value gain; None when no setting meets it (the round then runs on the defaults)."""
+    when a row has no pooled figure) and raised the closed-loop reward significantly (paired p <
+    :data:`PICK_MAX_P` on the validation users: a gain the validation users cannot tell from noise is not one
+    to carry to the test users), the one with the largest expected-value gain; None when no setting meets it
+    (the round then runs on the defaults)."""
     ok = [r for r in rows if r.get("published")
           and r.get("ndcg_ratio_pooled", r.get("ndcg_ratio", 0.0)) >= PICK_MIN_NDCG_RATIO
-          and r.get("gain", 0.0) > 0 and r.get("value_gain", 0.0) > 0]
+          and r.get("gain", 0.0) > 0 and r.get("p", 1.0) < PICK_MAX_P and r.get("value_gain", 0.0) > 0]
     return dict(max(ok, key=lambda r: r["value_gain"])["setting"]) if ok else None
 
 
@@ -808,7 +812,7 @@ def settings_table(rows: list[dict], chosen: dict | None, n_valid: int) -> str:
     verdict = "" if chosen is not None else "\n\nNo setting met the rule: the reported round ran on the defaults."
     return (f"**Settings tried on the {n_valid} validation users** (not the test users; one in-process round each "
             f"from the same base and reward model; rule: NDCG ratio >= {PICK_MIN_NDCG_RATIO} on these and the round's guard users "
-            "together, positive gains, largest expected-value gain)\n\n" + "\n".join(out) + verdict)
+            f"together, positive gains, closed-loop p < {PICK_MAX_P}, largest expected-value gain)\n\n" + "\n".join(out) + verdict)
 
 
 def tune(size: dict, grid: list[dict], seed: int = SEED, say=_say, rm_grid: list[dict] | None = None) -> list[dict]:

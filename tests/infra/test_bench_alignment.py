@@ -81,3 +81,18 @@ def test_ndcg_ratio_interval_covers_the_ratio_and_narrows_with_users(suite):
     lo2, hi2 = suite.ratio_ci(*draw(4000))
     assert hi2 - lo2 < (hi - lo) / 2                       # ~sqrt(10) narrower with 10x the users
     assert all(math.isnan(x) for x in suite.ratio_ci(np.zeros(2), np.zeros(2)))
+
+
+def test_pick_takes_the_largest_value_gain_among_rows_that_keep_ndcg_and_gain_significantly(suite):
+    row = lambda setting, **kw: {"setting": setting, "published": True, "gain": 0.1, "p": 0.01,  # noqa: E731
+                                 "value_gain": 0.1, "ndcg_ratio": 1.0, "ndcg_ratio_pooled": 1.0, **kw}
+    rows = [row({}, value_gain=0.05),
+            row({"dpo_weight": 0.5}, value_gain=0.3, ndcg_ratio_pooled=0.98),      # costs NDCG
+            row({"ntp_kl_weight": 0.0}, value_gain=0.2, p=0.2),                    # gain not significant
+            row({"beta": 0.2}, value_gain=0.4, published=False),                   # refused by its round
+            row({"lr": 1e-3}, value_gain=0.1)]
+    assert suite.pick(rows) == {"lr": 1e-3}
+    assert suite.pick(rows[:4]) == {}
+    assert suite.pick([row({}, p=0.06)]) is None                                    # none: the round runs on defaults
+    assert suite.pick([row({}, gain=-0.01)]) is None
+    assert suite.pick([{k: v for k, v in row({"x": 1}).items() if k != "ndcg_ratio_pooled"}]) == {"x": 1}
