@@ -231,7 +231,7 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     """Validation loss (first item) and NDCG@10 / HR@10 by constrained beam search."""
     from models.decoding.constraint import SidConstraint
     from models.decoding.search import beam_topn
-    from models.evaluation.generator_ranker import build_trie, rerank_by_item_head
+    from models.evaluation.generator_ranker import build_trie, union_by_item_head
 
     was = model.training
     model.eval()
@@ -247,6 +247,8 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     trie = trie if trie is not None else build_trie(item_sids, mc.level_sizes)
     constraint = SidConstraint.of(trie, dev)
     catalog = torch.from_numpy(np.asarray(item_sids)).to(dev) if mc.item_head else None   # the head's candidates' SIDs
+    live = torch.zeros(n_items, dtype=torch.bool, device=dev)
+    live[torch.from_numpy(trie.items()).to(dev)] = True
     losses, ranks = [], []
     for s in range(0, len(idx), cfg.batch_size):
         bi = idx[s:s + cfg.batch_size]
@@ -258,8 +260,9 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
             seen = _seen_from_history(valid, bi, n_items, dev) if exclude_seen else None
             memory = model.encode(hist)
             top = beam_topn(model, memory, constraint, max(10, cfg.val_beam), beam_width=cfg.val_beam, seen=seen).items
-            if catalog is not None:     # generation proposes, the item head orders (as GeneratorRanker ranks)
-                top = rerank_by_item_head(model, memory, top, catalog)
+            if catalog is not None:     # generation and the item head propose, the head orders (as GeneratorRanker)
+                allowed = live[None].expand(len(bi), -1) if seen is None else live[None] & ~seen
+                top = union_by_item_head(model, memory, top, catalog, allowed, 10)
             top = top[:, :10]
             target = valid.targets[bi, 0]
             hit = (top.cpu().numpy() == target[:, None])

@@ -1,4 +1,5 @@
-"""The item head (LIGER-style): every encoder position scores catalog items; ranking orders the beam by it."""
+"""The item head (LIGER-style): every encoder position scores catalog items; ranking orders the catalog by it,
+the beam's candidates lifted (union), or the beam's candidates alone (rerank)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from models.decoding.constraint import SidConstraint
 from models.decoding.search import beam_topn
-from models.evaluation.generator_ranker import GeneratorRanker, rerank_by_item_head
+from models.evaluation.generator_ranker import GeneratorRanker, build_trie, rerank_by_item_head
 from models.evaluation.ranker import as_histories, seen_mask
 from models.generator.checkpoint import GeneratorBundle, decode, encode
 from models.generator.features import history_batch
@@ -76,7 +77,7 @@ def test_training_learns_the_item_head():
 def test_ranker_orders_the_beams_candidates_by_the_item_head():
     m = _model(3)
     hists = [[1, 2, 3], [7], [10, 11, 12, 13]]
-    ranker = GeneratorRanker(m, SIDS, beam_width=12)
+    ranker = GeneratorRanker(m, SIDS, beam_width=12, beam_bonus=None)
     got = ranker.rank(hists, 5)
     hb = history_batch(hists, SIDS, m.cfg.max_history, m.cfg.n_time_buckets)
     cand = beam_topn(m, hb, SidConstraint.of(ranker.trie), 12, beam_width=12,
@@ -93,7 +94,39 @@ def test_ranker_orders_the_beams_candidates_by_the_item_head():
     out = rerank_by_item_head(m, m.encode(hb1), items, torch.from_numpy(SIDS))
     assert out[0, -1] == -1                                                   # padding stays last
     back = decode(*encode(GeneratorBundle(m))).model                            # safetensors + JSON round trip
-    assert back.cfg.item_head and torch.equal(GeneratorRanker(back.eval(), SIDS, beam_width=12).rank(hists, 5), got)
+    assert back.cfg.item_head and torch.equal(GeneratorRanker(back.eval(), SIDS, beam_width=12, beam_bonus=None)
+                                              .rank(hists, 5), got)
+
+
+@pytest.mark.parametrize("bonus", [0.0, 0.5, 100.0])
+def test_union_ranking_is_the_head_over_the_live_unseen_catalog_with_the_beams_items_lifted(bonus):
+    """Against a per-item loop: score = log-softmax of the head over live unseen items + bonus for the beam's
+    items. Bonus 0 is the head alone; a bonus larger than any log-prob gap puts the beam's items first in the
+    head's order (the rerank ranking, then the rest of the catalog)."""
+    m = _model(4)
+    hists = [[1, 2, 3], [7], [10, 11, 12, 13], []]
+    dead = [6, 15]                                                             # retired: not in the trie
+    live = np.setdiff1d(np.arange(N_ITEMS), dead)
+    trie = build_trie(SIDS, SIZES, live=np.isin(np.arange(N_ITEMS), live))
+    got = GeneratorRanker(m, SIDS, beam_width=6, trie=trie, beam_bonus=bonus).rank(hists, 10)     # [4, 10]
+    hb = history_batch(hists, SIDS, m.cfg.max_history, m.cfg.n_time_buckets)
+    seen = seen_mask(as_histories(hists), N_ITEMS, torch.device("cpu"))
+    cand = beam_topn(m, hb, SidConstraint.of(trie), 10, beam_width=10, seen=seen).items
+    with torch.no_grad():
+        logits = m.item_scores(m.user_states(m.encode(hb)), torch.from_numpy(SIDS))   # [4, I]
+    for r, h in enumerate(hists):
+        ok = [i for i in live.tolist() if i not in h]
+        z = torch.logsumexp(logits[r, ok], 0)
+        beam = {int(x) for x in cand[r] if x >= 0}
+        score = {i: float(logits[r, i] - z) + (bonus if i in beam else 0.0) for i in ok}
+        want = sorted(ok, key=lambda i: -score[i])[:10]
+        assert got[r].tolist() == want
+        assert not set(want) & (set(h) | set(dead))
+        if bonus == 100.0:
+            head_order = sorted(beam, key=lambda i: -float(logits[r, i]))
+            assert want[:len(beam)] == head_order
+    few = GeneratorRanker(m, SIDS, beam_width=6, beam_bonus=bonus).rank([list(range(N_ITEMS - 3))], 5)
+    assert sorted(few[0, :3].tolist()) == [17, 18, 19] and few[0, 3:].tolist() == [-1, -1]     # -1 past the catalog
 
 
 def test_prefix_embeddings_tell_items_with_shared_codes_apart():
