@@ -40,7 +40,7 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:       # run as a sc
 from actors.eval_job import GENERATOR_DEFAULTS, SASREC_DEFAULTS, TRAIN_DEFAULTS, EvalConfig  # noqa: E402
 
 SUITE = "quality"
-DATASETS = ("ml100k", "synthetic")
+DATASETS = ("ml100k", "toys", "synthetic")
 
 #: Synthetic world used by the suite (a mid-sized world: ~1.5k users, ~2k items).
 SYNTHETIC = dict(n_users=1500, n_items=2000, n_topics=16, seed=7)
