@@ -247,8 +247,9 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     trie = trie if trie is not None else build_trie(item_sids, mc.level_sizes)
     constraint = SidConstraint.of(trie, dev)
     catalog = torch.from_numpy(np.asarray(item_sids)).to(dev) if mc.item_head else None   # the head's candidates' SIDs
-    live = torch.zeros(n_items, dtype=torch.bool, device=dev)
-    live[torch.from_numpy(trie.items()).to(dev)] = True
+    if catalog is not None:     # the head ranks live items only, as the trie's beam does
+        live = torch.zeros(n_items, dtype=torch.bool, device=dev)
+        live[torch.from_numpy(trie.items()).to(dev)] = True
     losses, ranks = [], []
     for s in range(0, len(idx), cfg.batch_size):
         bi = idx[s:s + cfg.batch_size]
