@@ -52,8 +52,8 @@ seed, in one process:
    ``ndcg10_aligned_feedback_over_base``; in process, the same arithmetic as one Ray Train worker).
    A size's ``grid`` (overrides of the defaults) is first tried on the validation users and the winner
    by :func:`pick` runs the reported round (``chosen_on_validation``); FULL re-checks the defaults against
-   ``dpo_weight`` 0.5, a guard that allows no NDCG drop (``guard_max_drop`` 0) and the round without the KL
-   anchor (``ntp_kl_weight`` 0) on the validation users, QUICK uses ``[{}]`` (the search is docs/decisions/036-alignment-settings.md and 037-alignment-ndcg-guard.md).
+   ``dpo_weight`` 0.5 and the round without the KL anchor (``ntp_kl_weight`` 0) on the validation users,
+   QUICK uses ``[{}]`` (the search is docs/decisions/036-alignment-settings.md and 037-alignment-ndcg-guard.md).
 4. **closed loop on the test users** — base, aligned, popularity and oracle sessions of the same length,
    for the same users at the same time (the end of the log), each answered ``answers`` times by the
    world under the same request ids for every policy (common random numbers,
