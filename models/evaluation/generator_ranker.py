@@ -52,14 +52,16 @@ BEAM_BONUS = 0.5
 
 @torch.no_grad()
 def union_by_item_head(model: GenerativeRecommender, memory: Memory, proposed: torch.Tensor, item_sids: torch.Tensor,
-                       allowed: torch.Tensor, n: int, beam_bonus: float = BEAM_BONUS) -> torch.Tensor:
+                       live: torch.Tensor, seen: torch.Tensor | None, n: int, beam_bonus: float = BEAM_BONUS
+                       ) -> torch.Tensor:
     """The top ``n`` of the whole catalog by the item head, the beam's proposals lifted by ``beam_bonus``.
 
     LIGER's union (Yang et al. 2024): dense retrieval and generation each propose items and one score orders
-    them. Score = the head's log-softmax over the ``allowed`` items + ``beam_bonus`` for each item of
-    ``proposed``. ``proposed`` [B, W] item indices (-1 = none); ``item_sids`` [n_items, D] on the model's
-    device; ``allowed`` [B, n_items] bool (live and unseen: nothing else is ever returned). -> [B, n], -1
-    where fewer than ``n`` items are allowed."""
+    them. Score = the head's log-softmax over the allowed items (``live`` [n_items] and not ``seen``
+    [B, n_items]: nothing else is ever returned) + ``beam_bonus`` for each item of ``proposed``.
+    ``proposed`` [B, W] item indices (-1 = none); ``item_sids`` [n_items, D] on the model's device.
+    -> [B, n], -1 where fewer than ``n`` items are allowed."""
+    allowed = live[None].expand(len(proposed), -1) if seen is None else live[None] & ~seen      # [B, I]
     logits = model.item_scores(model.user_states(memory), item_sids)                   # [B, I]
     logp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)
     lift = torch.where(proposed >= 0, beam_bonus, 0.0)                                  # [B, W]
@@ -69,6 +71,30 @@ def union_by_item_head(model: GenerativeRecommender, memory: Memory, proposed: t
     if items.shape[1] < n:
         items = torch.cat([items, items.new_full((items.shape[0], n - items.shape[1]), -1)], 1)
     return items
+
+
+def live_mask(trie, n_items: int, device) -> torch.Tensor:
+    """[n_items] bool: the items in ``trie`` (the live catalog the beam decodes into)."""
+    live = torch.zeros(n_items, dtype=torch.bool, device=device)
+    live[torch.from_numpy(trie.items()).to(device)] = True
+    return live
+
+
+@torch.no_grad()
+def rank_encoded(model: GenerativeRecommender, memory: Memory, constraint: SidConstraint, n: int, width: int,
+                 seen: torch.Tensor | None = None, item_sids: torch.Tensor | None = None,
+                 live: torch.Tensor | None = None, beam_bonus: float | None = BEAM_BONUS) -> torch.Tensor:
+    """The top ``n`` items of each encoded history (``memory``): the constrained beam of width
+    ``max(n, width)``; with ``item_sids`` [n_items, D] (item-head models) the head ranks — the union with
+    the beam's candidates (:func:`union_by_item_head`, needs ``live``), or with ``beam_bonus=None`` the
+    beam's candidates alone (:func:`rerank_by_item_head`). ``seen`` [B, n_items] is never returned. -> [B, n]."""
+    w = max(n, width)
+    items = beam_topn(model, memory, constraint, n if item_sids is None else w, beam_width=w, seen=seen).items
+    if item_sids is None:
+        return items
+    if beam_bonus is None:
+        return rerank_by_item_head(model, memory, items, item_sids)[:, :n]
+    return union_by_item_head(model, memory, items, item_sids, live, seen, n, beam_bonus)
 
 
 class GeneratorRanker:
@@ -110,27 +136,16 @@ class GeneratorRanker:
         out = []
         dev = self.device
         constraint = SidConstraint.of(self.trie, dev)
-        head = cfg.item_head
-        sids = torch.from_numpy(self.item_sids).to(dev) if head else None
-        width = max(n, self.beam_width)
-        union = head and self.beam_bonus is not None
-        if union:
-            live = torch.zeros(self.n_items, dtype=torch.bool, device=dev)
-            live[torch.from_numpy(self.trie.items()).to(dev)] = True
+        sids = torch.from_numpy(self.item_sids).to(dev) if cfg.item_head else None
+        live = live_mask(self.trie, self.n_items, dev) if cfg.item_head and self.beam_bonus is not None else None
         for s in range(0, len(histories), self.batch_size):
             h = histories.subset(slice(s, s + self.batch_size))
             hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
                                types=h.types, ts=h.ts).to(dev)
             seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
             memory = self.model.encode(hb)          # once: the beam and the head read the same states
-            items = beam_topn(self.model, memory, constraint, width if head else n, beam_width=width, seen=seen).items
-            if union:
-                allowed = live[None] if seen is None else live[None] & ~seen
-                items = union_by_item_head(self.model, memory, items, sids, allowed.expand(len(items), -1), n,
-                                           self.beam_bonus)
-            elif head:
-                items = rerank_by_item_head(self.model, memory, items, sids)[:, :n]
-            out.append(items.cpu())
+            out.append(rank_encoded(self.model, memory, constraint, n, self.beam_width, seen, sids, live,
+                                    self.beam_bonus).cpu())
         if not out:
             return torch.zeros((0, n), dtype=torch.long)
         return torch.cat(out, 0)

@@ -76,8 +76,9 @@ class GeneratorConfig(SidShape):
     attention with a relative position / time bias, Zhai et al. 2024; :mod:`models.generator.hstu`).
     ``item_head`` — an item-level head on every encoder position (LIGER, Yang et al. 2024): the state
     scores catalog items by their SID vectors (:meth:`GenerativeRecommender.item_vectors`, tied with the
-    encoder's input), trained with a full-softmax next-item loss as SASRec is; ranking orders the beam's
-    candidates by it (:meth:`GenerativeRecommender.item_scores`). Generation itself is unchanged.
+    encoder's input), trained with a full-softmax next-item loss as SASRec is; ranking scores the catalog
+    by it, the beam's candidates lifted (:meth:`GenerativeRecommender.item_scores`,
+    :func:`models.evaluation.generator_ranker.union_by_item_head`). Generation itself is unchanged.
     ``item_prefix_rows`` — with the item head, each SID prefix longer than one code also gets its own
     embedding, hashed into a table of this many rows per level (prefix n-grams, Singh et al. 2024, "Better
     Generalization with Semantic IDs"): deep prefixes become nearly item-specific while new items still get

@@ -230,8 +230,7 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
              trie=None, exclude_seen: bool = True) -> dict[str, float]:
     """Validation loss (first item) and NDCG@10 / HR@10 by constrained beam search."""
     from models.decoding.constraint import SidConstraint
-    from models.decoding.search import beam_topn
-    from models.evaluation.generator_ranker import build_trie, union_by_item_head
+    from models.evaluation.generator_ranker import build_trie, live_mask, rank_encoded
 
     was = model.training
     model.eval()
@@ -247,9 +246,7 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
     trie = trie if trie is not None else build_trie(item_sids, mc.level_sizes)
     constraint = SidConstraint.of(trie, dev)
     catalog = torch.from_numpy(np.asarray(item_sids)).to(dev) if mc.item_head else None   # the head's candidates' SIDs
-    if catalog is not None:     # the head ranks live items only, as the trie's beam does
-        live = torch.zeros(n_items, dtype=torch.bool, device=dev)
-        live[torch.from_numpy(trie.items()).to(dev)] = True
+    live = live_mask(trie, n_items, dev) if mc.item_head else None
     losses, ranks = [], []
     for s in range(0, len(idx), cfg.batch_size):
         bi = idx[s:s + cfg.batch_size]
@@ -259,12 +256,8 @@ def evaluate(model: GenerativeRecommender, valid: SessionExamples, item_sids: np
         losses.append(float(ce) * len(bi))
         if cfg.val_metric == "ndcg10":
             seen = _seen_from_history(valid, bi, n_items, dev) if exclude_seen else None
-            memory = model.encode(hist)
-            top = beam_topn(model, memory, constraint, max(10, cfg.val_beam), beam_width=cfg.val_beam, seen=seen).items
-            if catalog is not None:     # generation and the item head propose, the head orders (as GeneratorRanker)
-                allowed = live[None].expand(len(bi), -1) if seen is None else live[None] & ~seen
-                top = union_by_item_head(model, memory, top, catalog, allowed, 10)
-            top = top[:, :10]
+            # ranked as GeneratorRanker ranks (the item head, when there is one, over the beam and the catalog)
+            top = rank_encoded(model, model.encode(hist), constraint, 10, cfg.val_beam, seen, catalog, live)
             target = valid.targets[bi, 0]
             hit = (top.cpu().numpy() == target[:, None])
             r = np.where(hit.any(1), hit.argmax(1) + 1, 0)
