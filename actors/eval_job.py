@@ -42,9 +42,10 @@ MODELS = ("generator", "sasrec", "popularity")
 #: decisions 012, 026). ``genrec eval`` and the suite both start from them; ``EvalConfig.generator`` /
 #: ``train`` / ``sasrec`` override single fields on top.
 #: The item head with prefix embeddings validated above the plain generator on ML-100K and Amazon Toys
-#: (decision 041).
+#: (decision 041); the encoder reading items through the same vectors (prefix_input) validated above it on
+#: both (decision 043).
 GENERATOR_DEFAULTS = {"d_model": 64, "heads": 2, "dec_layers": 1, "session_len": 2, "item_head": True,
-                      "item_prefix_rows": 16384}
+                      "item_prefix_rows": 16384, "prefix_input": True}
 #: The generator validates on every validation user each epoch and does not stop early: its learning rate
 #: follows a cosine over the budget, so the low-rate last epochs are usually the best, and a noisy
 #: validation sample with patience stopped some seeds at a high-rate epoch.

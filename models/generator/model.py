@@ -83,6 +83,8 @@ class GeneratorConfig(SidShape):
     embedding, hashed into a table of this many rows per level (prefix n-grams, Singh et al. 2024, "Better
     Generalization with Semantic IDs"): deep prefixes become nearly item-specific while new items still get
     vectors from their codes. 0 = code embeddings only.
+    ``prefix_input`` — the encoder reads history items through the item head's vectors (codes plus prefix
+    embeddings) instead of their codes alone, so input and output item tables are tied as in SASRec.
     """
 
     level_sizes: tuple[int, ...]
@@ -103,6 +105,7 @@ class GeneratorConfig(SidShape):
     encoder: str = "transformer"
     item_head: bool = False
     item_prefix_rows: int = 0
+    prefix_input: bool = False
 
     def __post_init__(self) -> None:
         ls = tuple(int(x) for x in self.level_sizes)
@@ -134,6 +137,10 @@ class GeneratorConfig(SidShape):
             raise ValueError(f"item_prefix_rows={self.item_prefix_rows!r} must be an int >= 0 (0 = off), e.g. 16384")
         if self.item_prefix_rows and not self.item_head:
             raise ValueError("item_prefix_rows needs item_head=True (the prefix embeddings belong to the item head)")
+        if not isinstance(self.prefix_input, bool):
+            raise ValueError(f"prefix_input={self.prefix_input!r} must be True or False")
+        if self.prefix_input and not self.item_prefix_rows:
+            raise ValueError("prefix_input needs item_prefix_rows > 0 (e.g. 16384): it reads the prefix embeddings")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder={self.encoder!r} must be one of {ENCODERS}")
 
@@ -353,7 +360,8 @@ class GenerativeRecommender(CodeTableModule):
             etype, tbucket, mask = etype.gather(1, sel), tbucket.gather(1, sel), keep.gather(1, sel)
         # [B, S]: 0 for the first real event of the window, 1 for the next, ...
         pos = (mask.long().cumsum(1) - 1).clamp(0, H - 1)
-        x = (self.item_vectors(sids) + self.type_emb(etype.clamp(0, self.cfg.n_event_types - 1))
+        items = self.item_head_vectors(sids) if self.cfg.prefix_input else self.item_vectors(sids)
+        x = (items + self.type_emb(etype.clamp(0, self.cfg.n_event_types - 1))
              + self.time_emb(tbucket.clamp(0, self.cfg.n_time_buckets - 1)) + self.pos_emb(pos))
         x = x * mask[..., None]                                            # [B, S, d]
         b = x.shape[0]

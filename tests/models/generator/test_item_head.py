@@ -148,3 +148,23 @@ def test_prefix_embeddings_tell_items_with_shared_codes_apart():
         GeneratorConfig(level_sizes=SIZES, item_prefix_rows=8)
     with pytest.raises(ValueError, match="item_prefix_rows"):
         GeneratorConfig(level_sizes=SIZES, item_head=True, item_prefix_rows=-1)
+
+
+def test_prefix_input_reads_history_items_through_the_heads_vectors():
+    """prefix_input: the encoder's input for an item is its item-head vector (codes + prefix rows), so two
+    items that share every code but the last encode differently by their prefix rows; off, it is codes only."""
+    hb = HistoryBatch(torch.from_numpy(SIDS[[1, 6, 11]])[None], torch.full((1, 3), 2), torch.full((1, 3), 3),
+                      torch.ones(1, 3, dtype=torch.bool))
+    on, off = _model(3, item_prefix_rows=64, prefix_input=True), _model(3, item_prefix_rows=64)
+    torch.testing.assert_close(on.encode(hb).states, off.encode(hb).states)    # zero-initialised prefix rows
+    with torch.no_grad():
+        for m in (on, off):
+            for t in m.prefix_emb:
+                t.weight.normal_(generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(on.encode(hb).states, off.encode(hb).states)
+    fresh = _model(3, item_prefix_rows=64)
+    torch.testing.assert_close(off.encode(hb).states, fresh.encode(hb).states)   # off: the rows are not read
+    with pytest.raises(ValueError, match="item_prefix_rows > 0"):
+        GeneratorConfig(level_sizes=SIZES, item_head=True, prefix_input=True)
+    with pytest.raises(ValueError, match="prefix_input"):
+        GeneratorConfig(level_sizes=SIZES, item_head=True, item_prefix_rows=8, prefix_input=1)
