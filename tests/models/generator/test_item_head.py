@@ -151,8 +151,8 @@ def test_prefix_embeddings_tell_items_with_shared_codes_apart():
 
 
 def test_prefix_input_reads_history_items_through_the_heads_vectors():
-    """prefix_input: the encoder's input for an item is its item-head vector (codes + prefix rows), so two
-    items that share every code but the last encode differently by their prefix rows; off, it is codes only."""
+    """prefix_input: the encoder reads an item through its item-head vector (codes + prefix rows): the same
+    as codes alone while the rows are zero, different once they are not; off, the rows are never read."""
     hb = HistoryBatch(torch.from_numpy(SIDS[[1, 6, 11]])[None], torch.full((1, 3), 2), torch.full((1, 3), 3),
                       torch.ones(1, 3, dtype=torch.bool))
     on, off = _model(3, item_prefix_rows=64, prefix_input=True), _model(3, item_prefix_rows=64)
