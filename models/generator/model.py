@@ -129,16 +129,13 @@ class GeneratorConfig(SidShape):
             raise ValueError(f"moe_top_k={self.moe_top_k} must be in 1..moe_experts={self.moe_experts}")
         if self.moe_aux_weight < 0:
             raise ValueError(f"moe_aux_weight={self.moe_aux_weight} must be >= 0")
-        if not isinstance(self.position_head, bool):
-            raise ValueError(f"position_head={self.position_head!r} must be True or False")
-        if not isinstance(self.item_head, bool):
-            raise ValueError(f"item_head={self.item_head!r} must be True or False")
+        for name in ("position_head", "item_head", "prefix_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if not isinstance(self.item_prefix_rows, int) or self.item_prefix_rows < 0:
             raise ValueError(f"item_prefix_rows={self.item_prefix_rows!r} must be an int >= 0 (0 = off), e.g. 16384")
         if self.item_prefix_rows and not self.item_head:
             raise ValueError("item_prefix_rows needs item_head=True (the prefix embeddings belong to the item head)")
-        if not isinstance(self.prefix_input, bool):
-            raise ValueError(f"prefix_input={self.prefix_input!r} must be True or False")
         if self.prefix_input and not self.item_prefix_rows:
             raise ValueError("prefix_input needs item_prefix_rows > 0 (e.g. 16384): it reads the prefix embeddings")
         if self.encoder not in ENCODERS:
