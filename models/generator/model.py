@@ -75,8 +75,8 @@ class GeneratorConfig(SidShape):
     ``encoder`` — ``"transformer"`` (softmax attention + FFN layers) or ``"hstu"`` (pointwise
     attention with a relative position / time bias, Zhai et al. 2024; :mod:`models.generator.hstu`).
     ``item_head`` — an item-level head on every encoder position (LIGER, Yang et al. 2024): the state
-    scores catalog items by their SID vectors (:meth:`GenerativeRecommender.item_vectors`, tied with the
-    encoder's input), trained with a full-softmax next-item loss as SASRec is; ranking scores the catalog
+    scores catalog items by their SID vectors (:meth:`GenerativeRecommender.item_head_vectors`: the code
+    embeddings the encoder also reads, plus the prefix rows below), trained with a full-softmax next-item loss as SASRec is; ranking scores the catalog
     by it, the beam's candidates lifted (:meth:`GenerativeRecommender.item_scores`,
     :func:`models.evaluation.generator_ranker.union_by_item_head`). Generation itself is unchanged.
     ``item_prefix_rows`` — with the item head, each SID prefix longer than one code also gets its own
