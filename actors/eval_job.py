@@ -74,6 +74,9 @@ class EvalConfig:
         collab alone when the data set has no text).
     budget_s: training cap per model run in seconds (0 = none), on ``budget_clock``: ``wall``, or
         ``cpu`` (this process's CPU time — equal compute for every model on a shared machine).
+    transition_prior: the generator's ranking adds the co-occurrence prior of each history's last item
+        (:mod:`models.evaluation.transition_prior`), its weight chosen on the validation users (0 among the
+        choices); item-head models only.
     device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
 
@@ -94,6 +97,7 @@ class EvalConfig:
     budget_s: float = 0.0
     budget_clock: str = "cpu"
     init_codes: bool = True
+    transition_prior: bool = True
     device: str = "auto"
     dataset_kw: dict = field(default_factory=dict)
 
@@ -297,7 +301,37 @@ def run_generator(split, seed: int, cfg: EvalConfig, say: Callable[[str], None],
     info = {"train_s": rep.train_s, "sid_s": sid_s, "best_epoch": rep.best_epoch, "epochs": rep.epochs_run,
             "level_sizes": list(sizes), "tokenizer_version": version, "embeddings": cfg.embeddings,
             "n_params": rep.n_params, "train_targets": rep.train_targets}
+    if cfg.transition_prior and gcfg.item_head:
+        ranker, chosen = with_transition_prior(ranker, split, cfg.n)
+        info.update(chosen)
+        say(f"  generator seed {seed}: transition prior weight {chosen['transition_weight']:g} "
+            f"(valid NDCG@10 {chosen['val_ndcg10_prior']:.4f}, without {chosen['val_ndcg10_no_prior']:.4f})")
     return ranker, info
+
+
+def _without_prior(ranker):
+    from models.evaluation.generator_ranker import GeneratorRanker
+
+    return GeneratorRanker(ranker.model, ranker.item_sids, beam_width=ranker.beam_width, trie=ranker.trie)
+
+
+def with_transition_prior(ranker, split, n: int):
+    """``ranker`` plus the last item's co-occurrence prior (training sequences only), its weight the best
+    of :data:`~models.evaluation.transition_prior.WEIGHT_GRID` by NDCG@10 on the validation users.
+    -> (new ranker, {transition_weight, val_ndcg10_prior, val_ndcg10_no_prior})."""
+    from models.evaluation.generator_ranker import GeneratorRanker
+    from models.evaluation.metrics import evaluate_ranking
+    from models.evaluation.transition_prior import WEIGHT_GRID, TransitionPrior
+
+    prior = TransitionPrior.fit(split.train().items, split.n_items)
+    with_prior = GeneratorRanker(ranker.model, ranker.item_sids, beam_width=ranker.beam_width, trie=ranker.trie,
+                                 transition=prior)
+    valid = split.valid()
+    ranked = with_prior.rank_by_weights(valid.histories, n, WEIGHT_GRID)
+    ndcg = {w: evaluate_ranking(r, valid.targets, split.n_items)["ndcg@10"] for w, r in ranked.items()}
+    best = max(WEIGHT_GRID, key=lambda w: (ndcg[w], -w))        # ties: the smaller weight
+    with_prior.transition_weight = best
+    return with_prior, {"transition_weight": best, "val_ndcg10_prior": ndcg[best], "val_ndcg10_no_prior": ndcg[0.0]}
 
 
 RUNNERS = {"generator": run_generator, "sasrec": run_sasrec, "popularity": run_popularity}
@@ -327,6 +361,9 @@ def run_eval(cfg: EvalConfig, say: Callable[[str], None] = lambda s: None, log_:
             ranker, info = RUNNERS[name](split, seed, cfg, say, **kw)
             info["train_cpu_s"] = time.process_time() - cpu0   # CPU of this process, all threads
             m = _evaluate(ranker, test, split.n_items, cfg.n)
+            if getattr(ranker, "transition", None) is not None:   # the same model ranked without the prior
+                m0 = m if not ranker.transition_weight else _evaluate(_without_prior(ranker), test, split.n_items, cfg.n)
+                m.update({"ndcg@10_no_prior": m0["ndcg@10"], "hr@10_no_prior": m0["hr@10"]})
             m.update({k: v for k, v in info.items() if isinstance(v, (int, float))})
             runs[name].append({"seed": seed, "metrics": m,
                                "info": {k: v for k, v in info.items() if not isinstance(v, (int, float))}})

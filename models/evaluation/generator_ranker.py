@@ -51,26 +51,40 @@ BEAM_BONUS = 0.5
 
 
 @torch.no_grad()
-def union_by_item_head(model: GenerativeRecommender, memory: Memory, proposed: torch.Tensor, item_sids: torch.Tensor,
-                       live: torch.Tensor, seen: torch.Tensor | None, n: int, beam_bonus: float = BEAM_BONUS
-                       ) -> torch.Tensor:
-    """The top ``n`` of the whole catalog by the item head, the beam's proposals lifted by ``beam_bonus``.
-
-    LIGER's union (Yang et al. 2024): dense retrieval and generation each propose items and one score orders
-    them. Score = the head's log-softmax over the allowed items (``live`` [n_items] and not ``seen``
-    [B, n_items]: nothing else is ever returned) + ``beam_bonus`` for each item of ``proposed``.
-    ``proposed`` [B, W] item indices (-1 = none); ``item_sids`` [n_items, D] on the model's device.
-    -> [B, n], -1 where fewer than ``n`` items are allowed."""
+def union_scores(model: GenerativeRecommender, memory: Memory, proposed: torch.Tensor, item_sids: torch.Tensor,
+                 live: torch.Tensor, seen: torch.Tensor | None, beam_bonus: float = BEAM_BONUS) -> torch.Tensor:
+    """The union's score of every catalog item (:func:`union_by_item_head`), -inf where not allowed.
+    -> [B, n_items] float32."""
     allowed = live[None].expand(len(proposed), -1) if seen is None else live[None] & ~seen      # [B, I]
     logits = model.item_scores(model.user_states(memory), item_sids)                   # [B, I]
     logp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=1)
     lift = torch.where(proposed >= 0, beam_bonus, 0.0)                                  # [B, W]
-    score = logp.scatter_add(1, proposed.clamp(min=0), lift.to(logp.dtype))           # -inf stays -inf
+    return logp.scatter_add(1, proposed.clamp(min=0), lift.to(logp.dtype))            # -inf stays -inf
+
+
+def top_allowed(score: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` best items of each row of ``score`` [B, I] (-inf = not allowed) -> [B, n], -1 padded."""
     top = score.topk(min(n, score.shape[1]), dim=1)
     items = top.indices.masked_fill(torch.isinf(top.values), -1)
     if items.shape[1] < n:
         items = torch.cat([items, items.new_full((items.shape[0], n - items.shape[1]), -1)], 1)
     return items
+
+
+@torch.no_grad()
+def union_by_item_head(model: GenerativeRecommender, memory: Memory, proposed: torch.Tensor, item_sids: torch.Tensor,
+                       live: torch.Tensor, seen: torch.Tensor | None, n: int, beam_bonus: float = BEAM_BONUS,
+                       prior: torch.Tensor | None = None) -> torch.Tensor:
+    """The top ``n`` of the whole catalog by the item head, the beam's proposals lifted by ``beam_bonus``.
+
+    LIGER's union (Yang et al. 2024): dense retrieval and generation each propose items and one score orders
+    them. Score = the head's log-softmax over the allowed items (``live`` [n_items] and not ``seen``
+    [B, n_items]: nothing else is ever returned) + ``beam_bonus`` for each item of ``proposed``
+    (+ ``prior`` [B, n_items], already weighted: :mod:`models.evaluation.transition_prior`).
+    ``proposed`` [B, W] item indices (-1 = none); ``item_sids`` [n_items, D] on the model's device.
+    -> [B, n], -1 where fewer than ``n`` items are allowed."""
+    score = union_scores(model, memory, proposed, item_sids, live, seen, beam_bonus)
+    return top_allowed(score if prior is None else score + prior, n)
 
 
 def live_mask(trie, n_items: int, device) -> torch.Tensor:
@@ -105,16 +119,26 @@ class GeneratorRanker:
     wider beam than ``n`` finds better top-n lists at small extra cost. A model with an item head
     ranks by it: the whole live catalog with the beam's ``max(n, beam_width)`` candidates lifted by
     ``beam_bonus`` nats (:func:`union_by_item_head`), or, with ``beam_bonus=None``, the beam's candidates
-    alone in the head's order (:func:`rerank_by_item_head`, decision 041).
+    alone in the head's order (:func:`rerank_by_item_head`, decision 041). ``transition`` (a
+    :class:`~models.evaluation.transition_prior.TransitionPrior`) adds ``transition_weight`` x the
+    co-occurrence prior of each history's last item to the union's score (decision 044).
     """
 
     name = "generator"
 
     def __init__(self, model: GenerativeRecommender, item_sids: np.ndarray, *, beam_width: int = 20,
                  exclude_seen: bool = True, batch_size: int = 128, trie=None,
-                 beam_bonus: float | None = BEAM_BONUS) -> None:
+                 beam_bonus: float | None = BEAM_BONUS, transition=None, transition_weight: float = 0.0) -> None:
         if beam_bonus is not None and not beam_bonus >= 0:
             raise ValueError(f"beam_bonus={beam_bonus} must be >= 0 nats, or None to rerank the beam's candidates only")
+        if not transition_weight >= 0:
+            raise ValueError(f"transition_weight={transition_weight} must be >= 0 (0 = no transition prior)")
+        if transition is not None and (not model.cfg.item_head or beam_bonus is None):
+            raise ValueError("a transition prior adds to the union's scores: it needs a model with "
+                             "GeneratorConfig(item_head=True) and beam_bonus >= 0 (not None)")
+        if transition is not None and transition.n_items != len(item_sids):
+            raise ValueError(f"the transition prior covers {transition.n_items} items, the catalog has "
+                             f"{len(item_sids)}: fit it on this catalog's item indices")
         self.model = model
         self.item_sids = np.asarray(item_sids, dtype=np.int64)
         if self.item_sids.ndim != 2 or self.item_sids.shape[1] != model.cfg.sid_len:
@@ -125,12 +149,16 @@ class GeneratorRanker:
         self.exclude_seen = exclude_seen
         self.batch_size = batch_size
         self.beam_bonus = beam_bonus
+        self.transition = transition
+        self.transition_weight = float(transition_weight)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def rank(self, histories: Histories, n: int) -> torch.Tensor:
+        if self.transition is not None:
+            return self.rank_by_weights(histories, n, (self.transition_weight,))[self.transition_weight]
         histories = as_histories(histories)
         cfg = self.model.cfg
         out = []
@@ -149,6 +177,35 @@ class GeneratorRanker:
         if not out:
             return torch.zeros((0, n), dtype=torch.long)
         return torch.cat(out, 0)
+
+    @torch.no_grad()
+    def rank_by_weights(self, histories: Histories, n: int, weights) -> dict[float, torch.Tensor]:
+        """The union ranking under each transition prior weight, from one encoding and one beam per
+        batch (how validation picks the weight). Needs ``transition``. -> {weight: LongTensor [B, n]}."""
+        if self.transition is None:
+            raise ValueError("rank_by_weights needs GeneratorRanker(transition=TransitionPrior.fit(...))")
+        from models.evaluation.transition_prior import last_items
+
+        histories = as_histories(histories)
+        cfg, dev = self.model.cfg, self.device
+        weights = tuple(dict.fromkeys(float(w) for w in weights))     # once each
+        constraint = SidConstraint.of(self.trie, dev)
+        sids = torch.from_numpy(self.item_sids).to(dev)
+        live = live_mask(self.trie, self.n_items, dev)
+        out: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
+        for s in range(0, len(histories), self.batch_size):
+            h = histories.subset(slice(s, s + self.batch_size))
+            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
+                               types=h.types, ts=h.ts).to(dev)
+            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
+            memory = self.model.encode(hb)
+            w_beam = max(n, self.beam_width)
+            proposed = beam_topn(self.model, memory, constraint, w_beam, beam_width=w_beam, seen=seen).items
+            score = union_scores(self.model, memory, proposed, sids, live, seen, self.beam_bonus)   # [B, I]
+            prior = self.transition.scores(last_items(h), dev)                                   # [B, I]
+            for w in weights:
+                out[w].append(top_allowed(score + w * prior if w else score, n).cpu())
+        return {w: torch.cat(v, 0) if v else torch.zeros((0, n), dtype=torch.long) for w, v in out.items()}
 
     def sessions(self, histories: Histories, k: int, beam_width: int = 4, settings=None) -> torch.Tensor:
         """The serving interface: one generated session of ``k`` items per user, item after item,

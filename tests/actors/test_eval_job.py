@@ -56,6 +56,12 @@ def test_comparison_on_an_interactions_file(csv_file, tmp_path):
     assert s["sasrec"]["ndcg@10"]["mean"] > s["popularity"]["ndcg@10"]["mean"] + 0.2
     assert "| generator (n=1) |" in result["table"] and "| sasrec (n=1) |" in result["table"]
     assert any("level sizes" in line for line in lines)
+    # the walks' next item always neighbours the last one: validation gives the transition prior weight,
+    # and the test ranking with it beats the same model's ranking without it
+    g = result["runs"]["generator"][0]["metrics"]
+    assert g["transition_weight"] > 0 and g["val_ndcg10_prior"] > g["val_ndcg10_no_prior"]
+    assert g["ndcg@10"] > g["ndcg@10_no_prior"]
+    assert any("transition prior weight" in line for line in lines)
     out = write_json(result, tmp_path / "res" / "eval.json")
     back = json.loads(out.read_text())
     assert back["summary"]["sasrec"]["ndcg@10"]["mean"] == pytest.approx(s["sasrec"]["ndcg@10"]["mean"])

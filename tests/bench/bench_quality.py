@@ -131,6 +131,12 @@ def run(quick: bool = False, dataset: str | None = None) -> dict:
         "train_targets_per_s_generator": g["train_targets"]["mean"] / max(g["train_cpu_s"]["mean"], 1e-9),
         "train_targets_per_s_sasrec": r["train_targets"]["mean"] / max(r["train_cpu_s"]["mean"], 1e-9),
     }
+    if "ndcg@10_no_prior" in g:   # the generator's own ranking, without the last item's transition prior
+        no_prior = [gr["metrics"]["ndcg@10_no_prior"] / max(sr["metrics"]["ndcg@10"], 1e-12)
+                    for gr, sr in zip(main["runs"]["generator"], main["runs"]["sasrec"])]
+        metrics.update({"ndcg10_generator_no_prior": g["ndcg@10_no_prior"]["mean"],
+                        "ndcg10_ratio_no_prior": sum(no_prior) / len(no_prior),
+                        "transition_weight_mean": g["transition_weight"]["mean"]})
     pers = personalisation_run(cfg, dataset)
     metrics.update(pers["metrics"])
     tables = [f"**{dataset}: generator vs SASRec vs popularity** (leave-one-out, full ranking over "
