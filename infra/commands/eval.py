@@ -30,6 +30,10 @@ def register(sub) -> None:
                    help="item embeddings the SIDs quantise (default collab, the quality suite's: co-occurrence "
                         "of the training sequences; fusion: text + co-occurrence, as genrec train; "
                         "co-occurrence alone when items have no text)")
+    p.add_argument("--no-transition-prior", action="store_true",
+                   help="rank by the generator alone: without the last item's co-occurrence prior, whose weight "
+                        "is otherwise chosen on the validation users (the result keeps the ranking without it: "
+                        "ndcg@10_no_prior)")
     p.add_argument("--budget-s", type=float, default=0.0, help="time cap per training run in seconds (0 = none)")
     p.add_argument("--budget-clock", choices=("wall", "cpu"), default="cpu",
                    help="what --budget-s counts: wall time, or this process's CPU time (equal compute for "
@@ -72,7 +76,7 @@ def run(args) -> int:
                      seeds=seeds, max_users=args.max_users, engaged_only=not args.all_events,
                      tokenizer=args.tokenizer, levels=args.levels, codebook_size=args.codebook_size,
                      embeddings=args.embeddings, budget_s=args.budget_s, budget_clock=args.budget_clock,
-                     device=args.device, **extra)
+                     device=args.device, transition_prior=not args.no_transition_prior, **extra)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     result = run_eval(cfg, say=say)
     if args.json:
