@@ -73,18 +73,16 @@ def top_allowed(score: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def union_by_item_head(model: GenerativeRecommender, memory: Memory, proposed: torch.Tensor, item_sids: torch.Tensor,
-                       live: torch.Tensor, seen: torch.Tensor | None, n: int, beam_bonus: float = BEAM_BONUS,
-                       prior: torch.Tensor | None = None) -> torch.Tensor:
+                       live: torch.Tensor, seen: torch.Tensor | None, n: int, beam_bonus: float = BEAM_BONUS
+                       ) -> torch.Tensor:
     """The top ``n`` of the whole catalog by the item head, the beam's proposals lifted by ``beam_bonus``.
 
     LIGER's union (Yang et al. 2024): dense retrieval and generation each propose items and one score orders
     them. Score = the head's log-softmax over the allowed items (``live`` [n_items] and not ``seen``
-    [B, n_items]: nothing else is ever returned) + ``beam_bonus`` for each item of ``proposed``
-    (+ ``prior`` [B, n_items], already weighted: :mod:`models.evaluation.transition_prior`).
+    [B, n_items]: nothing else is ever returned) + ``beam_bonus`` for each item of ``proposed``.
     ``proposed`` [B, W] item indices (-1 = none); ``item_sids`` [n_items, D] on the model's device.
     -> [B, n], -1 where fewer than ``n`` items are allowed."""
-    score = union_scores(model, memory, proposed, item_sids, live, seen, beam_bonus)
-    return top_allowed(score if prior is None else score + prior, n)
+    return top_allowed(union_scores(model, memory, proposed, item_sids, live, seen, beam_bonus), n)
 
 
 def live_mask(trie, n_items: int, device) -> torch.Tensor:
@@ -159,24 +157,30 @@ class GeneratorRanker:
     def rank(self, histories: Histories, n: int) -> torch.Tensor:
         if self.transition is not None:
             return self.rank_by_weights(histories, n, (self.transition_weight,))[self.transition_weight]
-        histories = as_histories(histories)
         cfg = self.model.cfg
         out = []
         dev = self.device
         constraint = SidConstraint.of(self.trie, dev)
         sids = torch.from_numpy(self.item_sids).to(dev) if cfg.item_head else None
         live = live_mask(self.trie, self.n_items, dev) if cfg.item_head and self.beam_bonus is not None else None
-        for s in range(0, len(histories), self.batch_size):
-            h = histories.subset(slice(s, s + self.batch_size))
-            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
-                               types=h.types, ts=h.ts).to(dev)
-            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
-            memory = self.model.encode(hb)          # once: the beam and the head read the same states
+        for _, memory, seen in self._encoded_batches(histories):
             out.append(rank_encoded(self.model, memory, constraint, n, self.beam_width, seen, sids, live,
                                     self.beam_bonus).cpu())
         if not out:
             return torch.zeros((0, n), dtype=torch.long)
         return torch.cat(out, 0)
+
+    def _encoded_batches(self, histories: Histories):
+        """Per batch of ``batch_size`` users: (the batch's ``Histories``, its encoded ``Memory`` — once, the
+        beam and the head read the same states — and its seen mask [b, n_items] or None)."""
+        histories = as_histories(histories)
+        cfg, dev = self.model.cfg, self.device
+        for s in range(0, len(histories), self.batch_size):
+            h = histories.subset(slice(s, s + self.batch_size))
+            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
+                               types=h.types, ts=h.ts).to(dev)
+            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
+            yield h, self.model.encode(hb), seen
 
     @torch.no_grad()
     def rank_by_weights(self, histories: Histories, n: int, weights) -> dict[float, torch.Tensor]:
@@ -186,19 +190,13 @@ class GeneratorRanker:
             raise ValueError("rank_by_weights needs GeneratorRanker(transition=TransitionPrior.fit(...))")
         from models.evaluation.transition_prior import last_items
 
-        histories = as_histories(histories)
-        cfg, dev = self.model.cfg, self.device
+        dev = self.device
         weights = tuple(dict.fromkeys(float(w) for w in weights))     # once each
         constraint = SidConstraint.of(self.trie, dev)
         sids = torch.from_numpy(self.item_sids).to(dev)
         live = live_mask(self.trie, self.n_items, dev)
         out: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
-        for s in range(0, len(histories), self.batch_size):
-            h = histories.subset(slice(s, s + self.batch_size))
-            hb = history_batch(h.items, self.item_sids, cfg.max_history, cfg.n_time_buckets,
-                               types=h.types, ts=h.ts).to(dev)
-            seen = seen_mask(h, self.n_items, dev) if self.exclude_seen else None
-            memory = self.model.encode(hb)
+        for h, memory, seen in self._encoded_batches(histories):
             w_beam = max(n, self.beam_width)
             proposed = beam_topn(self.model, memory, constraint, w_beam, beam_width=w_beam, seen=seen).items
             score = union_scores(self.model, memory, proposed, sids, live, seen, self.beam_bonus)   # [B, I]
